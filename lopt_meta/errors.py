@@ -1,0 +1,27 @@
+"""The one error type for bad configuration, shared by every package of lopt-meta.
+
+A :class:`ConfigError` is raised before any compute is spent, names the offending field and, where
+there is a closed set, the allowed values. The ``meta-train`` command turns it into a one-line message
+and exit status 2.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+
+class ConfigError(ValueError):
+  """A configuration value is invalid.
+
+  Attributes:
+    field: the name of the offending field, as the user spelled it (e.g. ``num_particles``).
+  """
+
+  def __init__(self, field: str, message: str):
+    self.field = field
+    super().__init__(f"{field}: {message}")
+
+
+def unknown_name(field: str, name: object, valid: Iterable[str]) -> ConfigError:
+  """The error for a name that is not in a registry; lists the valid names, sorted."""
+  return ConfigError(field, f"unknown {field} {name!r}; valid: {', '.join(sorted(valid))}")

@@ -1,0 +1,56 @@
+"""The task registry: a plain dict from name to a factory of keyword-only overrides.
+
+>>> import tasks
+>>> sorted(tasks.TASKS)
+['influence_balancing', 'lorenz', 'toy2d']
+>>> tasks.get("lorenz", horizon=500).horizon
+500
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+
+from lopt_meta.errors import ConfigError, unknown_name
+from tasks import dynamical
+from tasks.base import UnrolledSystem
+
+TASKS: dict[str, Callable[..., UnrolledSystem]] = {
+    "toy2d": dynamical.toy2d,
+    "influence_balancing": dynamical.influence_balancing,
+    "lorenz": dynamical.lorenz,
+}
+
+
+def override_names(name: str) -> list[str]:
+  """The keyword overrides that task ``name`` accepts."""
+  return list(inspect.signature(_factory(name)).parameters)
+
+
+def _factory(name: str) -> Callable[..., UnrolledSystem]:
+  if name not in TASKS:
+    raise unknown_name("task", name, TASKS)
+  return TASKS[name]
+
+
+def get(name: str, **overrides) -> UnrolledSystem:
+  """Returns the registered system ``name`` configured with ``overrides``.
+
+  Raises:
+    ConfigError: for an unknown name (the message lists the registered names) or an override the
+      task does not take (the message lists the ones it does).
+  """
+  factory = _factory(name)
+  allowed = override_names(name)
+  for key in overrides:
+    if key not in allowed:
+      raise ConfigError(key, f"task {name!r} takes no option {key!r}; valid: {', '.join(allowed)}")
+  return factory(**overrides)
+
+
+def register(name: str, factory: Callable[..., UnrolledSystem], *, overwrite: bool = False) -> None:
+  """Adds ``factory`` (keyword-only options -> UnrolledSystem) to the registry under ``name``."""
+  if name in TASKS and not overwrite:
+    raise ConfigError("task", f"{name!r} is already registered; pass overwrite=True to replace it")
+  TASKS[name] = factory
