@@ -1,0 +1,177 @@
+"""The estimator interface, argument checks, and the shared online-ES base.
+
+Every estimator::
+
+    est = NRES(system, num_particles=N, sigma=s, unroll_length=W)
+    ws = est.init(key, theta)                       # workers (burned in unless lockstep=True)
+    grad, ws, metrics = est.estimate(key, theta, ws)  # one window: grad has theta's structure
+
+``init`` and ``estimate`` are pure and jit-compiled once per shape; they can be vmapped, scanned
+and sharded like any JAX function. ``metrics`` is a dict of scalars:
+
+* ``meta_loss``: mean per-step loss of the window (over valid steps; for ES the mean of both
+  particles of each pair, i.e. of the perturbed losses),
+* ``grad_norm``: the global norm of ``grad``,
+* ``grad_variance``: an estimate of ``tr Cov[grad]`` from the spread of the pairs' own estimates
+  (ES) or trajectories' gradients (TBPTT) over their number,
+* ``nonfinite``: (pair, step) terms masked because a loss was NaN/inf (they never reach ``grad``),
+* ``resets``: episodes begun during the window,
+* ``unroll_steps``: trajectory steps this call ran (every particle counted).
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+from typing import Any, ClassVar
+
+import jax
+import jax.numpy as jnp
+
+from lopt_meta.errors import ConfigError
+from meta_train import workers
+from meta_train.estimators import maths
+from meta_train.workers import NoiseSchedule, WorkerState
+from tasks.base import UnrolledSystem
+
+PyTree = Any
+Metrics = dict[str, jax.Array]
+
+ANTITHETIC = (1.0, -1.0)
+
+
+def check_num_particles(num_particles, *, antithetic: bool = True) -> int:
+  if isinstance(num_particles, bool) or not isinstance(num_particles, int) or num_particles < 1:
+    raise ConfigError("num_particles", f"must be a positive int; got {num_particles!r}")
+  if antithetic and num_particles % 2:
+    raise ConfigError("num_particles",
+                      f"must be even (N counts particles: N/2 antithetic pairs); got {num_particles}")
+  return num_particles
+
+
+def check_sigma(sigma) -> float:
+  try:
+    value = float(sigma)
+  except (TypeError, ValueError):
+    raise ConfigError("sigma", f"must be a positive number; got {sigma!r}") from None
+  if not (value > 0 and math.isfinite(value)):
+    raise ConfigError("sigma", f"must be a positive finite number; got {sigma!r}")
+  return value
+
+
+def check_unroll_length(unroll_length, system: UnrolledSystem) -> int:
+  if isinstance(unroll_length, bool) or not isinstance(unroll_length, int) or unroll_length < 1:
+    raise ConfigError("unroll_length", f"must be a positive int (W); got {unroll_length!r}")
+  if system.horizon is not None and unroll_length > system.horizon:
+    raise ConfigError("unroll_length",
+                      f"W={unroll_length} is longer than the horizon T={system.horizon} of "
+                      f"{system.name!r}; allowed: 1..{system.horizon}")
+  return unroll_length
+
+
+def check_system(system) -> UnrolledSystem:
+  if not isinstance(system, UnrolledSystem):
+    raise ConfigError("system", f"must be a tasks.UnrolledSystem; got {type(system).__name__}")
+  return system
+
+
+class Estimator(abc.ABC):
+  """A gradient estimator for the mean per-step loss of an unrolled system.
+
+  Subclasses implement ``_init`` and ``_estimate`` as pure functions; this base jit-compiles them.
+
+  Attributes:
+    system: the unrolled system.
+    num_particles: ``N``, the particles (``N/2`` antithetic pairs for ES estimators).
+    unroll_length: ``W``, steps per window (``T`` for FullES).
+  """
+
+  name: ClassVar[str]
+  system: UnrolledSystem
+  num_particles: int
+  unroll_length: int
+
+  def __init__(self):
+    self.init = jax.jit(self._init)
+    self.estimate = jax.jit(self._estimate)
+
+  @abc.abstractmethod
+  def _init(self, key: jax.Array, theta: PyTree) -> WorkerState:
+    """Workers for ``theta``: ``init(key, theta) -> ws``."""
+
+  @abc.abstractmethod
+  def _estimate(self, key: jax.Array, theta: PyTree,
+                ws: WorkerState) -> tuple[PyTree, WorkerState, Metrics]:
+    """One window: ``estimate(key, theta, ws) -> (grad, ws, metrics)``."""
+
+  @property
+  def steps_per_estimate(self) -> int:
+    """Trajectory steps one ``estimate`` call runs (every particle counted)."""
+    return self.num_particles * self.unroll_length
+
+  def __repr__(self):
+    fields = ", ".join(f"{k}={v!r}" for k, v in self._config().items())
+    return f"{type(self).__name__}({self.system.name!r}, {fields})"
+
+  def _config(self) -> dict[str, Any]:
+    return {"num_particles": self.num_particles, "unroll_length": self.unroll_length}
+
+
+def es_metrics(out: workers.WindowOut, grad: PyTree, sigma: float, steps: int) -> Metrics:
+  """The metrics of an antithetic window (see the module docstring)."""
+  count = out.count
+  valid_terms = jnp.maximum(jnp.sum(count), 1).astype(jnp.float32)
+  per_pair = maths.per_pair_grads(out.gsum, count, sigma)
+  return {
+      "meta_loss": jnp.sum(out.loss_sum[:, :2]) / (2.0 * valid_terms),
+      "grad_norm": maths.global_norm(grad),
+      "grad_variance": maths.variance_of_mean(per_pair, (count > 0).astype(jnp.float32)),
+      "nonfinite": jnp.sum(out.nonfinite),
+      "resets": jnp.sum(out.resets),
+      "unroll_steps": jnp.asarray(steps, jnp.int32),
+  }
+
+
+class OnlineES(Estimator):
+  """Persistent antithetic workers, one estimate per window of ``W`` steps (NRES, PES, GPES_K).
+
+  Each of the ``N/2`` pairs keeps its two states (``theta + eps``, ``theta - eps``) across windows
+  and episodes; an episode resets at the horizon with a fresh state and fresh noise. Unless
+  ``lockstep=True`` every pair is first burned in to a uniformly random position of its episode,
+  so that the population covers the horizon at every outer step.
+  """
+
+  schedule: ClassVar[NoiseSchedule]
+
+  def __init__(self, system: UnrolledSystem, *, num_particles: int, sigma: float,
+               unroll_length: int, lockstep: bool = False):
+    self.system = check_system(system)
+    self.num_particles = check_num_particles(num_particles)
+    self.sigma = check_sigma(sigma)
+    self.unroll_length = check_unroll_length(unroll_length, self.system)
+    self.lockstep = bool(lockstep)
+    super().__init__()
+
+  @property
+  def num_pairs(self) -> int:
+    return self.num_particles // 2
+
+  def _config(self):
+    return {"num_particles": self.num_particles, "sigma": self.sigma,
+            "unroll_length": self.unroll_length, "lockstep": self.lockstep}
+
+  def _init(self, key, theta):
+    init_key, unlock_key = jax.random.split(key)
+    ws = workers.init_workers(self.system, theta, init_key, self.num_pairs, 2, with_noise=True,
+                              accumulate=self.schedule.accumulate)
+    if not self.lockstep:
+      ws = workers.step_unlock(self.system, theta, ws, unlock_key, signs=ANTITHETIC,
+                               sigma=self.sigma, schedule=self.schedule,
+                               window_length=self.unroll_length)
+    return ws
+
+  def _estimate(self, key, theta, ws):
+    ws, out = workers.run_window(self.system, theta, ws, key, self.unroll_length, signs=ANTITHETIC,
+                                 sigma=self.sigma, schedule=self.schedule)
+    grad = maths.antithetic_grad(out.gsum, out.count, self.sigma)
+    return grad, ws, es_metrics(out, grad, self.sigma, self.steps_per_estimate)

@@ -1,0 +1,83 @@
+"""Full-unroll ES: every estimate runs whole episodes from the start (the offline baseline).
+
+    g = 1 / (2 sigma^2) * [L(theta + eps) - L(theta - eps)] * eps,   L = (1/T) sum_t L_t,
+
+averaged over pairs. Written straight from the definition (one ``scan`` over ``T`` steps per
+particle, vmapped), independently of the online workers, so that "NRES with ``W = T`` equals
+FullES" checks the workers against the definition. Keys are derived exactly as the workers
+derive them (:func:`meta_train.workers.step_keys`), so the two agree for the same key.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from lopt_meta.errors import ConfigError
+from meta_train import workers
+from meta_train.estimators import maths
+from meta_train.estimators.base import (Estimator, check_num_particles, check_sigma, check_system)
+
+
+class FullES(Estimator):
+  """Antithetic ES over full episodes; one estimate per ``T`` steps.
+
+  Args:
+    system: the unrolled system (it must have a finite horizon).
+    num_particles: ``N``, even; ``N/2`` antithetic pairs.
+    sigma: the noise scale.
+
+  ``init`` returns ``None``: FullES keeps no state between estimates.
+  """
+
+  name = "full_es"
+
+  def __init__(self, system, *, num_particles: int, sigma: float):
+    self.system = check_system(system)
+    if self.system.horizon is None:
+      raise ConfigError("estimator",
+                        f"full_es needs a finite horizon; {self.system.name!r} never resets")
+    self.num_particles = check_num_particles(num_particles)
+    self.sigma = check_sigma(sigma)
+    self.unroll_length = self.system.horizon
+    super().__init__()
+
+  def _config(self):
+    return {"num_particles": self.num_particles, "sigma": self.sigma}
+
+  def _init(self, key, theta):
+    del key, theta
+    return None
+
+  def _estimate(self, key, theta, ws):
+    del ws
+    system, T, P = self.system, self.system.horizon, self.num_particles // 2
+    pair_keys = jax.random.split(key, P)
+
+    def pair(pair_key):
+      k_reset, k_noise, _ = workers.step_keys(pair_key[None], 0)
+      eps = jax.tree.map(lambda x: x[0], workers.sample_noise(k_noise, theta, self.sigma))
+      state0 = system.init(k_reset[0])
+      keys = jax.vmap(lambda j: workers.step_keys(pair_key[None], j)[2][0])(jnp.arange(T))
+
+      def losses(sign):
+        th = jax.tree.map(lambda a, e: a + sign * e, theta, eps)
+        return system.unroll(th, state0, keys)[1].astype(jnp.float32)
+      pos, neg = losses(1.0), losses(-1.0)
+      valid = jnp.isfinite(pos) & jnp.isfinite(neg)
+      dl = jnp.sum(jnp.where(valid, pos - neg, 0.0))
+      loss = jnp.sum(jnp.where(valid, pos + neg, 0.0))
+      return jax.tree.map(lambda e: dl * e, eps), jnp.sum(valid), loss, jnp.sum(~valid)
+
+    gsum, count, loss_sum, nonfinite = jax.vmap(pair)(pair_keys)
+    grad = maths.antithetic_grad(gsum, count, self.sigma)
+    metrics = {
+        "meta_loss": jnp.sum(loss_sum) / (2.0 * jnp.maximum(jnp.sum(count), 1)),
+        "grad_norm": maths.global_norm(grad),
+        "grad_variance": maths.variance_of_mean(maths.per_pair_grads(gsum, count, self.sigma),
+                                                (count > 0).astype(jnp.float32)),
+        "nonfinite": jnp.sum(nonfinite),
+        "resets": jnp.asarray(P, jnp.int32),
+        "unroll_steps": jnp.asarray(self.steps_per_estimate, jnp.int32),
+    }
+    return grad, None, metrics

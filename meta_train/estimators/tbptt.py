@@ -1,0 +1,79 @@
+"""Truncated backpropagation through time (TBPTT): the automatic-differentiation baseline.
+
+Each of ``N`` trajectories keeps its state across windows; per window the gradient of its mean
+window loss ``(1/W) sum_t L_t`` with respect to theta is taken by reverse mode through the
+window's ``scan``, with the incoming state treated as a constant (the truncation). The estimate
+is the mean over trajectories. No noise, no pairs: ``N`` may be odd.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from meta_train import tree as tree_lib
+from meta_train import workers
+from meta_train.estimators import maths
+from meta_train.estimators.base import (Estimator, check_num_particles, check_system,
+                                        check_unroll_length)
+
+
+class TBPTT(Estimator):
+  """Truncated backprop over windows of ``W`` steps, averaged over ``N`` trajectories.
+
+  Args:
+    system: the unrolled system (``step`` must be differentiable in theta).
+    num_particles: ``N`` independent trajectories.
+    unroll_length: ``W``, the truncation length.
+    lockstep: start every trajectory at step 0 instead of burning them in to random positions.
+
+  A trajectory whose window has a non-finite loss or gradient is left out of the mean and
+  counted in ``metrics["nonfinite"]`` (its window's steps).
+  """
+
+  name = "tbptt"
+
+  def __init__(self, system, *, num_particles: int, unroll_length: int, lockstep: bool = False):
+    self.system = check_system(system)
+    self.num_particles = check_num_particles(num_particles, antithetic=False)
+    self.unroll_length = check_unroll_length(unroll_length, self.system)
+    self.lockstep = bool(lockstep)
+    super().__init__()
+
+  def _config(self):
+    return {"num_particles": self.num_particles, "unroll_length": self.unroll_length,
+            "lockstep": self.lockstep}
+
+  def _init(self, key, theta):
+    init_key, unlock_key = jax.random.split(key)
+    ws = workers.init_workers(self.system, theta, init_key, self.num_particles, 1,
+                              with_noise=False, accumulate=False)
+    if not self.lockstep:
+      ws = workers.step_unlock(self.system, theta, ws, unlock_key, signs=(0.0,), sigma=1.0,
+                               schedule=None, window_length=self.unroll_length)
+    return ws
+
+  def _estimate(self, key, theta, ws):
+    W = self.unroll_length
+    theta_pp = tree_lib.broadcast_leading(theta, (self.num_particles,))
+
+    def window_loss(theta_pp):
+      new_ws, out = workers.run_window(self.system, theta_pp, ws, key, W, signs=(0.0,),
+                                       theta_per_pair=True)
+      return jnp.sum(out.loss_sum[:, 0]) / W, (new_ws, out)
+
+    grads, (ws, out) = jax.grad(window_loss, has_aux=True)(theta_pp)
+    ok = (out.count == W) & tree_lib.all_finite(grads, num_leading=1)
+    weights = ok.astype(jnp.float32)
+    n_ok = jnp.maximum(jnp.sum(weights), 1.0)
+    grads = tree_lib.where_leading(ok, grads, jax.tree.map(jnp.zeros_like, grads))
+    grad = jax.tree.map(lambda g: jnp.sum(g, axis=0) / n_ok, grads)
+    metrics = {
+        "meta_loss": jnp.sum(jnp.where(ok, out.loss_sum[:, 0], 0.0)) / (n_ok * W),
+        "grad_norm": maths.global_norm(grad),
+        "grad_variance": maths.variance_of_mean(grads, weights),
+        "nonfinite": jnp.sum(jnp.where(ok, 0, W)),
+        "resets": jnp.sum(out.resets),
+        "unroll_steps": jnp.asarray(self.steps_per_estimate, jnp.int32),
+    }
+    return grad, ws, metrics
