@@ -1,0 +1,178 @@
+"""Typed configuration of a meta-training run: one frozen dataclass per component.
+
+The ``meta-train`` command builds its flags from these classes (with ``tyro``; the flag of a field
+is its name with dashes, e.g. ``num_particles`` -> ``--num-particles``), and a run folder stores
+the whole tree as ``config.json``. :func:`validate` checks everything that can be checked before
+any compute and raises :class:`lopt_meta.ConfigError` naming the field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import tyro
+import yaml
+
+import tasks
+from lopt_meta.errors import ConfigError, unknown_name
+from meta_train import estimators
+
+OUTER_OPTIMIZERS = ("adam", "sgd")
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskConfig:
+  """The inner problem."""
+
+  task: Annotated[str, tyro.conf.arg(
+      help=f"Registered task name, one of: {', '.join(sorted(tasks.TASKS))}.")] = "toy2d"
+  task_option: dict[str, str] = dataclasses.field(default_factory=dict)
+  """Task overrides as NAME VALUE pairs (values read as YAML scalars), e.g. --task-option horizon 500."""
+
+  def options(self) -> dict[str, Any]:
+    """The overrides with typed values (``"500"`` -> 500, ``"0.1"`` -> 0.1, ``"[1, 2]"`` -> [1, 2])."""
+    out = {}
+    for key, value in self.task_option.items():
+      out[key] = yaml.safe_load(value) if isinstance(value, str) else value
+      if isinstance(out[key], list):
+        out[key] = tuple(out[key])
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class EstimatorConfig:
+  """The gradient estimator (N counts particles: N/2 antithetic pairs)."""
+
+  estimator: Annotated[str, tyro.conf.arg(
+      help=f"Gradient estimator, one of: {', '.join(estimators.ESTIMATORS)}.")] = "nres"
+  num_particles: int = 100
+  """N, the number of particles (even for ES: N/2 antithetic pairs)."""
+  sigma: float = 0.1
+  """Standard deviation of the ES noise."""
+  unroll_length: int = 10
+  """W, steps per truncation window (ignored by full_es)."""
+  K: int | None = None
+  """Steps per noise block for gpes (counted from the episode start)."""
+  lockstep: bool = False
+  """Start every worker at step 0 instead of step-unlocking them by a burn-in."""
+
+
+@dataclasses.dataclass(frozen=True)
+class OuterConfig:
+  """The outer (meta-) optimization of theta."""
+
+  outer_steps: int = 1000
+  """Number of outer updates of theta."""
+  outer_lr: float = 1e-2
+  """Learning rate of the outer optimizer."""
+  outer_optimizer: Literal["adam", "sgd"] = "adam"
+  """Outer optimizer (optax)."""
+  grad_clip: float | None = None
+  """Clip each estimate to this global norm before the update (None: no clipping)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+  """Seeds, output and logging."""
+
+  seed: int = 0
+  """Seed of every random number in the run."""
+  out: Path | None = None
+  """Run folder (default: checkpoints/<run-name>)."""
+  log_every: int = 10
+  """Write a line to metrics.jsonl every this many outer steps (the mean over them)."""
+  eval_every: int = 100
+  """Evaluate the unsmoothed full-horizon loss of theta every this many outer steps (0: never)."""
+  eval_episodes: int = 4
+  """Fresh episodes per evaluation."""
+  eval_steps: int = 1000
+  """Steps per evaluation episode for systems that never reset."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  """Meta-train theta of an unrolled system with an online ES estimator."""
+
+  task: TaskConfig = TaskConfig()
+  estimator: EstimatorConfig = EstimatorConfig()
+  outer: OuterConfig = OuterConfig()
+  run: RunConfig = RunConfig()
+
+  def run_name(self) -> str:
+    e = self.estimator
+    return f"{self.task.task}-{e.estimator}-N{e.num_particles}-W{e.unroll_length}-seed{self.run.seed}"
+
+  def run_dir(self) -> Path:
+    return Path(self.run.out) if self.run.out is not None else Path("checkpoints") / self.run_name()
+
+  def to_dict(self) -> dict[str, Any]:
+    return json.loads(json.dumps(dataclasses.asdict(self), default=str))
+
+  @classmethod
+  def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+    run = dict(d.get("run", {}))
+    if run.get("out") is not None:
+      run["out"] = Path(run["out"])
+    return cls(task=TaskConfig(**d.get("task", {})), estimator=EstimatorConfig(**d.get("estimator", {})),
+               outer=OuterConfig(**d.get("outer", {})), run=RunConfig(**run))
+
+
+def _positive_int(field: str, value) -> None:
+  if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    raise ConfigError(field, f"must be a positive int; got {value!r}")
+
+
+def _positive_float(field: str, value) -> None:
+  if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+      value > 0 and math.isfinite(value)):
+    raise ConfigError(field, f"must be a positive finite number; got {value!r}")
+
+
+def build_system(config: TrainConfig) -> tasks.UnrolledSystem:
+  """The configured system (raises ConfigError for an unknown task or option)."""
+  return tasks.get(config.task.task, **config.task.options())
+
+
+def build_estimator(config: TrainConfig, system: tasks.UnrolledSystem) -> estimators.Estimator:
+  """The configured estimator; only the options the chosen estimator takes are passed."""
+  e = config.estimator
+  if e.estimator not in estimators.ESTIMATORS:
+    raise unknown_name("estimator", e.estimator, estimators.ESTIMATORS)
+  allowed = estimators.options(e.estimator)
+  if e.K is not None and "K" not in allowed:
+    raise ConfigError("K", f"only gpes takes K; estimator is {e.estimator!r}")
+  if "K" in allowed and e.K is None:
+    raise ConfigError("K", "gpes needs K, the steps per noise block (e.g. --K 100)")
+  kwargs = {"num_particles": e.num_particles, "sigma": e.sigma, "unroll_length": e.unroll_length,
+            "K": e.K, "lockstep": e.lockstep}
+  return estimators.make(e.estimator, system, **{k: v for k, v in kwargs.items() if k in allowed})
+
+
+def validate(config: TrainConfig) -> tuple[tasks.UnrolledSystem, estimators.Estimator]:
+  """Checks the whole configuration before any compute; returns the system and estimator.
+
+  Raises:
+    ConfigError: naming the first offending field and its allowed values.
+  """
+  if config.outer.outer_optimizer not in OUTER_OPTIMIZERS:
+    raise unknown_name("outer_optimizer", config.outer.outer_optimizer, OUTER_OPTIMIZERS)
+  _positive_int("outer_steps", config.outer.outer_steps)
+  _positive_float("outer_lr", config.outer.outer_lr)
+  if config.outer.grad_clip is not None:
+    _positive_float("grad_clip", config.outer.grad_clip)
+  _positive_int("log_every", config.run.log_every)
+  _positive_int("eval_episodes", config.run.eval_episodes)
+  _positive_int("eval_steps", config.run.eval_steps)
+  if isinstance(config.run.eval_every, bool) or not isinstance(config.run.eval_every, int) or (
+      config.run.eval_every < 0):
+    raise ConfigError("eval_every", f"must be an int >= 0 (0: never); got {config.run.eval_every!r}")
+  if not isinstance(config.run.seed, int) or isinstance(config.run.seed, bool):
+    raise ConfigError("seed", f"must be an int; got {config.run.seed!r}")
+  system = build_system(config)
+  if system.theta0 is None:
+    raise ConfigError("task", f"task {config.task.task!r} has no default theta0 to start from")
+  return system, build_estimator(config, system)
