@@ -1,0 +1,228 @@
+"""Workers: antithetic pairing, episode resets, step-unlocking, NaN masking, shapes, contract."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import tasks
+from meta_train.estimators import ESTIMATORS, GPES, NRES, PES, TBPTT, FullES, TruncatedES
+from tests import systems
+
+KEY = jax.random.key(0)
+
+
+def _all(system, N=8, W=3):
+  return {
+      "nres": NRES(system, num_particles=N, sigma=0.1, unroll_length=W),
+      "pes": PES(system, num_particles=N, sigma=0.1, unroll_length=W),
+      "gpes": GPES(system, num_particles=N, sigma=0.1, unroll_length=W, K=2),
+      "full_es": FullES(system, num_particles=N, sigma=0.1),
+      "tes": TruncatedES(system, num_particles=N, sigma=0.1, unroll_length=W),
+      "tbptt": TBPTT(system, num_particles=N - 1, unroll_length=W),
+  }
+
+
+def test_every_registered_estimator_is_covered():
+  assert set(_all(systems.recorder())) == set(ESTIMATORS)
+
+
+@pytest.mark.parametrize("name", ["nres", "pes", "gpes"])
+def test_pairs_share_start_and_data_and_pairs_differ(name):
+  system = systems.recorder(horizon=7)
+  est = _all(system, N=16)[name]
+  ws = est.init(KEY, system.theta0)
+  for i in range(6):  # 18 steps: every pair crosses at least two episode boundaries
+    _, ws, _ = est.estimate(jax.random.key(i), system.theta0, ws)
+    for leaf in jax.tree.leaves(ws.states):
+      np.testing.assert_array_equal(leaf[:, 0], leaf[:, 1])  # same init key, same step keys
+  draws = np.asarray(ws.states["step_draw"][:, 0])
+  assert len(np.unique(draws)) == len(draws)  # different pairs see different data
+
+
+@pytest.mark.parametrize("name", ["nres", "pes", "gpes", "tes", "tbptt"])
+def test_episodes_reset_at_the_horizon(name):
+  """The state's own step counter (restarted by init) always agrees with the worker's position t
+  (mod T: a pair at t == 0 holds its finished episode's last state until its next step)."""
+  system = systems.recorder(horizon=7)
+  est = _all(system, N=16, W=3)[name]
+  ws = est.init(KEY, system.theta0)
+  resets = 0
+  episodes0 = np.asarray(ws.episodes).sum()
+  for i in range(10):
+    _, ws, m = est.estimate(jax.random.key(i), system.theta0, ws)
+    resets += int(m["resets"])
+    for b in range(ws.states["t"].shape[1]):
+      np.testing.assert_array_equal(np.asarray(ws.states["t"][:, b]) % 7, np.asarray(ws.t))
+  assert resets == np.asarray(ws.episodes).sum() - episodes0 > 0
+
+
+def test_nres_noise_changes_only_for_pairs_that_began_an_episode():
+  system = systems.recorder(horizon=7)
+  est = NRES(system, num_particles=64, sigma=0.1, unroll_length=3)
+  ws = est.init(KEY, system.theta0)
+  for i in range(8):
+    eps_before, episodes_before = np.asarray(ws.eps), np.asarray(ws.episodes)
+    _, ws, _ = est.estimate(jax.random.key(i), system.theta0, ws)
+    began = np.asarray(ws.episodes) > episodes_before
+    changed = np.any(np.asarray(ws.eps) != eps_before, axis=1)
+    np.testing.assert_array_equal(changed, began)
+    assert began.any() and not began.all()
+
+
+def test_pes_accumulator_is_the_current_episodes_noise_sum():
+  """xi restarts with an episode: a pair that began an episode inside this window holds
+  xi == eps (one block); one that did not holds its previous xi plus the new window's eps."""
+  system = systems.recorder(horizon=7)
+  est = PES(system, num_particles=64, sigma=0.1, unroll_length=3)
+  ws = est.init(KEY, system.theta0)
+  for i in range(6):
+    xi_before, episodes_before = np.asarray(ws.xi), np.asarray(ws.episodes)
+    _, ws, _ = est.estimate(jax.random.key(i), system.theta0, ws)
+    began = np.asarray(ws.episodes) > episodes_before
+    xi, eps = np.asarray(ws.xi), np.asarray(ws.eps)
+    np.testing.assert_allclose(xi[began], eps[began], rtol=1e-6)
+    np.testing.assert_allclose(xi[~began], xi_before[~began] + eps[~began], rtol=1e-5)
+
+
+def test_step_unlocked_positions_cover_the_horizon_with_real_burn_in():
+  T, N = 20, 4000
+  system = systems.recorder(horizon=T)
+  ws = NRES(system, num_particles=N, sigma=0.1, unroll_length=5).init(KEY, system.theta0)
+  t = np.asarray(ws.t)
+  counts = np.bincount(t, minlength=T)
+  expected = (N // 2) / T
+  chi2 = np.sum((counts - expected) ** 2 / expected)
+  assert chi2 < 50.0, counts  # chi^2 with 19 dof: P(> 50) ~ 1e-4 under uniformity
+  # The burn-in really ran: each state's own counter is at the worker's position.
+  np.testing.assert_array_equal(np.asarray(ws.states["t"][:, 0]), t)
+  np.testing.assert_array_equal(np.asarray(ws.burn_in), t)
+  locked = NRES(system, num_particles=N, sigma=0.1, unroll_length=5, lockstep=True)
+  assert not np.any(np.asarray(locked.init(KEY, system.theta0).t))
+
+
+def test_burn_in_matches_running_the_system():
+  """A burned-in Lorenz pair sits where unrolling theta +/- its noise from the start puts it."""
+  system = tasks.get("lorenz", horizon=50)
+  est = NRES(system, num_particles=6, sigma=0.04, unroll_length=5)
+  ws = est.init(KEY, system.theta0)
+  for i in range(3):
+    tau, eps = int(ws.t[i]), np.asarray(ws.eps[i])
+    for b, sign in enumerate((1.0, -1.0)):
+      state, _ = system.unroll(system.theta0 + sign * eps, system.init(KEY), jax.random.split(KEY, tau))
+      np.testing.assert_allclose(np.asarray(ws.states["xyz"][i, b]), np.asarray(state["xyz"]),
+                                 rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["nres", "pes", "full_es", "tes"])
+def test_nonfinite_losses_are_masked_and_counted(name):
+  """Both particles of a pair see NaN on the same steps (shared keys): each such (pair, step) is
+  counted once in metrics["nonfinite"], the estimate stays finite, and the finite steps alone
+  still estimate the gradient."""
+  theta = jnp.zeros(2)
+  if name != "full_es":  # no resets within these windows: the states' NaN counters only grow
+    system = systems.nan_prone(horizon=100, rate=0.25)
+    est = {"nres": NRES, "pes": PES, "tes": TruncatedES}[name](
+        system, num_particles=32, sigma=0.1, unroll_length=5, lockstep=True)
+    ws = est.init(KEY, theta)
+    for i in range(4):
+      before = int(np.asarray(ws.states["nans"][:, 0]).sum())
+      g, ws, m = est.estimate(jax.random.key(i), theta, ws)
+      assert np.all(np.isfinite(systems.flat(g))) and np.isfinite(float(m["meta_loss"]))
+      assert int(m["nonfinite"]) == int(np.asarray(ws.states["nans"][:, 0]).sum()) - before > 0
+  system = systems.nan_prone(horizon=10, rate=0.25)
+  est = _all(system, N=32, W=5)[name]
+  grads = []
+  for i in range(20):
+    g, _, m = est.estimate(jax.random.key(100 + i), theta, est.init(jax.random.key(i), theta))
+    assert int(m["nonfinite"]) > 0
+    grads.append(systems.flat(g))
+  # grad of (theta - 1)^2 at theta = 0 is -2 per coordinate; 20 x 16 pairs resolve it to ~0.1.
+  np.testing.assert_allclose(np.mean(grads, axis=0), [-2.0, -2.0], atol=0.5)
+
+
+def test_tbptt_masks_nonfinite_trajectories():
+  system = systems.nan_prone(horizon=10, rate=0.1)
+  est = TBPTT(system, num_particles=16, unroll_length=3)
+  g, _, m = est.estimate(KEY, system.theta0, est.init(KEY, system.theta0))
+  assert np.all(np.isfinite(np.asarray(g))) and int(m["nonfinite"]) > 0
+  np.testing.assert_allclose(np.asarray(g), [-2.0, -2.0], rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", list(ESTIMATORS))
+def test_pytree_theta_shapes_and_contract(name):
+  """Grad has theta's structure, shapes and dtypes; estimate runs inside lax.scan (worker-state
+  shapes and dtypes never change) and its results agree with calling it step by step."""
+  system = systems.linear_pytree(12)
+  est = _all(system, N=6, W=4)[name]
+  theta = system.theta0
+  ws0 = est.init(KEY, theta)
+  g, ws1, metrics = est.estimate(KEY, theta, ws0)
+  assert jax.tree.structure(g) == jax.tree.structure(theta)
+  for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(theta)):
+    assert a.shape == b.shape and a.dtype == b.dtype
+  if ws0 is not None:
+    assert jax.tree.structure(ws1) == jax.tree.structure(ws0)
+    for a, b in zip(jax.tree.leaves(ws1), jax.tree.leaves(ws0)):
+      assert a.shape == b.shape and a.dtype == b.dtype
+  for value in metrics.values():
+    assert np.shape(value) == () and np.isfinite(value)
+  keys = jax.random.split(jax.random.key(5), 3)
+
+  def body(ws, k):
+    g, ws, _ = est.estimate(k, theta, ws)
+    return ws, g
+  _, scanned = jax.jit(lambda ws: jax.lax.scan(body, ws, keys))(ws0)
+  ws = ws0
+  for i, k in enumerate(keys):
+    g, ws, _ = est.estimate(k, theta, ws)
+    np.testing.assert_allclose(systems.flat(g), systems.flat(jax.tree.map(lambda x: x[i], scanned)),
+                               rtol=1e-5, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input: one clear error naming the field, raised at construction (before any compute).
+# ---------------------------------------------------------------------------------------------
+
+def test_odd_particles_rejected():
+  with pytest.raises(ValueError, match=r"^num_particles: must be even \(N counts particles: "
+                     r"N/2 antithetic pairs\); got 7$"):
+    NRES(systems.recorder(), num_particles=7, sigma=0.1, unroll_length=2)
+
+
+@pytest.mark.parametrize("sigma", [0.0, -0.1, float("nan"), float("inf")])
+def test_nonpositive_sigma_rejected(sigma):
+  with pytest.raises(ValueError, match=r"^sigma: must be a positive finite number; got"):
+    PES(systems.recorder(), num_particles=4, sigma=sigma, unroll_length=2)
+
+
+def test_unroll_length_longer_than_horizon_rejected():
+  with pytest.raises(ValueError, match=r"^unroll_length: W=8 is longer than the horizon T=7 of "
+                     r"'recorder'; allowed: 1\.\.7$"):
+    NRES(systems.recorder(horizon=7), num_particles=4, sigma=0.1, unroll_length=8)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"num_particles": 0}, "num_particles: must be a positive int; got 0"),
+    ({"unroll_length": 0}, "unroll_length: must be a positive int (W); got 0"),
+    ({"K": 0}, "K: must be a positive int (steps per noise block); got 0"),
+])
+def test_other_bad_settings_rejected(kwargs, message):
+  args = {"num_particles": 4, "sigma": 0.1, "unroll_length": 2, "K": 2, **kwargs}
+  with pytest.raises(ValueError) as err:
+    GPES(systems.recorder(), **args)
+  assert str(err.value) == message
+
+
+def test_full_es_needs_a_horizon():
+  with pytest.raises(ValueError, match="full_es needs a finite horizon; 'influence_balancing' "
+                     "never resets"):
+    FullES(tasks.get("influence_balancing"), num_particles=4, sigma=0.1)
+
+
+def test_unknown_estimator_lists_valid_names():
+  from meta_train.estimators import make
+  with pytest.raises(ValueError) as err:
+    make("nress", systems.recorder(), num_particles=4)
+  assert str(err.value) == ("estimator: unknown estimator 'nress'; valid: full_es, gpes, nres, pes, "
+                            "tbptt, tes")
