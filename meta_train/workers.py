@@ -12,14 +12,23 @@ Conventions (see DESIGN §2 and §6):
   ``system.init(reset_key)`` and (for ES) its noise is resampled; PES/GPES accumulators restart.
   So the loss of an episode's last step is still paired with the old noise, and a window that
   straddles an episode boundary switches noise exactly at the boundary.
-* Randomness. Window key -> ``jax.random.split(key, P)`` pair keys -> ``fold_in(pair_key, j)`` for
-  the window's step ``j`` -> ``split(., 3)`` = (reset key, noise key, step key). All branches of a
-  pair use the same three keys: the same initial state, the same data, common random numbers.
+* Randomness. Window key -> ``jax.random.split(key, P)`` pair keys -> at the window's step ``j``
+  ``fold_in(pair_key, 3 j + c)`` for the reset (c=0), noise (c=1) and step (c=2) keys. All
+  branches of a pair use the same keys: the same initial state, the same data, common random
+  numbers.
 * Credit. Each pair carries ``credit``: the noise now in use (NRES, TES) or the sum of the
   episode's noise blocks so far (PES, GPES_K). ``dl = L+_t - L-_t`` is summed per pair while the
-  credit is constant and folded into the pair's gradient sum (``gsum += dl_sum * credit``) when the
-  credit changes and at the end of the window: the same sum as per step, at a fraction of the work.
+  credit is constant and multiplied by it once: the same sum as per step, at a fraction of the work.
 * Masking. A (pair, step) whose losses are not all finite contributes nothing and is counted.
+
+How a window runs. Every event of a window (an episode start, a fresh noise draw) is known from
+the pairs' positions at its start, so it is worked out before the scan, vectorized: all the
+window's keys; each pair's fresh initial state (a window of ``W <= T`` steps holds at most one
+episode start per pair); and a small table of *segments*, the stretches of steps with constant
+noise (segment 0 carries on from the previous window; each draw opens the next), with each
+segment's noise and credit. The scan itself only selects the fresh state at a start step, picks
+the step's noise from the table, steps every branch and adds ``dl`` to the pair's running sum for
+the current segment: no branches, no random-number generation, no pytree-sized arithmetic.
 """
 
 from __future__ import annotations
@@ -28,8 +37,8 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import optax
 from flax import struct
+from jax.flatten_util import ravel_pytree
 
 from meta_train import tree as tree_lib
 from tasks.base import UnrolledSystem
@@ -94,29 +103,24 @@ class WindowOut(NamedTuple):
   resets: jax.Array
 
 
-class _Carry(NamedTuple):
-  states: PyTree
-  t: jax.Array
-  eps: PyTree
-  xi: PyTree
-  episodes: jax.Array
-  gsum: PyTree
-  dl_acc: jax.Array
-  count: jax.Array
-  loss_sum: jax.Array
-  nonfinite: jax.Array
-  resets: jax.Array
+RESET, NOISE, STEP = 0, 1, 2  # what a key is for
 
 
-def step_keys(pair_keys: jax.Array, j: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-  """The (reset, noise, step) keys ``[P]`` of each pair at the window's step ``j``."""
-  keys = jax.vmap(lambda k: jax.random.split(jax.random.fold_in(k, j), 3))(pair_keys)
-  return keys[:, 0], keys[:, 1], keys[:, 2]
+def pair_step_key(pair_key: jax.Array, j, purpose: int) -> jax.Array:
+  """The key of a pair at the window's step ``j`` for ``purpose`` (RESET, NOISE or STEP):
+  ``fold_in(pair_key, 3 j + purpose)`` (one key; vmap it for many)."""
+  return jax.random.fold_in(pair_key, 3 * j + purpose)
 
 
 def sample_noise(keys: jax.Array, theta: PyTree, sigma: float) -> PyTree:
-  """``sigma * N(0, I)`` noise shaped like ``theta``, one draw per key: leaves ``[P, ...]``."""
-  return jax.vmap(lambda k: optax.tree.scale(sigma, optax.tree.random_like(k, theta)))(keys)
+  """``sigma * N(0, I)`` noise shaped like ``theta``, one draw per key: leaves ``[P, ...]``.
+
+  One normal draw of ``theta``'s flattened size per key (one random-number call for the whole
+  pytree, however many leaves it has), unflattened into ``theta``'s structure and dtypes.
+  """
+  flat, unravel = ravel_pytree(theta)
+  draws = jax.vmap(lambda k: jax.random.normal(k, flat.shape, flat.dtype))(keys)
+  return jax.vmap(unravel)(sigma * draws)
 
 
 def init_workers(system: UnrolledSystem, theta: PyTree, key: jax.Array, num_pairs: int,
@@ -131,10 +135,32 @@ def init_workers(system: UnrolledSystem, theta: PyTree, key: jax.Array, num_pair
                      xi=zeros if (with_noise and accumulate) else None, episodes=int0, burn_in=int0)
 
 
+def _max_draws(num_steps: int, schedule: NoiseSchedule) -> int:
+  """A static bound on the noise draws of one pair in one window of ``num_steps <= T`` steps."""
+  bound = 1  # one episode start at most
+  if schedule.every_window:
+    bound += 1
+  if schedule.block is not None:
+    bound += -(-num_steps // schedule.block) + 1
+  return min(bound, num_steps)
+
+
+def _take_segment(table: PyTree, seg: jax.Array) -> PyTree:
+  """Rows ``table[i, seg[i]]``: leaves ``[P, S, ...]`` -> ``[P, ...]`` (a chain of selects: S is
+  small, and selects fuse with what consumes them where a gather would not)."""
+  def take(x):
+    idx = jnp.reshape(seg, seg.shape + (1,) * (x.ndim - 2))
+    out = x[:, 0]
+    for e in range(1, x.shape[1]):
+      out = jnp.where(idx == e, x[:, e], out)
+    return out
+  return jax.tree.map(take, table)
+
+
 def run_window(system: UnrolledSystem, theta: PyTree, ws: WorkerState, key: jax.Array,
                num_steps: int, *, signs: tuple[float, ...], sigma: float = 1.0,
                schedule: NoiseSchedule | None = None, theta_per_pair: bool = False,
-               window_length: int | None = None, active_steps: jax.Array | None = None,
+               active_steps: jax.Array | None = None,
                estimate_grad: bool = True) -> tuple[WorkerState, WindowOut]:
   """Advances every pair ``num_steps`` steps: one ``lax.scan``, vmapped over pairs and branches.
 
@@ -144,14 +170,12 @@ def run_window(system: UnrolledSystem, theta: PyTree, ws: WorkerState, key: jax.
       (truncated backprop differentiates each pair's copy).
     ws: the workers; ``ws.states`` leaves are ``[P, S, ...]`` with ``S = len(signs)``.
     key: this window's key.
-    num_steps: steps to run (static).
+    num_steps: ``W``, the steps to run (static); at most the horizon.
     signs: branch ``s`` of pair ``i`` runs ``theta + signs[s] * eps[i]``; ``(1., -1.)`` for an
       antithetic pair, ``(1., -1., 0.)`` for truncated ES, ``(0.,)`` with no noise.
     sigma: the noise scale.
     schedule: when to draw noise (``None``: no noise; ``ws.eps`` is then unused).
     theta_per_pair: see ``theta``.
-    window_length: steps per window for ``schedule.every_window`` (default ``num_steps``); the
-      burn-in passes the estimator's ``W`` so that it draws noise as the windows will.
     active_steps: ``[P] int32`` or ``None``: pair ``i`` takes only its first ``active_steps[i]``
       steps and stays put after (the burn-in that step-unlocks workers).
     estimate_grad: accumulate the ES credit (off for the burn-in).
@@ -162,115 +186,154 @@ def run_window(system: UnrolledSystem, theta: PyTree, ws: WorkerState, key: jax.
   """
   num_pairs = ws.t.shape[0]
   horizon = system.horizon
-  window_length = num_steps if window_length is None else window_length
+  if horizon is not None and num_steps > horizon:
+    raise ValueError(f"a window of {num_steps} steps is longer than the horizon {horizon}")
   if theta_per_pair and schedule is not None:
     raise ValueError("theta_per_pair is for noise-free rollouts (truncated backprop)")
   es = (estimate_grad and schedule is not None and len(signs) >= 2
         and tuple(signs[:2]) == (1.0, -1.0))
   signs_arr = jnp.asarray(signs, jnp.float32)
+
+  # ---- Everything the window will need, worked out before the scan ([W, P] unless noted). ----
+  steps = jnp.arange(num_steps, dtype=jnp.int32)
   pair_keys = jax.random.split(key, num_pairs)
-  credit_of = (lambda eps, xi: xi) if (schedule is not None and schedule.accumulate) else (
-      lambda eps, xi: eps)
+  active = (jnp.ones((num_steps, num_pairs), bool) if active_steps is None
+            else steps[:, None] < active_steps[None, :])
+  pos = ws.t[None, :] + steps[:, None]  # position in the episode before each step
+  if horizon is not None:
+    pos = pos % horizon
+  start = (pos == 0) & active
 
-  def flush(gsum, dl_acc, credit, mask):
-    """Folds ``dl_acc`` into ``gsum`` for the pairs in ``mask`` and clears it there."""
-    add = tree_lib.scale_rows(jnp.where(mask, dl_acc, 0.0), credit)
-    return jax.tree.map(jnp.add, gsum, add), jnp.where(mask, 0.0, dl_acc)
+  draw = seg = None
+  num_segments = 1
+  if schedule is not None:
+    draw = start
+    if schedule.every_window:
+      draw = draw | ((steps[:, None] == 0) & active)
+    if schedule.block is not None:
+      draw = draw | ((pos % schedule.block == 0) & active)
+    seg = jnp.cumsum(draw, axis=0, dtype=jnp.int32)  # segment of each step; 0 = carried over
+    num_segments = 1 + _max_draws(num_steps, schedule)
 
-  def body(c: _Carry, j):
-    k_reset, k_noise, k_step = step_keys(pair_keys, j)
-    active = jnp.ones((num_pairs,), bool) if active_steps is None else j < active_steps
-    start = (c.t == 0) & active
+  # The steps whose keys are needed before the scan: each pair's (at most one) episode start,
+  # and the step that opens each segment. One batched key derivation for all of them.
+  event_steps = [jnp.argmax(start, axis=0)]
+  for e in range(1, num_segments):  # static and small: 1 for NRES, 2 for PES
+    event_steps.append(jnp.argmax(draw & (seg == e), axis=0))
+  event_steps = jnp.stack(event_steps, axis=1)  # [P, E]
+  purposes = jnp.asarray([RESET] + [NOISE] * (num_segments - 1), jnp.int32)
+  event_keys = jax.vmap(jax.vmap(pair_step_key, in_axes=(None, 0, 0)), in_axes=(0, 0, None))(
+      pair_keys, event_steps, purposes)  # [P, E]: one batched hash for all of them
+  fresh = jax.vmap(system.init)(event_keys[:, 0])
+  fresh = tree_lib.expand_axis(fresh, 1, len(signs))
 
-    # 1. Episode reset: only when some pair starts an episode (a real branch, not a select).
-    def reset(states):
-      fresh = tree_lib.expand_axis(jax.vmap(system.init)(k_reset), 1, len(signs))
-      return tree_lib.where_leading(start, fresh, states)
-    states = jax.lax.cond(jnp.any(start), reset, lambda s: s, c.states)
+  eps_table = None
+  if schedule is not None:
+    eps_rows, credit_rows = [ws.eps], [ws.xi if schedule.accumulate else ws.eps]
+    draws = jax.vmap(lambda k: sample_noise(k, theta, sigma))(event_keys[:, 1:])  # [P, E-1]
+    for e in range(1, num_segments):
+      new = jax.tree.map(lambda x: x[:, e - 1], draws)
+      eps_rows.append(new)
+      if schedule.accumulate:
+        restarts = jnp.take_along_axis(start, event_steps[None, :, e], axis=0)[0]
+        credit_rows.append(tree_lib.where_leading(
+            restarts, new, jax.tree.map(jnp.add, credit_rows[-1], new)))
+      else:
+        credit_rows.append(new)
+    stack = lambda rows: jax.tree.map(lambda *xs: jnp.stack(xs, axis=1), *rows)
+    eps_table, credit_table = stack(eps_rows), stack(credit_rows)  # leaves [P, S, ...]
 
-    # 2. Noise: fresh at every episode start, and as the schedule says.
-    eps, xi, gsum, dl_acc = c.eps, c.xi, c.gsum, c.dl_acc
-    if schedule is not None:
-      need = start
-      if schedule.every_window:
-        need = need | ((j % window_length == 0) & active)
-      if schedule.block is not None:
-        need = need | ((c.t % schedule.block == 0) & active)
+  # ---- The scan: per step, only what must happen per step. ----
+  def body(carry, xs):
+    states, eps = carry
+    j, any_event_j = xs
 
-      def resample(args):
-        eps, xi, gsum, dl_acc = args
-        if es:
-          gsum, dl_acc = flush(gsum, dl_acc, credit_of(eps, xi), need)
-        new = sample_noise(k_noise, theta, sigma)
-        eps = tree_lib.where_leading(need, new, eps)
-        if xi is not None:
-          restarted = tree_lib.where_leading(start, jax.tree.map(jnp.zeros_like, xi), xi)
-          xi = tree_lib.where_leading(need, jax.tree.map(jnp.add, restarted, new), xi)
-        return eps, xi, gsum, dl_acc
-      eps, xi, gsum, dl_acc = jax.lax.cond(jnp.any(need), resample, lambda a: a,
-                                           (eps, xi, gsum, dl_acc))
+    # Episode starts and noise draws are rare (a few per pair per window): one real branch,
+    # taken only on the steps where some pair has one, is far cheaper than selects every step.
+    def event(args):
+      states, eps = args
+      states = tree_lib.where_leading(start[j], fresh, states)
+      if eps_table is not None:
+        eps = tree_lib.where_leading(draw[j], _take_segment(eps_table, seg[j]), eps)
+      return states, eps
+    states, eps = jax.lax.cond(any_event_j, event, lambda a: a, (states, eps))
+    k_step_j = jax.vmap(pair_step_key, in_axes=(0, None, None))(pair_keys, j, STEP)
 
-    # 3. One step of every branch of every pair; branches share the pair's step key.
     def pair_step(theta_i, eps_i, states_i, key_i):
       def branch(sign, s):
         th = theta_i if eps_i is None else jax.tree.map(lambda a, e: a + sign * e, theta_i, eps_i)
         return system.step(th, s, key_i)
       return jax.vmap(branch)(signs_arr, states_i)
-    theta_axis = 0 if theta_per_pair else None
-    eps_in = eps if schedule is not None else None
-    new_states, losses = jax.vmap(pair_step, in_axes=(theta_axis, 0, 0, 0))(
-        theta, eps_in, states, k_step)
-    losses = losses.astype(jnp.float32)  # [P, S]
-
-    # 4. Credit and bookkeeping, masked where a loss is not finite.
-    finite = jnp.all(jnp.isfinite(losses), axis=1) & active
-    nonfinite = c.nonfinite + (active & ~finite).astype(jnp.int32)
-    safe = jnp.where(finite[:, None], losses, 0.0)
-    if es:
-      dl_acc = dl_acc + (safe[:, 0] - safe[:, 1])
-
-    t = c.t + 1
-    if horizon is not None:
-      t = jnp.where(t >= horizon, 0, t)
+    new_states, losses = jax.vmap(pair_step, in_axes=(0 if theta_per_pair else None, 0, 0, 0))(
+        theta, eps, states, k_step_j)
     if active_steps is not None:  # inactive pairs stay exactly where they were
-      new_states = tree_lib.where_leading(active, new_states, c.states)
-      t = jnp.where(active, t, c.t)
-    return _Carry(
-        states=new_states, t=t, eps=eps, xi=xi, episodes=c.episodes + start.astype(jnp.int32),
-        gsum=gsum, dl_acc=dl_acc, count=c.count + finite.astype(jnp.int32),
-        loss_sum=c.loss_sum + safe, nonfinite=nonfinite,
-        resets=c.resets + start.astype(jnp.int32)), None
+      new_states = tree_lib.where_leading(active[j], new_states, states)
+    return (new_states, eps), losses.astype(jnp.float32)
 
-  zeros_p = jnp.zeros((num_pairs,), jnp.int32)
-  gsum0 = jax.tree.map(jnp.zeros_like, ws.eps) if es else None
-  carry0 = _Carry(states=ws.states, t=ws.t, eps=ws.eps, xi=ws.xi, episodes=ws.episodes,
-                  gsum=gsum0, dl_acc=jnp.zeros((num_pairs,), jnp.float32), count=zeros_p,
-                  loss_sum=jnp.zeros((num_pairs, len(signs)), jnp.float32), nonfinite=zeros_p,
-                  resets=zeros_p)
-  c, _ = jax.lax.scan(body, carry0, jnp.arange(num_steps))
+  xs = (steps, jnp.any(start if draw is None else (start | draw), axis=1))
+  eps0 = ws.eps if schedule is not None else None
+  (states, eps_last), losses = jax.lax.scan(body, (ws.states, eps0), xs)  # losses: [W, P, S]
+
+  # Bookkeeping on the window's losses at once ([W, P, S] floats), not step by step.
+  finite = jnp.all(jnp.isfinite(losses), axis=2) & active
+  safe = jnp.where(finite[..., None], losses, 0.0)
+  count = jnp.sum(finite, axis=0, dtype=jnp.int32)
+  loss_sum = jnp.sum(safe, axis=0)
+  nonfinite = jnp.sum(active & ~finite, axis=0, dtype=jnp.int32)
+
+  # ---- Close the window: credit, positions, the noise now in use. ----
   gsum = None
   if es:
-    gsum, _ = flush(c.gsum, c.dl_acc, credit_of(c.eps, c.xi), jnp.ones((num_pairs,), bool))
-  new_ws = ws.replace(states=c.states, t=c.t, eps=c.eps, xi=c.xi, episodes=c.episodes)
-  return new_ws, WindowOut(gsum=gsum, count=c.count, loss_sum=c.loss_sum,
-                           nonfinite=c.nonfinite, resets=c.resets)
+    # dl summed per pair and segment, then times each segment's credit: sum_t dl_t * credit_t.
+    dl = safe[..., 0] - safe[..., 1]  # [W, P]
+    dl_seg = jnp.stack([jnp.sum(jnp.where(seg == e, dl, 0.0), axis=0)
+                        for e in range(num_segments)], axis=1)  # [P, S]
+    gsum = jax.tree.map(lambda c: jnp.einsum("ps,ps...->p...", dl_seg, c), credit_table)
+  taken = jnp.sum(active, axis=0, dtype=jnp.int32)
+  t = ws.t + taken
+  if horizon is not None:
+    t = t % horizon
+  resets = jnp.sum(start, axis=0, dtype=jnp.int32)
+  eps, xi = ws.eps, ws.xi
+  if schedule is not None:
+    eps = eps_last
+    if schedule.accumulate:  # cumsum: the segment of the last step is the last one opened
+      xi = _take_segment(credit_table, seg[-1])
+  new_ws = ws.replace(states=states, t=t, eps=eps, xi=xi, episodes=ws.episodes + resets)
+  return new_ws, WindowOut(gsum=gsum, count=count, loss_sum=loss_sum, nonfinite=nonfinite,
+                           resets=resets)
+
+
+def burn_in(system: UnrolledSystem, theta: PyTree, ws: WorkerState, key: jax.Array,
+            positions: jax.Array, *, signs: tuple[float, ...], sigma: float,
+            schedule: NoiseSchedule | None, window_length: int) -> WorkerState:
+  """Runs pair ``i`` for ``positions[i]`` steps under ``theta`` (+/- its noise), in windows of
+  ``window_length`` steps drawing noise as the estimator's windows do, so that the states are
+  those the system really reaches: no fake states. Costs ``max(positions)`` rounded up to whole
+  windows of batched steps (an outer ``scan`` over windows)."""
+  W = window_length
+  num_windows = -(-(system.horizon - 1) // W) if system.horizon is not None else 0
+  if num_windows == 0:
+    return ws
+
+  def one(ws, b):
+    steps_left = jnp.clip(positions - b * W, 0, W).astype(jnp.int32)
+    ws, _ = run_window(system, theta, ws, jax.random.fold_in(key, b), W, signs=signs, sigma=sigma,
+                       schedule=schedule, active_steps=steps_left, estimate_grad=False)
+    return ws, None
+  ws, _ = jax.lax.scan(one, ws, jnp.arange(num_windows))
+  return ws.replace(burn_in=positions.astype(jnp.int32))
 
 
 def step_unlock(system: UnrolledSystem, theta: PyTree, ws: WorkerState, key: jax.Array, *,
                 signs: tuple[float, ...], sigma: float, schedule: NoiseSchedule | None,
                 window_length: int) -> WorkerState:
-  """Burns each pair in to a uniformly random position ``tau_i in [0, T)`` of its episode.
-
-  The burn-in really runs the ``tau_i`` steps under ``theta`` (+/- the pair's noise, drawn as the
-  estimator draws it), so the states are those the system would have reached: no fake states.
-  It costs ``T - 1`` batched steps once. For a system with no horizon it does nothing.
-  """
+  """Burns each pair in to a uniformly random position ``tau_i in [0, T)`` of its episode
+  (see :func:`burn_in`; it costs up to ``T - 1`` batched steps, once). For a system with no
+  horizon it does nothing: every pair starts at step 0."""
   if system.horizon is None or system.horizon == 1:
     return ws
-  num_pairs = ws.t.shape[0]
   pos_key, run_key = jax.random.split(key)
-  tau = jax.random.randint(pos_key, (num_pairs,), 0, system.horizon, dtype=jnp.int32)
-  ws, _ = run_window(system, theta, ws, run_key, system.horizon - 1, signs=signs, sigma=sigma,
-                     schedule=schedule, window_length=window_length, active_steps=tau,
-                     estimate_grad=False)
-  return ws.replace(burn_in=tau)
+  tau = jax.random.randint(pos_key, ws.t.shape, 0, system.horizon, dtype=jnp.int32)
+  return burn_in(system, theta, ws, run_key, tau, signs=signs, sigma=sigma, schedule=schedule,
+                 window_length=window_length)

@@ -132,13 +132,13 @@ def test_nonfinite_losses_are_masked_and_counted(name):
       assert int(m["nonfinite"]) == int(np.asarray(ws.states["nans"][:, 0]).sum()) - before > 0
   system = systems.nan_prone(horizon=10, rate=0.25)
   est = _all(system, N=32, W=5)[name]
-  grads = []
-  for i in range(20):
-    g, _, m = est.estimate(jax.random.key(100 + i), theta, est.init(jax.random.key(i), theta))
-    assert int(m["nonfinite"]) > 0
-    grads.append(systems.flat(g))
-  # grad of (theta - 1)^2 at theta = 0 is -2 per coordinate; 20 x 16 pairs resolve it to ~0.1.
-  np.testing.assert_allclose(np.mean(grads, axis=0), [-2.0, -2.0], atol=0.5)
+  _, _, m = est.estimate(jax.random.key(7), theta, est.init(jax.random.key(8), theta))
+  assert int(m["nonfinite"]) > 0
+  # grad of (theta - 1)^2 at theta = 0 is -2 per coordinate: within 5 standard errors over 100
+  # independent replicates (each about 0.1: a bias of 0.5 would fail).
+  grads = systems.replicate_estimates(est, theta, jax.random.key(9), 100)
+  mean, se = grads.mean(axis=0), grads.std(axis=0, ddof=1) / np.sqrt(100)
+  assert np.all(np.abs(mean + 2.0) < 5 * se) and np.all(se < 0.15), (mean, se)
 
 
 def test_tbptt_masks_nonfinite_trajectories():

@@ -5,7 +5,7 @@
 averaged over pairs. Written straight from the definition (one ``scan`` over ``T`` steps per
 particle, vmapped), independently of the online workers, so that "NRES with ``W = T`` equals
 FullES" checks the workers against the definition. Keys are derived exactly as the workers
-derive them (:func:`meta_train.workers.step_keys`), so the two agree for the same key.
+derive them (:func:`meta_train.workers.pair_step_key`), so the two agree for the same key.
 """
 
 from __future__ import annotations
@@ -55,10 +55,11 @@ class FullES(Estimator):
     pair_keys = jax.random.split(key, P)
 
     def pair(pair_key):
-      k_reset, k_noise, _ = workers.step_keys(pair_key[None], 0)
-      eps = jax.tree.map(lambda x: x[0], workers.sample_noise(k_noise, theta, self.sigma))
-      state0 = system.init(k_reset[0])
-      keys = jax.vmap(lambda j: workers.step_keys(pair_key[None], j)[2][0])(jnp.arange(T))
+      k_noise = workers.pair_step_key(pair_key, 0, workers.NOISE)
+      eps = jax.tree.map(lambda x: x[0], workers.sample_noise(k_noise[None], theta, self.sigma))
+      state0 = system.init(workers.pair_step_key(pair_key, 0, workers.RESET))
+      keys = jax.vmap(workers.pair_step_key, in_axes=(None, 0, None))(
+          pair_key, jnp.arange(T), workers.STEP)
 
       def losses(sign):
         th = jax.tree.map(lambda a, e: a + sign * e, theta, eps)

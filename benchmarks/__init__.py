@@ -1,0 +1,1 @@
+"""Benchmarks: long reproductions and measurements, each printing a table and a final JSON line."""
