@@ -171,8 +171,7 @@ def train(config: config_lib.TrainConfig, *, overwrite: bool = False,
        f"-> {run_dir}")
   start = time.perf_counter()
   state = trainer.init(train_key, system.theta0)
-  total_unroll = int(np.sum(np.asarray(state.workers.burn_in))) * 2 if hasattr(
-      state.workers, "burn_in") else 0
+  total_unroll = estimator.burn_in_steps(state.workers)
   try:
     if config.run.eval_every:
       eval_loss = float(evaluate(state.theta, jax.random.fold_in(eval_key, 0)))
@@ -180,16 +179,20 @@ def train(config: config_lib.TrainConfig, *, overwrite: bool = False,
                  **({"theta": _jsonable(state.theta)} if theta_size <= 32 else {})})
       echo(f"step 0: eval_loss {eval_loss:.6g}")
     done = 0
+    # Echo about 50 lines however long the run (metrics.jsonl gets every logged chunk).
+    echo_every = max(1, config.outer.outer_steps // 50)
+    next_echo = echo_every
+    last_time = time.perf_counter()
     while done < config.outer.outer_steps:
       n = min(config.run.log_every, config.outer.outer_steps - done)
-      chunk_start = time.perf_counter()
       state, metrics = trainer.run(state, n)
       record = summarize(metrics)
       done += n
       now = time.perf_counter()
       total_unroll += record["unroll_steps"]
-      record.update(step=done, time_s=now - start, outer_steps_per_s=n / (now - chunk_start),
+      record.update(step=done, time_s=now - start, outer_steps_per_s=n / (now - last_time),
                     total_unroll_steps=total_unroll)
+      last_time = now
       if theta_size <= 32:
         record["theta"] = _jsonable(state.theta)
       if config.run.eval_every and (done % config.run.eval_every == 0
@@ -199,10 +202,13 @@ def train(config: config_lib.TrainConfig, *, overwrite: bool = False,
       if record["nonfinite"] or record["skipped_updates"]:
         print(f"meta-train: step {done}: masked {record['nonfinite']} non-finite losses, skipped "
               f"{record['skipped_updates']} non-finite updates", file=sys.stderr, flush=True)
-      line = f"step {done}: meta_loss {record['meta_loss']:.6g}  grad_norm {record['grad_norm']:.3g}"
-      if "eval_loss" in record:
-        line += f"  eval_loss {record['eval_loss']:.6g}"
-      echo(line)
+      if done >= next_echo or done == config.outer.outer_steps:
+        next_echo = done + echo_every
+        line = (f"step {done}: meta_loss {record['meta_loss']:.6g}  "
+                f"grad_norm {record['grad_norm']:.3g}  {record['outer_steps_per_s']:.0f} steps/s")
+        if "eval_loss" in record:
+          line += f"  eval_loss {record['eval_loss']:.6g}"
+        echo(line)
   finally:
     log.close()
   return state, run_dir

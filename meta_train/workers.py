@@ -183,6 +183,8 @@ def run_window(system: UnrolledSystem, theta: PyTree, ws: WorkerState, key: jax.
   Returns:
     ``(new_ws, out)``; see :class:`WindowOut`. ``out.gsum`` is ``None`` unless the first two
     branches are an antithetic pair (``signs[:2] == (1., -1.)``) with noise.
+
+  Memory: the states and noise of the pairs, plus the window's losses ``[W, P, S]`` (floats).
   """
   num_pairs = ws.t.shape[0]
   horizon = system.horizon
@@ -307,10 +309,10 @@ def run_window(system: UnrolledSystem, theta: PyTree, ws: WorkerState, key: jax.
 def burn_in(system: UnrolledSystem, theta: PyTree, ws: WorkerState, key: jax.Array,
             positions: jax.Array, *, signs: tuple[float, ...], sigma: float,
             schedule: NoiseSchedule | None, window_length: int) -> WorkerState:
-  """Runs pair ``i`` for ``positions[i]`` steps under ``theta`` (+/- its noise), in windows of
-  ``window_length`` steps drawing noise as the estimator's windows do, so that the states are
-  those the system really reaches: no fake states. Costs ``max(positions)`` rounded up to whole
-  windows of batched steps (an outer ``scan`` over windows)."""
+  """Runs pair ``i`` for ``positions[i] < T`` steps under ``theta`` (+/- its noise), in windows
+  of ``window_length`` steps drawing noise as the estimator's windows do, so that the states are
+  those the system really reaches: no fake states. An outer ``scan`` over ``ceil((T-1)/W)``
+  windows: about ``T`` batched steps, once."""
   W = window_length
   num_windows = -(-(system.horizon - 1) // W) if system.horizon is not None else 0
   if num_windows == 0:

@@ -33,7 +33,7 @@ Theta = Any  # a pytree of float arrays: the meta-parameters
 State = Any  # a pytree of arrays: one particle's inner state
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)  # identity semantics: fields hold functions, arrays
 class UnrolledSystem:
   """An unrolled computation graph: ``init``, ``step`` and the horizon ``T``.
 

@@ -109,6 +109,13 @@ class Estimator(abc.ABC):
     """Trajectory steps one ``estimate`` call runs (every particle counted)."""
     return self.num_particles * self.unroll_length
 
+  def burn_in_steps(self, ws: WorkerState | None) -> int:
+    """Trajectory steps ``init`` spent burning the workers in (every branch counted)."""
+    if ws is None:
+      return 0
+    branches = jax.tree.leaves(ws.states)[0].shape[1]
+    return int(jnp.sum(ws.burn_in)) * branches
+
   def __repr__(self):
     fields = ", ".join(f"{k}={v!r}" for k, v in self._config().items())
     return f"{type(self).__name__}({self.system.name!r}, {fields})"

@@ -16,14 +16,13 @@ import jax.numpy as jnp
 from meta_train import tree as tree_lib
 from meta_train import workers
 from meta_train.estimators import maths
-from meta_train.estimators.base import (Estimator, check_num_particles, check_sigma, check_system,
-                                        check_unroll_length, es_metrics)
+from meta_train.estimators.base import OnlineES, es_metrics
 from meta_train.workers import NoiseSchedule
 
 _SIGNS = (1.0, -1.0, 0.0)  # theta + eps, theta - eps, theta (the shared state's own branch)
 
 
-class TruncatedES(Estimator):
+class TruncatedES(OnlineES):
   """Truncated ES with one shared state per pair (fresh noise every window, no accumulation).
 
   Args: as :class:`meta_train.estimators.NRES`. ``metrics`` adds ``meta_loss_center``, the
@@ -33,26 +32,13 @@ class TruncatedES(Estimator):
   name = "tes"
   schedule = NoiseSchedule(every_window=True)
 
-  def __init__(self, system, *, num_particles: int, sigma: float, unroll_length: int,
-               lockstep: bool = False):
-    self.system = check_system(system)
-    self.num_particles = check_num_particles(num_particles)
-    self.sigma = check_sigma(sigma)
-    self.unroll_length = check_unroll_length(unroll_length, self.system)
-    self.lockstep = bool(lockstep)
-    super().__init__()
-
   @property
   def steps_per_estimate(self) -> int:
-    return (self.num_particles + self.num_particles // 2) * self.unroll_length  # + the centre
-
-  def _config(self):
-    return {"num_particles": self.num_particles, "sigma": self.sigma,
-            "unroll_length": self.unroll_length, "lockstep": self.lockstep}
+    return (self.num_particles + self.num_pairs) * self.unroll_length  # + the shared centre
 
   def _init(self, key, theta):
     init_key, unlock_key = jax.random.split(key)
-    ws = workers.init_workers(self.system, theta, init_key, self.num_particles // 2, 1,
+    ws = workers.init_workers(self.system, theta, init_key, self.num_pairs, 1,
                               with_noise=True, accumulate=False)
     if not self.lockstep:
       ws = workers.step_unlock(self.system, theta, ws, unlock_key, signs=(0.0,), sigma=self.sigma,
