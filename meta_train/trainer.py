@@ -11,6 +11,7 @@ state are kept), counted in ``skipped_updates`` and reported.
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 import time
@@ -69,7 +70,7 @@ class Trainer:
   def __init__(self, estimator: Estimator, optimizer: optax.GradientTransformation):
     self.estimator = estimator
     self.optimizer = optimizer
-    self._run = jax.jit(self._run_impl, static_argnums=1)
+    self._run = jax.jit(self._run_impl, static_argnums=2)
 
   def init(self, key: jax.Array, theta: PyTree) -> TrainState:
     worker_key, key = jax.random.split(key)
@@ -80,11 +81,11 @@ class Trainer:
 
   def run(self, state: TrainState, num_steps: int) -> tuple[TrainState, dict[str, jax.Array]]:
     """Runs ``num_steps`` outer steps; returns the new state and per-step metrics ``[num_steps]``."""
-    return self._run(state, num_steps)
+    return self._run(state, self.estimator.system.data, num_steps)
 
-  def _outer_step(self, state: TrainState, _):
+  def _outer_step(self, data, state: TrainState, _):
     key, est_key = jax.random.split(state.key)
-    grad, workers, metrics = self.estimator.estimate(est_key, state.theta, state.workers)
+    grad, workers, metrics = self.estimator.estimate_fn(est_key, state.theta, state.workers, data)
     finite = tree_lib.all_finite(grad)
     updates, opt_state = self.optimizer.update(grad, state.opt_state, state.theta)
     theta = optax.apply_updates(state.theta, updates)
@@ -95,8 +96,8 @@ class Trainer:
     return TrainState(step=state.step + 1, theta=theta, opt_state=opt_state, workers=workers,
                       key=key), metrics
 
-  def _run_impl(self, state, num_steps):
-    return jax.lax.scan(self._outer_step, state, None, length=num_steps)
+  def _run_impl(self, state, data, num_steps):
+    return jax.lax.scan(functools.partial(self._outer_step, data), state, None, length=num_steps)
 
 
 def _jsonable(x):
@@ -162,8 +163,9 @@ def train(config: config_lib.TrainConfig, *, overwrite: bool = False,
   root = jax.random.key(config.run.seed)
   train_key, eval_key = jax.random.split(root)
   eval_steps = system.horizon if system.horizon is not None else config.run.eval_steps
-  evaluate = jax.jit(lambda theta, key: system.mean_loss(theta, key, config.run.eval_episodes,
-                                                         eval_steps))
+  evaluate_jit = jax.jit(lambda theta, key, data: system.bind(data).mean_loss(
+      theta, key, config.run.eval_episodes, eval_steps))
+  evaluate = lambda theta, key: evaluate_jit(theta, key, system.data)
   theta_size = sum(np.size(x) for x in jax.tree.leaves(system.theta0))
 
   log = MetricsLog(run_dir / "metrics.jsonl")

@@ -8,7 +8,8 @@ unperturbed centre). Nothing runs in a Python loop over particles or steps.
 Conventions (see DESIGN §2 and §6):
 
 * Positions. ``t[i]`` counts the steps pair ``i`` has taken in its current episode; ``t == 0``
-  means the next step starts a new episode. Before that step the pair's state is replaced by
+  means the next step starts a new episode. Episodes last ``T`` steps, or, for systems whose
+  episodes vary in length, what ``system.episode_length`` says of the episode's fresh state. Before that step the pair's state is replaced by
   ``system.init(reset_key)`` and (for ES) its noise is resampled; PES/GPES accumulators restart.
   So the loss of an episode's last step is still paired with the old noise, and a window that
   straddles an episode boundary switches noise exactly at the boundary.
@@ -62,6 +63,8 @@ class WorkerState:
       ``None`` for estimators that do not accumulate.
     episodes: ``[P] int32``, episodes begun so far by each pair.
     burn_in: ``[P] int32``, the steps each pair ran at start-up to reach its random position.
+    length: ``[P] int32``, the length of each pair's current episode (``T`` unless the system's
+      episodes vary in length).
   """
   states: PyTree
   t: jax.Array
@@ -69,6 +72,7 @@ class WorkerState:
   xi: PyTree
   episodes: jax.Array
   burn_in: jax.Array
+  length: jax.Array
 
 
 class NoiseSchedule(NamedTuple):
@@ -128,11 +132,13 @@ def init_workers(system: UnrolledSystem, theta: PyTree, key: jax.Array, num_pair
   """Fresh workers at ``t = 0`` (their first step will start an episode). States are real initial
   states (so shapes and dtypes are those of the running system); noise is zero until drawn."""
   states = jax.vmap(system.init)(jax.random.split(key, num_pairs))
+  length = jax.vmap(system.length_of)(states)
   states = tree_lib.expand_axis(states, 1, num_branches)
   zeros = jax.tree.map(lambda x: jnp.zeros((num_pairs,) + jnp.shape(x), jnp.result_type(x)), theta)
   int0 = jnp.zeros((num_pairs,), jnp.int32)
   return WorkerState(states=states, t=int0, eps=zeros if with_noise else None,
-                     xi=zeros if (with_noise and accumulate) else None, episodes=int0, burn_in=int0)
+                     xi=zeros if (with_noise and accumulate) else None, episodes=int0, burn_in=int0,
+                     length=length)
 
 
 def _max_draws(num_steps: int, schedule: NoiseSchedule) -> int:
@@ -188,8 +194,9 @@ def run_window(system: UnrolledSystem, theta: PyTree, ws: WorkerState, key: jax.
   """
   num_pairs = ws.t.shape[0]
   horizon = system.horizon
-  if horizon is not None and num_steps > horizon:
-    raise ValueError(f"a window of {num_steps} steps is longer than the horizon {horizon}")
+  if horizon is not None and num_steps > system.shortest_episode:
+    raise ValueError(f"a window of {num_steps} steps is longer than the shortest episode "
+                     f"({system.shortest_episode} steps)")
   if theta_per_pair and schedule is not None:
     raise ValueError("theta_per_pair is for noise-free rollouts (truncated backprop)")
   es = (estimate_grad and schedule is not None and len(signs) >= 2
@@ -201,10 +208,15 @@ def run_window(system: UnrolledSystem, theta: PyTree, ws: WorkerState, key: jax.
   pair_keys = jax.random.split(key, num_pairs)
   active = (jnp.ones((num_steps, num_pairs), bool) if active_steps is None
             else steps[:, None] < active_steps[None, :])
-  pos = ws.t[None, :] + steps[:, None]  # position in the episode before each step
-  if horizon is not None:
-    pos = pos % horizon
-  start = (pos == 0) & active
+  # A window is no longer than the shortest episode, so each pair starts at most one episode in
+  # it: at step j_star (0 if the pair is at t == 0; never for a system that never resets).
+  if horizon is None:
+    j_star = jnp.where(ws.t == 0, 0, num_steps)
+  else:
+    j_star = jnp.where(ws.t == 0, 0, ws.length - ws.t)
+  after = steps[:, None] >= j_star[None, :]
+  pos = jnp.where(after, steps[:, None] - j_star[None, :], ws.t[None, :] + steps[:, None])
+  start = (steps[:, None] == j_star[None, :]) & active  # position in the episode before each step
 
   draw = seg = None
   num_segments = 1
@@ -227,6 +239,7 @@ def run_window(system: UnrolledSystem, theta: PyTree, ws: WorkerState, key: jax.
   event_keys = jax.vmap(jax.vmap(pair_step_key, in_axes=(None, 0, 0)), in_axes=(0, 0, None))(
       pair_keys, event_steps, purposes)  # [P, E]: one batched hash for all of them
   fresh = jax.vmap(system.init)(event_keys[:, 0])
+  fresh_length = jax.vmap(system.length_of)(fresh)
   fresh = tree_lib.expand_axis(fresh, 1, len(signs))
 
   eps_table = None
@@ -292,16 +305,18 @@ def run_window(system: UnrolledSystem, theta: PyTree, ws: WorkerState, key: jax.
                         for e in range(num_segments)], axis=1)  # [P, S]
     gsum = jax.tree.map(lambda c: jnp.einsum("ps,ps...->p...", dl_seg, c), credit_table)
   taken = jnp.sum(active, axis=0, dtype=jnp.int32)
-  t = ws.t + taken
-  if horizon is not None:
-    t = t % horizon
   resets = jnp.sum(start, axis=0, dtype=jnp.int32)
+  length = jnp.where(resets > 0, fresh_length, ws.length)
+  t = jnp.where(resets > 0, taken - j_star, ws.t + taken)
+  if horizon is not None:
+    t = jnp.where(t >= length, 0, t)
   eps, xi = ws.eps, ws.xi
   if schedule is not None:
     eps = eps_last
     if schedule.accumulate:  # cumsum: the segment of the last step is the last one opened
       xi = _take_segment(credit_table, seg[-1])
-  new_ws = ws.replace(states=states, t=t, eps=eps, xi=xi, episodes=ws.episodes + resets)
+  new_ws = ws.replace(states=states, t=t, eps=eps, xi=xi, episodes=ws.episodes + resets,
+                      length=length)
   return new_ws, WindowOut(gsum=gsum, count=count, loss_sum=loss_sum, nonfinite=nonfinite,
                            resets=resets)
 

@@ -113,3 +113,37 @@ def replicate_estimates(est, theta, key, num_replicates: int):
 
 def flat(tree) -> np.ndarray:
   return np.concatenate([np.ravel(np.asarray(x)) for x in jax.tree.leaves(tree)])
+
+
+def varying_length(min_length: int = 5, max_length: int = 11) -> tasks.UnrolledSystem:
+  """Each episode draws its length uniformly from [min_length, max_length] at init; the state
+  records that length and its own step count; ``L = theta[0] * (1 + t)``."""
+  def init(key):
+    length = jax.random.randint(key, (), min_length, max_length + 1, dtype=jnp.int32)
+    return {"t": jnp.zeros((), jnp.int32), "length": length}
+
+  def step(theta, state, key):
+    del key
+    return ({"t": state["t"] + 1, "length": state["length"]},
+            theta[0] * (1.0 + state["t"].astype(jnp.float32)))
+
+  return tasks.UnrolledSystem(init=init, step=step, horizon=max_length, min_horizon=min_length,
+                              episode_length=lambda s: s["length"],
+                              theta0=jnp.asarray([0.5], jnp.float32), name="varying_length")
+
+
+def lookup(table_size: int = 1_000_000) -> tasks.UnrolledSystem:
+  """A system that reads a large table (``data``): ``L = (theta . table[i] - 1)^2`` for a row
+  ``i`` drawn from the step key; the table is 4 MB of float32."""
+  table = jax.random.normal(jax.random.key(0), (table_size // 4, 4))
+
+  def init(key, data):
+    del key, data
+    return jnp.zeros((), jnp.int32)
+
+  def step(theta, count, key, data):
+    row = data["table"][jax.random.randint(key, (), 0, data["table"].shape[0])]
+    return count + 1, (jnp.dot(theta, row) - 1.0) ** 2
+
+  return tasks.UnrolledSystem(init=init, step=step, horizon=20, data={"table": table},
+                              theta0=jnp.zeros(4, jnp.float32), name="lookup")

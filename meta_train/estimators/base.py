@@ -22,6 +22,7 @@ and sharded like any JAX function. ``metrics`` is a dict of scalars:
 from __future__ import annotations
 
 import abc
+import copy
 import math
 from typing import Any, ClassVar
 
@@ -62,10 +63,12 @@ def check_sigma(sigma) -> float:
 def check_unroll_length(unroll_length, system: UnrolledSystem) -> int:
   if isinstance(unroll_length, bool) or not isinstance(unroll_length, int) or unroll_length < 1:
     raise ConfigError("unroll_length", f"must be a positive int (W); got {unroll_length!r}")
-  if system.horizon is not None and unroll_length > system.horizon:
-    raise ConfigError("unroll_length",
-                      f"W={unroll_length} is longer than the horizon T={system.horizon} of "
-                      f"{system.name!r}; allowed: 1..{system.horizon}")
+  shortest = system.shortest_episode
+  if shortest is not None and unroll_length > shortest:
+    what = (f"the horizon T={shortest}" if shortest == system.horizon
+            else f"the shortest episode ({shortest} steps)")
+    raise ConfigError("unroll_length", f"W={unroll_length} is longer than {what} of "
+                      f"{system.name!r}; allowed: 1..{shortest}")
   return unroll_length
 
 
@@ -92,8 +95,30 @@ class Estimator(abc.ABC):
   unroll_length: int
 
   def __init__(self):
-    self.init = jax.jit(self._init)
-    self.estimate = jax.jit(self._estimate)
+    init_jit, estimate_jit = jax.jit(self.init_fn), jax.jit(self.estimate_fn)
+    self.init = lambda key, theta: init_jit(key, theta, self.system.data)
+    self.init.__doc__ = "``init(key, theta) -> ws``: jit-compiled, with the system's own data."
+    self.estimate = lambda key, theta, ws: estimate_jit(key, theta, ws, self.system.data)
+    self.estimate.__doc__ = ("``estimate(key, theta, ws) -> (grad, ws, metrics)``: jit-compiled, "
+                             "with the system's own data.")
+
+  def init_fn(self, key: jax.Array, theta: PyTree, data: Any) -> WorkerState:
+    """Pure ``init`` with the system's ``data`` as an argument (for use inside your own jit)."""
+    return self._with_data(data)._init(key, theta)
+
+  def estimate_fn(self, key: jax.Array, theta: PyTree, ws: WorkerState,
+                  data: Any) -> tuple[PyTree, WorkerState, Metrics]:
+    """Pure ``estimate`` with the system's ``data`` as an argument (for use inside your own jit:
+    the data then reaches the compiled code as an argument, not as a constant)."""
+    return self._with_data(data)._estimate(key, theta, ws)
+
+  def _with_data(self, data: Any) -> "Estimator":
+    """A shallow copy whose system has ``data`` bound (itself, for a system without data)."""
+    if self.system.data is None and data is None:
+      return self
+    clone = copy.copy(self)
+    clone.system = self.system.bind(data)
+    return clone
 
   @abc.abstractmethod
   def _init(self, key: jax.Array, theta: PyTree) -> WorkerState:

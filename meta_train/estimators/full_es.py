@@ -20,7 +20,8 @@ from meta_train.estimators.base import (Estimator, check_num_particles, check_si
 
 
 class FullES(Estimator):
-  """Antithetic ES over full episodes; one estimate per ``T`` steps.
+  """Antithetic ES over full episodes; one estimate per ``T`` steps (per episode: steps past the
+  end of an episode shorter than ``T`` are left out).
 
   Args:
     system: the unrolled system (it must have a finite horizon).
@@ -65,7 +66,7 @@ class FullES(Estimator):
         th = jax.tree.map(lambda a, e: a + sign * e, theta, eps)
         return system.unroll(th, state0, keys)[1].astype(jnp.float32)
       pos, neg = losses(1.0), losses(-1.0)
-      valid = jnp.isfinite(pos) & jnp.isfinite(neg)
+      valid = jnp.isfinite(pos) & jnp.isfinite(neg) & (jnp.arange(T) < system.length_of(state0))
       dl = jnp.sum(jnp.where(valid, pos - neg, 0.0))
       loss = jnp.sum(jnp.where(valid, pos + neg, 0.0))
       return jax.tree.map(lambda e: dl * e, eps), jnp.sum(valid), loss, jnp.sum(~valid)
