@@ -2,15 +2,51 @@
 
 The three import packages:
 
-* ``lopt_meta`` (this one): what is meta-trained and exported, and what every layer shares
+* ``lopt_meta`` (this one): what is meta-trained and exported (learned optimizers and
+  hand-designed ones behind the same interface), and what every layer shares
   (:class:`ConfigError`).
-* ``tasks``: unrolled systems (``tasks.UnrolledSystem``) and their registry (``tasks.get``).
+* ``tasks``: unrolled systems (``tasks.UnrolledSystem``) and their registry (``tasks.get``),
+  inner training tasks and datasets.
 * ``meta_train``: gradient estimators (``meta_train.estimators``), the outer loop and the
   ``meta-train`` command.
+
+>>> import jax, lopt_meta
+>>> sorted(lopt_meta.OPTIMIZERS)
+['adafac', 'adam', 'hyper_adam', 'lr_schedule', 'mlp', 'sgdm']
 """
 
-from lopt_meta.errors import ConfigError
+from __future__ import annotations
+
+import inspect
+
+from lopt_meta.adafac_mlp_lopt import AdafacMLPLOpt
+from lopt_meta.base import LearnedOptimizer
+from lopt_meta.baselines import SGDM, Adam, HyperAdam, LRScheduleSGDM
+from lopt_meta.errors import ConfigError, unknown_name
+from lopt_meta.mlp_lopt import MLPLOpt
 
 __version__ = "0.1.0"
 
-__all__ = ["ConfigError", "__version__"]
+OPTIMIZERS: dict[str, type[LearnedOptimizer]] = {
+    "mlp": MLPLOpt,
+    "adafac": AdafacMLPLOpt,
+    "adam": Adam,
+    "sgdm": SGDM,
+    "hyper_adam": HyperAdam,
+    "lr_schedule": LRScheduleSGDM,
+}
+
+
+def get_optimizer(name: str, **options) -> LearnedOptimizer:
+  """Builds optimizer ``name``; unknown names and options are a ConfigError listing valid ones."""
+  if name not in OPTIMIZERS:
+    raise unknown_name("lopt", name, OPTIMIZERS)
+  allowed = [p for p in inspect.signature(OPTIMIZERS[name].__init__).parameters if p != "self"]
+  for key in options:
+    if key not in allowed:
+      raise ConfigError(key, f"lopt {name!r} takes no option {key!r}; valid: {', '.join(allowed)}")
+  return OPTIMIZERS[name](**options)
+
+
+__all__ = ["OPTIMIZERS", "Adam", "AdafacMLPLOpt", "ConfigError", "HyperAdam", "LRScheduleSGDM",
+           "LearnedOptimizer", "MLPLOpt", "SGDM", "__version__", "get_optimizer"]
