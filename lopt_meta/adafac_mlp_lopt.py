@@ -49,7 +49,7 @@ import jax.numpy as jnp
 
 from lopt_meta import features
 from lopt_meta.base import LearnedOptimizer
-from lopt_meta.mlp_lopt import PerParameterMLP
+from lopt_meta.mlp_lopt import PerParameterMLP, per_parameter_steps
 
 NUM_FEATURES = 28
 
@@ -208,9 +208,9 @@ class AdafacMLPLOpt(LearnedOptimizer):
         new[k].append(v)
 
     x = jnp.concatenate(rows, axis=0)  # [n, 28]
-    out = self.network.apply({"params": theta["network"]}, x,
-                             features.tanh_embedding(state.iteration))
-    step = out[:, 0] * jnp.exp(out[:, 1] * self.exp_mult) * self.step_mult
+    step = per_parameter_steps(self.network, theta["network"], x,
+                               features.tanh_embedding(state.iteration),
+                               exp_mult=self.exp_mult, step_mult=self.step_mult)
     updates = features.unflatten(-step, params)
     rebuild = lambda k: jax.tree.unflatten(treedef, new[k])
     return updates, AdafacState(momentum=rebuild("momentum"), rms=rebuild("rms"),

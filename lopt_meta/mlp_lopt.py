@@ -16,7 +16,8 @@ Per parameter, with ``g`` its gradient and ``p`` its value:
 
 With the defaults theta has 1,762 parameters. The features of all tensors form one matrix
 ``[n, 8]``; because the 11 time features are the same on every row, their contribution to the
-first layer is computed once per step as a bias (exactly ``[x, t] @ W = x @ W_x + t @ W_t``).
+first layer is computed once per step as a bias (exactly ``[x, t] @ W = x @ W_x + t @ W_t``),
+and on CPU the whole MLP runs as one fused kernel (:mod:`lopt_meta.kernels`).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from lopt_meta import features
+from lopt_meta import features, kernels
 from lopt_meta.base import LearnedOptimizer
 
 MOMENTUM_DECAYS = (0.1, 0.5, 0.9, 0.99, 0.999, 0.9999)
@@ -63,11 +64,30 @@ class PerParameterMLP(nn.Module):
     return h
 
 
+def per_parameter_steps(network: PerParameterMLP, params, x: jax.Array, time_features: jax.Array, *,
+                        exp_mult: float, step_mult: float) -> jax.Array:
+  """``direction * exp(magnitude * exp_mult) * step_mult`` for every row of ``x: [n, F]``.
+
+  For the two-hidden-layer networks of :class:`MLPLOpt` and :class:`AdafacMLPLOpt` this is one
+  fused CPU kernel (:func:`lopt_meta.kernels.per_parameter_mlp`; plain JAX elsewhere), the same
+  arithmetic as ``network.apply``.
+  """
+  if len(network.hidden_sizes) == 2 and network.outputs == 2:
+    num_x = x.shape[-1]
+    c = time_features @ params["w0"][num_x:] + params["b0"]
+    return kernels.per_parameter_mlp(x, c, params["w0"][:num_x], params["w1"], params["b1"],
+                                     params["w2"], params["b2"], exp_mult=exp_mult,
+                                     step_mult=step_mult)
+  out = network.apply({"params": params}, x, time_features)
+  return out[:, 0] * jnp.exp(out[:, 1] * exp_mult) * step_mult
+
+
 class MLPLOptState(NamedTuple):
   """Inner state of :class:`MLPLOpt`.
 
   Attributes:
-    momentum: ``[n, 6]`` float32, the momentum EMAs of all parameters, flattened.
+    momentum: ``[6, n]`` float32: for each decay, the momentum EMAs of all ``n`` parameters,
+      flattened (one contiguous row per decay).
     iteration: ``[] int32``, steps taken.
   """
   momentum: jax.Array
@@ -91,7 +111,7 @@ class MLPLOpt(LearnedOptimizer):
   >>> params = {"w": jnp.ones((3, 2)), "b": jnp.zeros(2)}
   >>> updates, state = lopt.update(theta, params, lopt.init(params), params)
   >>> jax.tree.map(jnp.shape, updates), state.momentum.shape
-  ({'b': (2,), 'w': (3, 2)}, (8, 6))
+  ({'b': (2,), 'w': (3, 2)}, (6, 8))
   """
 
   name = "mlp"
@@ -116,17 +136,26 @@ class MLPLOpt(LearnedOptimizer):
 
   def init(self, params):
     n = features.FlatLayout.of(params).total
-    return MLPLOptState(momentum=jnp.zeros((n, len(self.momentum_decays)), jnp.float32),
+    return MLPLOptState(momentum=jnp.zeros((len(self.momentum_decays), n), jnp.float32),
                         iteration=jnp.zeros((), jnp.int32))
 
   def update(self, theta, grads, state, params, *, loss=None):
     del loss
     layout = features.FlatLayout.of(params)
     g, p = features.flatten(grads), features.flatten(params)
-    momentum = features.ema(jnp.asarray(self.momentum_decays, jnp.float32), state.momentum, g)
-    x = jnp.concatenate([g[:, None], p[:, None], momentum], axis=1)  # [n, 8]
-    x = features.segment_normalize(x, layout)
-    out = self.network.apply({"params": theta}, x, features.tanh_embedding(state.iteration))
-    step = out[:, 0] * jnp.exp(out[:, 1] * self.exp_mult) * self.step_mult
+    decays = jnp.asarray(self.momentum_decays, jnp.float32)
+    time = features.tanh_embedding(state.iteration)
+    if len(self.hidden_sizes) == 2:  # the fused update (one CPU kernel; plain JAX elsewhere)
+      num_x = self.num_features
+      step, momentum = kernels.mlp_lopt_update(
+          g, p, state.momentum, decays, time @ theta["w0"][num_x:] + theta["b0"],
+          theta["w0"][:num_x], theta["w1"], theta["b1"], theta["w2"], theta["b2"],
+          offsets=layout.offsets + (layout.total,), exp_mult=self.exp_mult,
+          step_mult=self.step_mult)
+    else:
+      momentum = decays[:, None] * state.momentum + (1.0 - decays[:, None]) * g[None, :]
+      x = jnp.concatenate([g[:, None], p[:, None], momentum.T], axis=1)
+      step = per_parameter_steps(self.network, theta, features.segment_normalize(x, layout), time,
+                                 exp_mult=self.exp_mult, step_mult=self.step_mult)
     updates = features.unflatten(-step, params)
     return updates, MLPLOptState(momentum=momentum, iteration=state.iteration + 1)

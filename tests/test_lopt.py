@@ -49,7 +49,7 @@ def test_mlp_lopt_matches_the_per_tensor_formulation():
   state = lopt.init(params)
   for i in range(3):
     grads = jax.tree.map(lambda p: jnp.sin(p * (i + 1)), params)
-    momenta = features.unflatten(state.momentum.reshape(-1), jax.tree.map(
+    momenta = features.unflatten(state.momentum.T.reshape(-1), jax.tree.map(
         lambda p: jnp.zeros(p.shape + (6,)), params))
     expected = _reference_mlp_lopt_step(lopt, theta, grads, momenta, params, state.iteration)
     updates, state = jax.jit(lopt.update)(theta, grads, state, params)

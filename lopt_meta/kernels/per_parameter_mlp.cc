@@ -1,0 +1,406 @@
+// Fused per-parameter MLP of the learned optimizers, as XLA FFI custom calls on CPU.
+//
+// For every row r (one parameter) and batch element b (one particle):
+//   h1 = relu(x[r] @ w1 + c)          c [H1]: time-feature contribution plus first bias
+//   h2 = relu(h1 @ w2 + b2)
+//   d, m = h2 @ w3 + b3               w3 [H2, 2]
+//   step[r] = d * exp(m * exp_mult) * step_mult
+// XLA's matmuls run these thin shapes (K = 8..32, N = 2..32) far below the CPU's peak; here
+// each block of 8 rows goes through all three layers in registers, with no intermediate tensor
+// in memory. Work is split over XLA's intra-op thread pool (the calling thread takes part).
+//
+// Entry points:
+//  * LoptPerParameterMlp: features x [B, R, F] given (any learned optimizer).
+//  * LoptMlpLoptUpdate: MLPLOpt's whole update. Phase 1 updates the momenta (stored feature-major,
+//    m [B, K, R]) and takes each tensor's second moments of [g, p, m'_1..m'_K]; phase 2 folds the
+//    resulting normalizer scales into a per-tensor copy of w1 and feeds the features straight from
+//    g, p and m', so no [R, F] feature matrix is ever written to memory.
+// The AVX-512 code covers H1 = H2 = 32; other shapes and CPUs without AVX-512 take a portable
+// loop with the same arithmetic. Python uses these kernels only on CPU, where they are registered.
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <thread>
+#include <vector>
+
+#include "xla/ffi/api/ffi.h"
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+constexpr int64_t kMaxFeatures = 64;
+constexpr int64_t kMaxHidden = 256;
+
+// The MLP's weights for one batch element. For MLPLOpt, w1 is the per-tensor copy with the
+// normalizer scales folded in (w1s[s][k][:] = scale[s][k] * w1[k][:]).
+struct Net {
+  const float* c;   // [H1]
+  const float* w1;  // [F, H1]
+  const float* w2;  // [H1, H2]
+  const float* b2;  // [H2]
+  const float* w3;  // [H2, 2]
+  const float* b3;  // [2]
+  int64_t features, hidden1, hidden2;
+  float exp_mult, step_mult;
+};
+
+// The rows' features: feature k of row r is feature[k][r * stride] (Dense: x rows, stride F;
+// MLPLOpt: the g, p and m'_k vectors, stride 1).
+struct Columns {
+  const float* feature[kMaxFeatures];
+  int64_t stride;
+  float at(int64_t k, int64_t r) const { return feature[k][r * stride]; }
+};
+
+float Finish(const Net& n, float d, float m) {
+  return d * std::exp(m * n.exp_mult) * n.step_mult;
+}
+
+// Portable path: any sizes, one row at a time.
+void RowsGeneric(const Net& n, const Columns& x, int64_t r0, int64_t r1, float* out) {
+  float h1[kMaxHidden], h2[kMaxHidden];
+  for (int64_t r = r0; r < r1; ++r) {
+    for (int64_t j = 0; j < n.hidden1; ++j) h1[j] = n.c[j];
+    for (int64_t k = 0; k < n.features; ++k) {
+      const float xk = x.at(k, r);
+      const float* wk = n.w1 + k * n.hidden1;
+      for (int64_t j = 0; j < n.hidden1; ++j) h1[j] += xk * wk[j];
+    }
+    for (int64_t j = 0; j < n.hidden1; ++j) h1[j] = std::max(h1[j], 0.0f);
+    for (int64_t j = 0; j < n.hidden2; ++j) h2[j] = n.b2[j];
+    for (int64_t k = 0; k < n.hidden1; ++k) {
+      const float hk = h1[k];
+      const float* wk = n.w2 + k * n.hidden2;
+      for (int64_t j = 0; j < n.hidden2; ++j) h2[j] += hk * wk[j];
+    }
+    float d = n.b3[0], m = n.b3[1];
+    for (int64_t k = 0; k < n.hidden2; ++k) {
+      const float hk = std::max(h2[k], 0.0f);
+      d += hk * n.w3[2 * k];
+      m += hk * n.w3[2 * k + 1];
+    }
+    out[r] = Finish(n, d, m);
+  }
+}
+
+#if defined(__x86_64__)
+bool HasAvx512() {
+  static const bool has = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq");
+  return has;
+}
+
+// AVX-512 path for H1 = H2 = 32: blocks of 8 rows, each row's 32 activations in 2 registers.
+__attribute__((target("avx512f,avx512dq,fma")))
+void RowsAvx512(const Net& n, const Columns& x, int64_t r0, int64_t r1, float* out) {
+  constexpr int kRows = 8;
+  const int64_t F = n.features;
+  alignas(64) float w3d[32], w3m[32];
+  for (int k = 0; k < 32; ++k) { w3d[k] = n.w3[2 * k]; w3m[k] = n.w3[2 * k + 1]; }
+  const __m512 w3d_lo = _mm512_load_ps(w3d), w3d_hi = _mm512_load_ps(w3d + 16);
+  const __m512 w3m_lo = _mm512_load_ps(w3m), w3m_hi = _mm512_load_ps(w3m + 16);
+  const __m512 c_lo = _mm512_loadu_ps(n.c), c_hi = _mm512_loadu_ps(n.c + 16);
+  const __m512 b2_lo = _mm512_loadu_ps(n.b2), b2_hi = _mm512_loadu_ps(n.b2 + 16);
+  const __m512 zero = _mm512_setzero_ps();
+  alignas(64) float h1[kRows][32];
+  int64_t r = r0;
+  for (; r + kRows <= r1; r += kRows) {
+    __m512 lo[kRows], hi[kRows];
+    for (int i = 0; i < kRows; ++i) { lo[i] = c_lo; hi[i] = c_hi; }
+    for (int64_t k = 0; k < F; ++k) {
+      const __m512 wl = _mm512_loadu_ps(n.w1 + k * 32), wh = _mm512_loadu_ps(n.w1 + k * 32 + 16);
+      const float* col = x.feature[k] + r * x.stride;
+      for (int i = 0; i < kRows; ++i) {
+        const __m512 xv = _mm512_set1_ps(col[i * x.stride]);
+        lo[i] = _mm512_fmadd_ps(xv, wl, lo[i]);
+        hi[i] = _mm512_fmadd_ps(xv, wh, hi[i]);
+      }
+    }
+    for (int i = 0; i < kRows; ++i) {
+      _mm512_store_ps(h1[i], _mm512_max_ps(lo[i], zero));
+      _mm512_store_ps(h1[i] + 16, _mm512_max_ps(hi[i], zero));
+      lo[i] = b2_lo;
+      hi[i] = b2_hi;
+    }
+    for (int k = 0; k < 32; ++k) {
+      const __m512 wl = _mm512_loadu_ps(n.w2 + k * 32), wh = _mm512_loadu_ps(n.w2 + k * 32 + 16);
+      for (int i = 0; i < kRows; ++i) {
+        const __m512 hv = _mm512_set1_ps(h1[i][k]);
+        lo[i] = _mm512_fmadd_ps(hv, wl, lo[i]);
+        hi[i] = _mm512_fmadd_ps(hv, wh, hi[i]);
+      }
+    }
+    for (int i = 0; i < kRows; ++i) {
+      const __m512 l = _mm512_max_ps(lo[i], zero), h = _mm512_max_ps(hi[i], zero);
+      const float d = _mm512_reduce_add_ps(_mm512_fmadd_ps(l, w3d_lo, _mm512_mul_ps(h, w3d_hi)))
+                      + n.b3[0];
+      const float m = _mm512_reduce_add_ps(_mm512_fmadd_ps(l, w3m_lo, _mm512_mul_ps(h, w3m_hi)))
+                      + n.b3[1];
+      out[r + i] = Finish(n, d, m);
+    }
+  }
+  if (r < r1) RowsGeneric(n, x, r, r1, out);
+}
+
+__attribute__((target("avx512f,avx512dq,fma")))
+double SumSquaresAvx512(const float* v, int64_t r0, int64_t r1) {
+  __m512 acc = _mm512_setzero_ps();
+  int64_t r = r0;
+  for (; r + 16 <= r1; r += 16) {
+    const __m512 x = _mm512_loadu_ps(v + r);
+    acc = _mm512_fmadd_ps(x, x, acc);
+  }
+  double total = _mm512_reduce_add_ps(acc);
+  for (; r < r1; ++r) total += double(v[r]) * v[r];
+  return total;
+}
+
+// Phase 1 of MLPLOpt on rows [r0, r1) of one tensor: m'_k = d_k m_k + (1 - d_k) g for every
+// decay, and the sums of squares of g, p and every m'_k added to sums[0 .. K + 2).
+__attribute__((target("avx512f,avx512dq,fma")))
+void MomentaAvx512(const float* g, const float* p, const float* m, float* m_new, int64_t R,
+                   const float* decays, int64_t K, int64_t r0, int64_t r1, double* sums) {
+  sums[0] += SumSquaresAvx512(g, r0, r1);
+  sums[1] += SumSquaresAvx512(p, r0, r1);
+  for (int64_t k = 0; k < K; ++k) {
+    const float* mk = m + k * R;
+    float* nk = m_new + k * R;
+    const __m512 d = _mm512_set1_ps(decays[k]), e = _mm512_set1_ps(1.0f - decays[k]);
+    __m512 acc = _mm512_setzero_ps();
+    int64_t r = r0;
+    for (; r + 16 <= r1; r += 16) {
+      const __m512 v = _mm512_fmadd_ps(d, _mm512_loadu_ps(mk + r),
+                                       _mm512_mul_ps(e, _mm512_loadu_ps(g + r)));
+      _mm512_storeu_ps(nk + r, v);
+      acc = _mm512_fmadd_ps(v, v, acc);
+    }
+    double total = _mm512_reduce_add_ps(acc);
+    for (; r < r1; ++r) {
+      const float v = decays[k] * mk[r] + (1.0f - decays[k]) * g[r];
+      nk[r] = v;
+      total += double(v) * v;
+    }
+    sums[k + 2] += total;
+  }
+}
+#endif
+
+void Rows(const Net& n, const Columns& x, int64_t r0, int64_t r1, float* out) {
+#if defined(__x86_64__)
+  if (n.hidden1 == 32 && n.hidden2 == 32 && HasAvx512()) {
+    RowsAvx512(n, x, r0, r1, out);
+    return;
+  }
+#endif
+  RowsGeneric(n, x, r0, r1, out);
+}
+
+void Momenta(const float* g, const float* p, const float* m, float* m_new, int64_t R,
+             const float* decays, int64_t K, int64_t r0, int64_t r1, double* sums) {
+#if defined(__x86_64__)
+  if (HasAvx512()) {
+    MomentaAvx512(g, p, m, m_new, R, decays, K, r0, r1, sums);
+    return;
+  }
+#endif
+  for (int64_t r = r0; r < r1; ++r) {
+    sums[0] += double(g[r]) * g[r];
+    sums[1] += double(p[r]) * p[r];
+    for (int64_t k = 0; k < K; ++k) {
+      const float v = decays[k] * m[k * R + r] + (1.0f - decays[k]) * g[r];
+      m_new[k * R + r] = v;
+      sums[k + 2] += double(v) * v;
+    }
+  }
+}
+
+// Runs fn(0) .. fn(n - 1) on the calling thread and on XLA's intra-op threads. Tasks are claimed
+// from a shared counter and the caller claims them too, so all of them run even if no pool
+// thread ever does; late helpers find nothing left and return without touching fn.
+void ParallelFor(ffi::ThreadPool& pool, int64_t n, std::function<void(int64_t)> fn) {
+  struct State {
+    std::function<void(int64_t)> fn;
+    int64_t n;
+    std::atomic<int64_t> next{0}, done{0};
+  };
+  auto state = std::make_shared<State>();
+  state->fn = std::move(fn);
+  state->n = n;
+  auto work = [](State& st) {
+    for (int64_t t; (t = st.next.fetch_add(1)) < st.n;) {
+      st.fn(t);
+      st.done.fetch_add(1, std::memory_order_release);
+    }
+  };
+  const int64_t helpers = std::min<int64_t>(pool.num_threads(), n) - 1;
+  for (int64_t i = 0; i < helpers; ++i) pool.Schedule([state, work]() { work(*state); });
+  work(*state);
+  while (state->done.load(std::memory_order_acquire) < n) std::this_thread::yield();
+}
+
+// The rows of every batch element in chunks of about 4096, several per thread.
+struct Chunks {
+  int64_t size, per_batch, count;
+  Chunks(ffi::ThreadPool& pool, int64_t batch, int64_t rows) {
+    const int64_t threads = std::max<int64_t>(1, pool.num_threads());
+    size = std::max<int64_t>(512, std::min<int64_t>(4096, batch * rows / (4 * threads) + 1));
+    per_batch = (rows + size - 1) / size;
+    count = batch * per_batch;
+  }
+  int64_t batch_of(int64_t t) const { return t / per_batch; }
+  int64_t start(int64_t t) const { return (t % per_batch) * size; }
+};
+
+int64_t LeadingSize(ffi::Span<const int64_t> dims, int64_t trailing) {
+  int64_t size = 1;
+  for (int64_t i = 0; i + trailing < static_cast<int64_t>(dims.size()); ++i) size *= dims[i];
+  return size;
+}
+
+ffi::Error CheckSizes(int64_t features, int64_t hidden1, int64_t hidden2) {
+  if (features > kMaxFeatures || hidden1 > kMaxHidden || hidden2 > kMaxHidden)
+    return ffi::Error(ffi::ErrorCode::kInvalidArgument, "per-parameter MLP too large for kernel");
+  return ffi::Error::Success();
+}
+
+// x [..., R, F] -> step [..., R].
+ffi::Error Dense(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> c,
+                 ffi::Buffer<ffi::F32> w1, ffi::Buffer<ffi::F32> w2, ffi::Buffer<ffi::F32> b2,
+                 ffi::Buffer<ffi::F32> w3, ffi::Buffer<ffi::F32> b3, float exp_mult,
+                 float step_mult, ffi::ResultBuffer<ffi::F32> out) {
+  auto xd = x.dimensions();
+  auto w2d = w2.dimensions();
+  const int64_t R = xd[xd.size() - 2], F = xd[xd.size() - 1];
+  const int64_t H1 = w2d[w2d.size() - 2], H2 = w2d[w2d.size() - 1];
+  if (ffi::Error e = CheckSizes(F, H1, H2); !e.success()) return e;
+  const int64_t batch = LeadingSize(xd, 2);
+  const Chunks ch(pool, batch, R);
+  ParallelFor(pool, ch.count, [&](int64_t t) {
+    const int64_t b = ch.batch_of(t), r0 = ch.start(t);
+    const Net n{c.typed_data() + b * H1, w1.typed_data() + b * F * H1,
+                w2.typed_data() + b * H1 * H2, b2.typed_data() + b * H2,
+                w3.typed_data() + b * H2 * 2, b3.typed_data() + b * 2, F, H1, H2, exp_mult,
+                step_mult};
+    Columns cols;
+    cols.stride = F;
+    for (int64_t k = 0; k < F; ++k) cols.feature[k] = x.typed_data() + b * R * F + k;
+    Rows(n, cols, r0, std::min(R, r0 + ch.size), out->typed_data() + b * R);
+  });
+  return ffi::Error::Success();
+}
+
+// MLPLOpt's update. g, p [..., R]; m [..., K, R] (feature-major); decays [..., K]; offsets: the
+// S + 1 row offsets of the tensors. Results: step [..., R], m' [..., K, R].
+ffi::Error Lopt(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> g, ffi::Buffer<ffi::F32> p,
+                ffi::Buffer<ffi::F32> m, ffi::Buffer<ffi::F32> decays, ffi::Buffer<ffi::F32> c,
+                ffi::Buffer<ffi::F32> w1, ffi::Buffer<ffi::F32> w2, ffi::Buffer<ffi::F32> b2,
+                ffi::Buffer<ffi::F32> w3, ffi::Buffer<ffi::F32> b3,
+                ffi::Span<const int64_t> offsets, float exp_mult, float step_mult,
+                ffi::ResultBuffer<ffi::F32> out, ffi::ResultBuffer<ffi::F32> m_new) {
+  auto gd = g.dimensions();
+  auto md = m.dimensions();
+  auto w2d = w2.dimensions();
+  const int64_t R = gd[gd.size() - 1], K = md[md.size() - 2], F = K + 2;
+  const int64_t H1 = w2d[w2d.size() - 2], H2 = w2d[w2d.size() - 1];
+  if (ffi::Error e = CheckSizes(F, H1, H2); !e.success()) return e;
+  const int64_t batch = LeadingSize(gd, 1), S = static_cast<int64_t>(offsets.size()) - 1;
+  const float *gp = g.typed_data(), *pp = p.typed_data(), *mp = m.typed_data();
+  float* mn = m_new->typed_data();
+
+  // Phase 1, by (batch element, tensor, chunk of the tensor's rows).
+  struct Piece { int64_t b, s, r0, r1; };
+  std::vector<Piece> pieces;
+  const int64_t piece = 8192;
+  for (int64_t b = 0; b < batch; ++b)
+    for (int64_t s = 0; s < S; ++s)
+      for (int64_t r = offsets[s]; r < offsets[s + 1]; r += piece)
+        pieces.push_back({b, s, r, std::min(offsets[s + 1], r + piece)});
+  std::vector<double> sums(pieces.size() * F, 0.0);
+  ParallelFor(pool, pieces.size(), [&](int64_t i) {
+    const Piece& q = pieces[i];
+    Momenta(gp + q.b * R, pp + q.b * R, mp + q.b * K * R, mn + q.b * K * R, R,
+            decays.typed_data() + q.b * K, K, q.r0, q.r1, sums.data() + i * F);
+  });
+
+  // Normalizer scales, folded into a copy of w1 for every (batch element, tensor).
+  std::vector<double> total(batch * S * F, 0.0);
+  for (size_t i = 0; i < pieces.size(); ++i)
+    for (int64_t f = 0; f < F; ++f)
+      total[(pieces[i].b * S + pieces[i].s) * F + f] += sums[i * F + f];
+  std::vector<float> w1s(batch * S * F * H1);
+  for (int64_t b = 0; b < batch; ++b) {
+    for (int64_t s = 0; s < S; ++s) {
+      const double size = double(std::max<int64_t>(1, offsets[s + 1] - offsets[s]));
+      for (int64_t f = 0; f < F; ++f) {
+        const float scale = float(1.0 / std::sqrt(1e-5 + total[(b * S + s) * F + f] / size));
+        const float* src = w1.typed_data() + (b * F + f) * H1;
+        float* dst = w1s.data() + ((b * S + s) * F + f) * H1;
+        for (int64_t j = 0; j < H1; ++j) dst[j] = scale * src[j];
+      }
+    }
+  }
+
+  // Phase 2, by (batch element, chunk of rows); a chunk is cut at tensor boundaries.
+  const Chunks ch(pool, batch, R);
+  ParallelFor(pool, ch.count, [&](int64_t t) {
+    const int64_t b = ch.batch_of(t), r0 = ch.start(t), r1 = std::min(R, r0 + ch.size);
+    Columns cols;
+    cols.stride = 1;
+    cols.feature[0] = gp + b * R;
+    cols.feature[1] = pp + b * R;
+    for (int64_t k = 0; k < K; ++k) cols.feature[k + 2] = mn + (b * K + k) * R;
+    for (int64_t s = 0; s < S; ++s) {
+      const int64_t lo = std::max(r0, offsets[s]), hi = std::min(r1, offsets[s + 1]);
+      if (lo >= hi) continue;
+      const Net n{c.typed_data() + b * H1, w1s.data() + (b * S + s) * F * H1,
+                  w2.typed_data() + b * H1 * H2, b2.typed_data() + b * H2,
+                  w3.typed_data() + b * H2 * 2, b3.typed_data() + b * 2, F, H1, H2, exp_mult,
+                  step_mult};
+      Rows(n, cols, lo, hi, out->typed_data() + b * R);
+    }
+  });
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(LoptPerParameterMlp, Dense,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // x
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // c
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // w1
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // w2
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // b2
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // w3
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // b3
+                                  .Attr<float>("exp_mult")
+                                  .Attr<float>("step_mult")
+                                  .Ret<ffi::Buffer<ffi::F32>>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(LoptMlpLoptUpdate, Lopt,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // g
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // p
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // m
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // decays
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // c
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // w1
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // w2
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // b2
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // w3
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // b3
+                                  .Attr<ffi::Span<const int64_t>>("offsets")
+                                  .Attr<float>("exp_mult")
+                                  .Attr<float>("step_mult")
+                                  .Ret<ffi::Buffer<ffi::F32>>()   // step
+                                  .Ret<ffi::Buffer<ffi::F32>>());  // m'
