@@ -9,14 +9,17 @@ any compute and raises :class:`lopt_meta.ConfigError` naming the field.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import math
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import jax
 import tyro
 import yaml
 
+import lopt_meta
 import tasks
 from lopt_meta.errors import ConfigError, unknown_name
 from meta_train import estimators
@@ -24,23 +27,54 @@ from meta_train import estimators
 OUTER_OPTIMIZERS = ("adam", "sgd")
 
 
+def _task_names() -> list[str]:
+  return sorted(tasks.TASKS) + sorted(tasks.INNER_TASKS)
+
+
+def _yaml_values(pairs: dict[str, str]) -> dict[str, Any]:
+  """NAME VALUE pairs with typed values (``"500"`` -> 500, ``"0.1"`` -> 0.1, ``"[1, 2]"`` -> (1, 2))."""
+  out = {}
+  for key, value in pairs.items():
+    out[key] = yaml.safe_load(value) if isinstance(value, str) else value
+    if isinstance(out[key], list):
+      out[key] = tuple(out[key])
+  return out
+
+
 @dataclasses.dataclass(frozen=True)
 class TaskConfig:
-  """The inner problem."""
+  """The inner problem: an unrolled system, or an inner task trained by a learned optimizer."""
 
   task: Annotated[str, tyro.conf.arg(
-      help=f"Registered task name, one of: {', '.join(sorted(tasks.TASKS))}.")] = "toy2d"
+      help=f"Registered task, one of: {', '.join(_task_names())}.")] = "toy2d"
   task_option: dict[str, str] = dataclasses.field(default_factory=dict)
-  """Task overrides as NAME VALUE pairs (values read as YAML scalars), e.g. --task-option horizon 500."""
+  """Task overrides as NAME VALUE pairs (values read as YAML scalars), e.g. --task-option hidden_sizes [64]."""
+  horizon: int | None = None
+  """T, steps per episode (inner training steps for a learned optimizer; default: the task's own, 1000 for inner tasks)."""
+  lopt: Annotated[str | None, tyro.conf.arg(
+      help=f"Learned optimizer for inner tasks, one of: {', '.join(sorted(lopt_meta.OPTIMIZERS))} "
+           "(default mlp).")] = None
+  lopt_option: dict[str, str] = dataclasses.field(default_factory=dict)
+  """Learned-optimizer overrides as NAME VALUE pairs, e.g. --lopt-option hidden_sizes [16,16]."""
+  meta_loss: Literal["train", "outer_valid", "telescoping"] = "train"
+  """Per-step meta-loss of learned-optimizer training."""
+  truncation: Literal["constant", "log_uniform"] = "constant"
+  """Episode lengths of learned-optimizer training: always T, or log-uniform in [min_horizon, T]."""
+  min_horizon: int | None = None
+  """Shortest episode for --truncation log_uniform (default T // 10)."""
+  data_dir: str | None = None
+  """Where datasets are (a tfds data dir, FashionMNIST IDX files, cifar-10-batches-py)."""
 
   def options(self) -> dict[str, Any]:
-    """The overrides with typed values (``"500"`` -> 500, ``"0.1"`` -> 0.1, ``"[1, 2]"`` -> [1, 2])."""
-    out = {}
-    for key, value in self.task_option.items():
-      out[key] = yaml.safe_load(value) if isinstance(value, str) else value
-      if isinstance(out[key], list):
-        out[key] = tuple(out[key])
-    return out
+    """The task overrides with typed values."""
+    return _yaml_values(self.task_option)
+
+  def lopt_options(self) -> dict[str, Any]:
+    return _yaml_values(self.lopt_option)
+
+  @property
+  def is_inner(self) -> bool:
+    return self.task in tasks.INNER_TASKS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,6 +125,8 @@ class RunConfig:
   """Fresh episodes per evaluation."""
   eval_steps: int = 1000
   """Steps per evaluation episode for systems that never reset."""
+  baseline_lrs: tuple[float, ...] = (1e-3, 3e-3, 1e-2, 3e-2)
+  """Adam learning rates of the baseline beside a learned optimizer (the best one is reported)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,7 +140,9 @@ class TrainConfig:
 
   def run_name(self) -> str:
     e = self.estimator
-    return f"{self.task.task}-{e.estimator}-N{e.num_particles}-W{e.unroll_length}-seed{self.run.seed}"
+    lopt = f"-{self.task.lopt or 'mlp'}" if self.task.is_inner else ""
+    return (f"{self.task.task}{lopt}-{e.estimator}-N{e.num_particles}-W{e.unroll_length}"
+            f"-seed{self.run.seed}")
 
   def run_dir(self) -> Path:
     return Path(self.run.out) if self.run.out is not None else Path("checkpoints") / self.run_name()
@@ -117,6 +155,8 @@ class TrainConfig:
     run = dict(d.get("run", {}))
     if run.get("out") is not None:
       run["out"] = Path(run["out"])
+    if "baseline_lrs" in run:
+      run["baseline_lrs"] = tuple(run["baseline_lrs"])
     return cls(task=TaskConfig(**d.get("task", {})), estimator=EstimatorConfig(**d.get("estimator", {})),
                outer=OuterConfig(**d.get("outer", {})), run=RunConfig(**run))
 
@@ -132,9 +172,49 @@ def _positive_float(field: str, value) -> None:
     raise ConfigError(field, f"must be a positive finite number; got {value!r}")
 
 
-def build_system(config: TrainConfig) -> tasks.UnrolledSystem:
-  """The configured system (raises ConfigError for an unknown task or option)."""
-  return tasks.get(config.task.task, **config.task.options())
+DEFAULT_INNER_HORIZON = 1000
+
+
+def build_system(config: TrainConfig, *, for_evaluation: bool = False,
+                 lopt: lopt_meta.LearnedOptimizer | None = None) -> tasks.UnrolledSystem:
+  """The configured system (raises ConfigError for an unknown task or option).
+
+  For inner tasks, the system trains the task with the learned optimizer (``lopt`` replaces the
+  configured one, e.g. Adam for the evaluation baseline); ``for_evaluation`` gives every episode
+  the full horizon and the training-loss meta-loss, the quantity compared with Adam.
+  """
+  t = config.task
+  if t.task in tasks.TASKS:
+    for field, value in (("lopt", t.lopt), ("meta_loss", t.meta_loss != "train" or None),
+                         ("truncation", t.truncation != "constant" or None),
+                         ("min_horizon", t.min_horizon), ("data_dir", t.data_dir)):
+      if value is not None:
+        raise ConfigError(field, f"applies to inner tasks ({', '.join(sorted(tasks.INNER_TASKS))}), "
+                          f"not to {t.task!r}")
+    options = t.options()
+    if t.horizon is not None:
+      if "horizon" not in tasks.override_names(t.task):
+        raise ConfigError("horizon", f"task {t.task!r} has a fixed horizon")
+      options["horizon"] = t.horizon
+    return tasks.get(t.task, **options)
+  if t.task not in tasks.INNER_TASKS:
+    raise unknown_name("task", t.task, _task_names())
+  options = t.options()
+  if t.data_dir is not None:
+    if "data_dir" not in inspect.signature(tasks.INNER_TASKS[t.task]).parameters:
+      raise ConfigError("data_dir", f"task {t.task!r} reads no dataset")
+    options["data_dir"] = t.data_dir
+  inner = tasks.get_inner_task(t.task, **options)
+  if lopt is None:
+    lopt = lopt_meta.get_optimizer(t.lopt or "mlp", **t.lopt_options())
+  horizon = t.horizon if t.horizon is not None else DEFAULT_INNER_HORIZON
+  theta0 = lopt.init_theta(jax.random.fold_in(jax.random.key(config.run.seed), 1))
+  if for_evaluation:
+    return tasks.learned_optimizer_system(inner, lopt, horizon=horizon, meta_loss="train",
+                                          truncation="constant", theta0=theta0)
+  return tasks.learned_optimizer_system(inner, lopt, horizon=horizon, meta_loss=t.meta_loss,
+                                        truncation=t.truncation, min_horizon=t.min_horizon,
+                                        theta0=theta0)
 
 
 def build_estimator(config: TrainConfig, system: tasks.UnrolledSystem) -> estimators.Estimator:
@@ -167,6 +247,10 @@ def validate(config: TrainConfig) -> tuple[tasks.UnrolledSystem, estimators.Esti
   _positive_int("log_every", config.run.log_every)
   _positive_int("eval_episodes", config.run.eval_episodes)
   _positive_int("eval_steps", config.run.eval_steps)
+  if not config.run.baseline_lrs:
+    raise ConfigError("baseline_lrs", "needs at least one learning rate")
+  for lr in config.run.baseline_lrs:
+    _positive_float("baseline_lrs", lr)
   if isinstance(config.run.eval_every, bool) or not isinstance(config.run.eval_every, int) or (
       config.run.eval_every < 0):
     raise ConfigError("eval_every", f"must be an int >= 0 (0: never); got {config.run.eval_every!r}")

@@ -27,6 +27,7 @@ from flax import struct
 
 from lopt_meta.errors import ConfigError
 from meta_train import config as config_lib
+from meta_train import evaluation
 from meta_train import tree as tree_lib
 from meta_train.estimators import Estimator
 
@@ -130,6 +131,15 @@ def summarize(chunk_metrics: dict[str, jax.Array]) -> dict[str, Any]:
   return out
 
 
+def _eval_line(step: int | None, record: dict[str, Any]) -> str:
+  line = f"eval_loss {record['eval_loss']:.6g}"
+  if "adam_loss" in record:
+    line += f" (Adam lr {record['adam_lr']:g}: {record['adam_loss']:.6g})"
+  elif "eval_vs_adam" in record:
+    line += f" ({record['eval_vs_adam']:.3f}x Adam)"
+  return line if step is None else f"step {step}: {line}"
+
+
 def prepare_run_dir(config: config_lib.TrainConfig, overwrite: bool = False) -> Path:
   """Creates the run folder, refusing one that already holds files unless ``overwrite``."""
   run_dir = config.run_dir()
@@ -160,12 +170,8 @@ def train(config: config_lib.TrainConfig, *, overwrite: bool = False,
   run_dir = prepare_run_dir(config, overwrite=overwrite)
   trainer = Trainer(estimator, outer_optimizer(config.outer.outer_optimizer, config.outer.outer_lr,
                                                config.outer.grad_clip))
-  root = jax.random.key(config.run.seed)
-  train_key, eval_key = jax.random.split(root)
-  eval_steps = system.horizon if system.horizon is not None else config.run.eval_steps
-  evaluate_jit = jax.jit(lambda theta, key, data: system.bind(data).mean_loss(
-      theta, key, config.run.eval_episodes, eval_steps))
-  evaluate = lambda theta, key: evaluate_jit(theta, key, system.data)
+  train_key = jax.random.key(config.run.seed)
+  evaluate = evaluation.Evaluator(config, system) if config.run.eval_every else None
   theta_size = sum(np.size(x) for x in jax.tree.leaves(system.theta0))
 
   log = MetricsLog(run_dir / "metrics.jsonl")
@@ -175,11 +181,13 @@ def train(config: config_lib.TrainConfig, *, overwrite: bool = False,
   state = trainer.init(train_key, system.theta0)
   total_unroll = estimator.burn_in_steps(state.workers)
   try:
-    if config.run.eval_every:
-      eval_loss = float(evaluate(state.theta, jax.random.fold_in(eval_key, 0)))
-      log.write({"step": 0, "time_s": time.perf_counter() - start, "eval_loss": eval_loss,
-                 **({"theta": _jsonable(state.theta)} if theta_size <= 32 else {})})
-      echo(f"step 0: eval_loss {eval_loss:.6g}")
+    if evaluate is not None:
+      record = {"step": 0, "time_s": time.perf_counter() - start, **evaluate(state.theta),
+                **evaluate.baseline()}
+      if theta_size <= 32:
+        record["theta"] = _jsonable(state.theta)
+      log.write(record)
+      echo(_eval_line(0, record))
     done = 0
     # Echo about 50 lines however long the run (metrics.jsonl gets every logged chunk).
     echo_every = max(1, config.outer.outer_steps // 50)
@@ -197,9 +205,9 @@ def train(config: config_lib.TrainConfig, *, overwrite: bool = False,
       last_time = now
       if theta_size <= 32:
         record["theta"] = _jsonable(state.theta)
-      if config.run.eval_every and (done % config.run.eval_every == 0
-                                    or done == config.outer.outer_steps):
-        record["eval_loss"] = float(evaluate(state.theta, jax.random.fold_in(eval_key, done)))
+      if evaluate is not None and (done % config.run.eval_every == 0
+                                   or done == config.outer.outer_steps):
+        record.update(evaluate(state.theta))
       log.write(record)
       if record["nonfinite"] or record["skipped_updates"]:
         print(f"meta-train: step {done}: masked {record['nonfinite']} non-finite losses, skipped "
@@ -209,7 +217,7 @@ def train(config: config_lib.TrainConfig, *, overwrite: bool = False,
         line = (f"step {done}: meta_loss {record['meta_loss']:.6g}  "
                 f"grad_norm {record['grad_norm']:.3g}  {record['outer_steps_per_s']:.0f} steps/s")
         if "eval_loss" in record:
-          line += f"  eval_loss {record['eval_loss']:.6g}"
+          line += "  " + _eval_line(None, record)
         echo(line)
   finally:
     log.close()

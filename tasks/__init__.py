@@ -1,4 +1,8 @@
-"""Inner problems as unrolled systems, and their registry.
+"""Inner problems as unrolled systems, and their registries.
+
+``TASKS`` holds unrolled systems (the papers' dynamical systems); ``INNER_TASKS`` holds training
+problems for learned optimizers (``learned_optimizer_system`` turns one, with a learned optimizer,
+into an unrolled system over the optimizer's meta-parameters).
 
 >>> import jax.numpy as jnp, tasks
 >>> system = tasks.UnrolledSystem(init=lambda key: jnp.zeros(2),
@@ -10,10 +14,14 @@
 
 from tasks.base import PRNGKey, State, Theta, UnrolledSystem
 from tasks.dynamical import influence_balancing, lorenz, toy2d
+from tasks.inner import INNER_TASKS, InnerTask, get_inner_task
+from tasks.lopt_system import META_LOSSES, TRUNCATIONS, learned_optimizer_system
 from tasks.registry import TASKS, get, override_names, register
 
 __all__ = [
     "PRNGKey", "State", "Theta", "UnrolledSystem",
     "TASKS", "get", "override_names", "register",
     "influence_balancing", "lorenz", "toy2d",
+    "INNER_TASKS", "InnerTask", "get_inner_task",
+    "META_LOSSES", "TRUNCATIONS", "learned_optimizer_system",
 ]

@@ -48,7 +48,10 @@ def test_same_seed_same_run(tmp_path):
     (["--sigma", "0"], "sigma: must be a positive finite number; got 0.0"),
     (["--outer-lr", "-1"], "outer_lr: must be a positive finite number; got -1.0"),
     (["--task", "lorenz63"],
-     "task: unknown task 'lorenz63'; valid: influence_balancing, lorenz, toy2d"),
+     "task: unknown task 'lorenz63'; valid: cifar10_resnet, digits_mlp, fashion_mnist_mlp, "
+     "fashion_mnist_mlp28, influence_balancing, lorenz, lstm_copy, toy2d"),
+    (["--lopt", "mlp"], "lopt: applies to inner tasks (cifar10_resnet, digits_mlp, "
+     "fashion_mnist_mlp, fashion_mnist_mlp28, lstm_copy), not to 'toy2d'"),
     (["--estimator", "es"],
      "estimator: unknown estimator 'es'; valid: full_es, gpes, nres, pes, tbptt, tes"),
     (["--unroll-length", "101"],

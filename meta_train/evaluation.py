@@ -1,0 +1,89 @@
+"""Unsmoothed evaluation of theta on fixed fresh episodes, and the hand-designed baseline.
+
+For an unrolled system the evaluation is the full-horizon mean per-step loss at theta (no noise),
+averaged over ``eval_episodes`` episodes drawn from a fixed key, so that evaluations along a run
+are comparable. For a learned optimizer it is the mean training loss of the inner task over the
+full horizon (every episode ``T`` steps, the training-loss meta-loss); beside it, Adam on the
+same episodes (same initializations, same data order) at each learning rate of a small grid,
+the best of which is the baseline.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import lopt_meta
+from meta_train import config as config_lib
+from tasks.base import UnrolledSystem
+
+CURVE_POINTS = 100
+
+
+def _curve_fn(system: UnrolledSystem, num_episodes: int, num_steps: int):
+  """``f(theta, key, data) -> [num_steps]``: per-step losses averaged over episodes."""
+  def curve(theta, key, data):
+    bound = system.bind(data)
+    keys = jax.random.split(key, num_episodes)
+    losses = jax.vmap(lambda k: bound.episode_losses(theta, k, num_steps))(keys)
+    return jnp.nanmean(losses, axis=0)
+  return jax.jit(curve)
+
+
+def subsample(curve: np.ndarray, points: int = CURVE_POINTS) -> dict[str, list]:
+  """``{"step": [...], "loss": [...]}`` at up to ``points`` evenly spaced steps (1-based)."""
+  idx = np.unique(np.round(np.linspace(0, len(curve) - 1, min(points, len(curve)))).astype(int))
+  return {"step": (idx + 1).tolist(), "loss": [float(curve[i]) for i in idx]}
+
+
+class Evaluator:
+  """Evaluates theta; for learned optimizers, also runs the Adam baseline (once)."""
+
+  def __init__(self, config: config_lib.TrainConfig, system: UnrolledSystem):
+    self.config = config
+    self.key = jax.random.fold_in(jax.random.key(config.run.seed), 2)
+    self.inner = config.task.is_inner
+    self.system = config_lib.build_system(config, for_evaluation=True) if self.inner else system
+    self.num_steps = self.system.horizon or config.run.eval_steps
+    episodes = config.run.eval_episodes
+    self._curve = _curve_fn(self.system, episodes, self.num_steps)
+    self._baselines = {}
+    if self.inner:
+      for lr in config.run.baseline_lrs:
+        adam = config_lib.build_system(config, for_evaluation=True,
+                                       lopt=lopt_meta.Adam(learning_rate=lr))
+        self._baselines[lr] = (adam, _curve_fn(adam, episodes, self.num_steps))
+    self._baseline_result: dict[str, Any] | None = None
+
+  def baseline(self) -> dict[str, Any]:
+    """Adam's best learning rate on the evaluation episodes: ``adam_lr``, ``adam_loss`` (mean
+    over steps and episodes), ``adam_final_loss``, ``adam_curve``; empty for unrolled systems."""
+    if not self.inner:
+      return {}
+    if self._baseline_result is None:
+      results = {}
+      for lr, (adam, curve_fn) in self._baselines.items():
+        curve = np.asarray(curve_fn({}, self.key, adam.data))
+        results[lr] = curve
+      best = min(results, key=lambda lr: float(np.mean(results[lr])))
+      self._baseline_result = {
+          "adam_lr": best, "adam_loss": float(np.mean(results[best])),
+          "adam_final_loss": float(results[best][-1]),
+          "adam_losses": {f"{lr:g}": float(np.mean(c)) for lr, c in results.items()},
+          "adam_curve": subsample(results[best])}
+    return self._baseline_result
+
+  def __call__(self, theta) -> dict[str, Any]:
+    """``eval_loss`` (mean over steps and episodes), ``eval_final_loss``, ``eval_curve`` and, for
+    learned optimizers, ``eval_vs_adam`` (eval_loss over the baseline's)."""
+    curve = np.asarray(self._curve(theta, self.key, self.system.data))
+    out = {"eval_loss": float(np.nanmean(curve)), "eval_final_loss": float(curve[-1]),
+           "eval_curve": subsample(curve)}
+    if self.inner:
+      base = self.baseline()["adam_loss"]
+      out["eval_vs_adam"] = out["eval_loss"] / base if base > 0 else math.nan
+    return out
