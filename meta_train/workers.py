@@ -34,13 +34,16 @@ the current segment: no branches, no random-number generation, no pytree-sized a
 
 from __future__ import annotations
 
+import functools
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 from flax import struct
 from jax.flatten_util import ravel_pytree
+from jax.sharding import Mesh
 
+from meta_train import sharding
 from meta_train import tree as tree_lib
 from tasks.base import UnrolledSystem
 
@@ -166,8 +169,8 @@ def _take_segment(table: PyTree, seg: jax.Array) -> PyTree:
 def run_window(system: UnrolledSystem, theta: PyTree, ws: WorkerState, key: jax.Array,
                num_steps: int, *, signs: tuple[float, ...], sigma: float = 1.0,
                schedule: NoiseSchedule | None = None, theta_per_pair: bool = False,
-               active_steps: jax.Array | None = None,
-               estimate_grad: bool = True) -> tuple[WorkerState, WindowOut]:
+               active_steps: jax.Array | None = None, estimate_grad: bool = True,
+               mesh: Mesh | None = None) -> tuple[WorkerState, WindowOut]:
   """Advances every pair ``num_steps`` steps: one ``lax.scan``, vmapped over pairs and branches.
 
   Args:
@@ -185,6 +188,8 @@ def run_window(system: UnrolledSystem, theta: PyTree, ws: WorkerState, key: jax.
     active_steps: ``[P] int32`` or ``None``: pair ``i`` takes only its first ``active_steps[i]``
       steps and stays put after (the burn-in that step-unlocks workers).
     estimate_grad: accumulate the ES credit (off for the burn-in).
+    mesh: a one-axis device mesh (see :mod:`meta_train.sharding`): the pairs are split over it
+      with ``shard_map``; ``None`` runs everything on one device.
 
   Returns:
     ``(new_ws, out)``; see :class:`WindowOut`. ``out.gsum`` is ``None`` unless the first two
@@ -192,20 +197,39 @@ def run_window(system: UnrolledSystem, theta: PyTree, ws: WorkerState, key: jax.
 
   Memory: the states and noise of the pairs, plus the window's losses ``[W, P, S]`` (floats).
   """
+  if system.horizon is not None and num_steps > system.shortest_episode:
+    raise ValueError(f"a window of {num_steps} steps is longer than the shortest episode "
+                     f"({system.shortest_episode} steps)")
+  if theta_per_pair and schedule is not None:
+    raise ValueError("theta_per_pair is for noise-free rollouts (truncated backprop)")
+  pair_keys = jax.random.split(key, ws.t.shape[0])  # global: the same with or without a mesh
+  local = functools.partial(_run_window_local, system, num_steps=num_steps, signs=signs,
+                            sigma=sigma, schedule=schedule, theta_per_pair=theta_per_pair,
+                            estimate_grad=estimate_grad)
+  if mesh is None:
+    return local(theta, ws, pair_keys, active_steps)
+  theta_spec = sharding.SHARDED if theta_per_pair else sharding.REPLICATED
+  mapped = jax.shard_map(local, mesh=mesh, check_vma=False,
+                         in_specs=(theta_spec, sharding.SHARDED, sharding.SHARDED,
+                                   sharding.SHARDED),
+                         out_specs=(sharding.SHARDED, sharding.SHARDED))
+  return mapped(theta, ws, pair_keys, active_steps)
+
+
+def _run_window_local(system, theta, ws, pair_keys, active_steps, *, num_steps, signs, sigma,
+                      schedule, theta_per_pair, estimate_grad):
+  """:func:`run_window` on the pairs of one device (all of them, without a mesh)."""
   num_pairs = ws.t.shape[0]
   horizon = system.horizon
   if horizon is not None and num_steps > system.shortest_episode:
     raise ValueError(f"a window of {num_steps} steps is longer than the shortest episode "
                      f"({system.shortest_episode} steps)")
-  if theta_per_pair and schedule is not None:
-    raise ValueError("theta_per_pair is for noise-free rollouts (truncated backprop)")
   es = (estimate_grad and schedule is not None and len(signs) >= 2
         and tuple(signs[:2]) == (1.0, -1.0))
   signs_arr = jnp.asarray(signs, jnp.float32)
 
   # ---- Everything the window will need, worked out before the scan ([W, P] unless noted). ----
   steps = jnp.arange(num_steps, dtype=jnp.int32)
-  pair_keys = jax.random.split(key, num_pairs)
   active = (jnp.ones((num_steps, num_pairs), bool) if active_steps is None
             else steps[:, None] < active_steps[None, :])
   # A window is no longer than the shortest episode, so each pair starts at most one episode in
@@ -323,7 +347,8 @@ def run_window(system: UnrolledSystem, theta: PyTree, ws: WorkerState, key: jax.
 
 def burn_in(system: UnrolledSystem, theta: PyTree, ws: WorkerState, key: jax.Array,
             positions: jax.Array, *, signs: tuple[float, ...], sigma: float,
-            schedule: NoiseSchedule | None, window_length: int) -> WorkerState:
+            schedule: NoiseSchedule | None, window_length: int,
+            mesh: Mesh | None = None) -> WorkerState:
   """Runs pair ``i`` for ``positions[i] < T`` steps under ``theta`` (+/- its noise), in windows
   of ``window_length`` steps drawing noise as the estimator's windows do, so that the states are
   those the system really reaches: no fake states. An outer ``scan`` over ``ceil((T-1)/W)``
@@ -336,7 +361,8 @@ def burn_in(system: UnrolledSystem, theta: PyTree, ws: WorkerState, key: jax.Arr
   def one(ws, b):
     steps_left = jnp.clip(positions - b * W, 0, W).astype(jnp.int32)
     ws, _ = run_window(system, theta, ws, jax.random.fold_in(key, b), W, signs=signs, sigma=sigma,
-                       schedule=schedule, active_steps=steps_left, estimate_grad=False)
+                       schedule=schedule, active_steps=steps_left, estimate_grad=False,
+                       mesh=mesh)
     return ws, None
   ws, _ = jax.lax.scan(one, ws, jnp.arange(num_windows))
   return ws.replace(burn_in=positions.astype(jnp.int32))
@@ -344,7 +370,7 @@ def burn_in(system: UnrolledSystem, theta: PyTree, ws: WorkerState, key: jax.Arr
 
 def step_unlock(system: UnrolledSystem, theta: PyTree, ws: WorkerState, key: jax.Array, *,
                 signs: tuple[float, ...], sigma: float, schedule: NoiseSchedule | None,
-                window_length: int) -> WorkerState:
+                window_length: int, mesh: Mesh | None = None) -> WorkerState:
   """Burns each pair in to a uniformly random position ``tau_i in [0, T)`` of its episode
   (see :func:`burn_in`; it costs up to ``T - 1`` batched steps, once). For a system with no
   horizon it does nothing: every pair starts at step 0."""
@@ -353,4 +379,4 @@ def step_unlock(system: UnrolledSystem, theta: PyTree, ws: WorkerState, key: jax
   pos_key, run_key = jax.random.split(key)
   tau = jax.random.randint(pos_key, ws.t.shape, 0, system.horizon, dtype=jnp.int32)
   return burn_in(system, theta, ws, run_key, tau, signs=signs, sigma=sigma, schedule=schedule,
-                 window_length=window_length)
+                 window_length=window_length, mesh=mesh)

@@ -24,13 +24,14 @@ from __future__ import annotations
 import abc
 import copy
 import math
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
 
 from lopt_meta.errors import ConfigError
-from meta_train import workers
+from meta_train import sharding, workers
 from meta_train.estimators import maths
 from meta_train.workers import NoiseSchedule, WorkerState
 from tasks.base import UnrolledSystem
@@ -170,18 +171,21 @@ class OnlineES(Estimator):
   Each of the ``N/2`` pairs keeps its two states (``theta + eps``, ``theta - eps``) across windows
   and episodes; an episode resets at the horizon with a fresh state and fresh noise. Unless
   ``lockstep=True`` every pair is first burned in to a uniformly random position of its episode,
-  so that the population covers the horizon at every outer step.
+  so that the population covers the horizon at every outer step. With several devices (default:
+  all of ``jax.devices()``) the pairs are split over them (:mod:`meta_train.sharding`).
   """
 
   schedule: ClassVar[NoiseSchedule]
 
   def __init__(self, system: UnrolledSystem, *, num_particles: int, sigma: float,
-               unroll_length: int, lockstep: bool = False):
+               unroll_length: int, lockstep: bool = False,
+               devices: Sequence[jax.Device] | None = None):
     self.system = check_system(system)
     self.num_particles = check_num_particles(num_particles)
     self.sigma = check_sigma(sigma)
     self.unroll_length = check_unroll_length(unroll_length, self.system)
     self.lockstep = bool(lockstep)
+    self.mesh = sharding.pairs_mesh(self.num_pairs, devices)
     super().__init__()
 
   @property
@@ -199,11 +203,11 @@ class OnlineES(Estimator):
     if not self.lockstep:
       ws = workers.step_unlock(self.system, theta, ws, unlock_key, signs=ANTITHETIC,
                                sigma=self.sigma, schedule=self.schedule,
-                               window_length=self.unroll_length)
+                               window_length=self.unroll_length, mesh=self.mesh)
     return ws
 
   def _estimate(self, key, theta, ws):
     ws, out = workers.run_window(self.system, theta, ws, key, self.unroll_length, signs=ANTITHETIC,
-                                 sigma=self.sigma, schedule=self.schedule)
+                                 sigma=self.sigma, schedule=self.schedule, mesh=self.mesh)
     grad = maths.antithetic_grad(out.gsum, out.count, self.sigma)
     return grad, ws, es_metrics(out, grad, self.sigma, self.steps_per_estimate)

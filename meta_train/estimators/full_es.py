@@ -10,11 +10,13 @@ derive them (:func:`meta_train.workers.pair_step_key`), so the two agree for the
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import jax
 import jax.numpy as jnp
 
 from lopt_meta.errors import ConfigError
-from meta_train import workers
+from meta_train import sharding, workers
 from meta_train.estimators import maths
 from meta_train.estimators.base import (Estimator, check_num_particles, check_sigma, check_system)
 
@@ -33,7 +35,8 @@ class FullES(Estimator):
 
   name = "full_es"
 
-  def __init__(self, system, *, num_particles: int, sigma: float):
+  def __init__(self, system, *, num_particles: int, sigma: float,
+               devices: Sequence[jax.Device] | None = None):
     self.system = check_system(system)
     if self.system.horizon is None:
       raise ConfigError("estimator",
@@ -41,6 +44,7 @@ class FullES(Estimator):
     self.num_particles = check_num_particles(num_particles)
     self.sigma = check_sigma(sigma)
     self.unroll_length = self.system.horizon
+    self.mesh = sharding.pairs_mesh(self.num_particles // 2, devices)
     super().__init__()
 
   def _config(self):
@@ -71,7 +75,11 @@ class FullES(Estimator):
       loss = jnp.sum(jnp.where(valid, pos + neg, 0.0))
       return jax.tree.map(lambda e: dl * e, eps), jnp.sum(valid), loss, jnp.sum(~valid)
 
-    gsum, count, loss_sum, nonfinite = jax.vmap(pair)(pair_keys)
+    per_pairs = jax.vmap(pair)
+    if self.mesh is not None:
+      per_pairs = jax.shard_map(per_pairs, mesh=self.mesh, in_specs=sharding.SHARDED,
+                                out_specs=sharding.SHARDED, check_vma=False)
+    gsum, count, loss_sum, nonfinite = per_pairs(pair_keys)
     grad = maths.antithetic_grad(gsum, count, self.sigma)
     metrics = {
         "meta_loss": jnp.sum(loss_sum) / (2.0 * jnp.maximum(jnp.sum(count), 1)),

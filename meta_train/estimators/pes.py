@@ -41,13 +41,13 @@ class GPES(OnlineES):
   name = "gpes"
 
   def __init__(self, system, *, num_particles: int, sigma: float, unroll_length: int, K: int,
-               lockstep: bool = False):
+               lockstep: bool = False, devices=None):
     if isinstance(K, bool) or not isinstance(K, int) or K < 1:
       raise ConfigError("K", f"must be a positive int (steps per noise block); got {K!r}")
     self.K = K
     self.schedule = NoiseSchedule(block=K, accumulate=True)
     super().__init__(system, num_particles=num_particles, sigma=sigma,
-                     unroll_length=unroll_length, lockstep=lockstep)
+                     unroll_length=unroll_length, lockstep=lockstep, devices=devices)
 
   def _config(self):
     return {**super()._config(), "K": self.K}

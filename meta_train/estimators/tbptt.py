@@ -8,11 +8,13 @@ is the mean over trajectories. No noise, no pairs: ``N`` may be odd.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import jax
 import jax.numpy as jnp
 
+from meta_train import sharding, workers
 from meta_train import tree as tree_lib
-from meta_train import workers
 from meta_train.estimators import maths
 from meta_train.estimators.base import (Estimator, check_num_particles, check_system,
                                         check_unroll_length)
@@ -33,11 +35,13 @@ class TBPTT(Estimator):
 
   name = "tbptt"
 
-  def __init__(self, system, *, num_particles: int, unroll_length: int, lockstep: bool = False):
+  def __init__(self, system, *, num_particles: int, unroll_length: int, lockstep: bool = False,
+               devices: Sequence[jax.Device] | None = None):
     self.system = check_system(system)
     self.num_particles = check_num_particles(num_particles, antithetic=False)
     self.unroll_length = check_unroll_length(unroll_length, self.system)
     self.lockstep = bool(lockstep)
+    self.mesh = sharding.pairs_mesh(self.num_particles, devices)
     super().__init__()
 
   def _config(self):
@@ -50,7 +54,7 @@ class TBPTT(Estimator):
                               with_noise=False, accumulate=False)
     if not self.lockstep:
       ws = workers.step_unlock(self.system, theta, ws, unlock_key, signs=(0.0,), sigma=1.0,
-                               schedule=None, window_length=self.unroll_length)
+                               schedule=None, window_length=self.unroll_length, mesh=self.mesh)
     return ws
 
   def _estimate(self, key, theta, ws):
@@ -59,7 +63,7 @@ class TBPTT(Estimator):
 
     def window_loss(theta_pp):
       new_ws, out = workers.run_window(self.system, theta_pp, ws, key, W, signs=(0.0,),
-                                       theta_per_pair=True)
+                                       theta_per_pair=True, mesh=self.mesh)
       return jnp.sum(out.loss_sum[:, 0]) / W, (new_ws, out)
 
     grads, (ws, out) = jax.grad(window_loss, has_aux=True)(theta_pp)

@@ -42,14 +42,15 @@ class TruncatedES(OnlineES):
                               with_noise=True, accumulate=False)
     if not self.lockstep:
       ws = workers.step_unlock(self.system, theta, ws, unlock_key, signs=(0.0,), sigma=self.sigma,
-                               schedule=None, window_length=self.unroll_length)
+                               schedule=None, window_length=self.unroll_length, mesh=self.mesh)
     return ws
 
   def _estimate(self, key, theta, ws):
     branches = ws.replace(states=tree_lib.expand_axis(
         jax.tree.map(lambda x: x[:, 0], ws.states), 1, len(_SIGNS)))
     branches, out = workers.run_window(self.system, theta, branches, key, self.unroll_length,
-                                       signs=_SIGNS, sigma=self.sigma, schedule=self.schedule)
+                                       signs=_SIGNS, sigma=self.sigma, schedule=self.schedule,
+                                       mesh=self.mesh)
     ws = branches.replace(states=jax.tree.map(lambda x: x[:, 2:3], branches.states))
     grad = maths.antithetic_grad(out.gsum, out.count, self.sigma)
     metrics = es_metrics(out, grad, self.sigma, self.steps_per_estimate)

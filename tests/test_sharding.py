@@ -1,0 +1,67 @@
+"""Several devices: 4 simulated CPU devices give the same estimates as one."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import pytest
+
+from meta_train import sharding
+
+SCRIPT = textwrap.dedent("""
+    import json, os
+    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+    import jax, numpy as np, lopt_meta, tasks
+    from meta_train.estimators import NRES, PES, FullES, TBPTT
+
+    def flat(tree):
+        return np.concatenate([np.ravel(np.asarray(x)) for x in jax.tree.leaves(tree)])
+
+    lorenz = tasks.get("lorenz", horizon=60, init_sigma=0.5)
+    lopt = tasks.learned_optimizer_system(tasks.get_inner_task("digits_mlp"), lopt_meta.MLPLOpt(),
+                                          horizon=30)
+    cases = {
+        "nres_lorenz": (lorenz, lambda d: NRES(lorenz, num_particles=16, sigma=0.04, unroll_length=10, devices=d)),
+        "pes_lorenz": (lorenz, lambda d: PES(lorenz, num_particles=16, sigma=0.04, unroll_length=10, devices=d)),
+        "full_es_lorenz": (lorenz, lambda d: FullES(lorenz, num_particles=16, sigma=0.04, devices=d)),
+        "tbptt_lorenz": (lorenz, lambda d: TBPTT(lorenz, num_particles=8, unroll_length=10, devices=d)),
+        "nres_lopt": (lopt, lambda d: NRES(lopt, num_particles=8, sigma=0.01, unroll_length=5, devices=d)),
+    }
+    out = {"devices": len(jax.devices())}
+    for name, (system, make) in cases.items():
+        many, one = make(None), make(jax.devices()[:1])
+        w_many, w_one = many.init(jax.random.key(0), system.theta0), one.init(jax.random.key(0), system.theta0)
+        for i in range(3):
+            g_many, w_many, _ = many.estimate(jax.random.key(i), system.theta0, w_many)
+            g_one, w_one, _ = one.estimate(jax.random.key(i), system.theta0, w_one)
+        a, b = flat(g_many), flat(g_one)
+        shards = None if w_many is None else len(w_many.t.sharding.device_set)
+        out[name] = {"rel_diff": float(np.max(np.abs(a - b)) / np.max(np.abs(b))), "shards": shards}
+    print(json.dumps(out))
+""")
+
+
+def test_four_devices_give_the_single_device_estimate():
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  env.pop("XLA_FLAGS", None)
+  result = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True,
+                          timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  import json
+  out = json.loads(result.stdout.strip().splitlines()[-1])
+  assert out["devices"] == 4
+  for name, r in out.items():
+    if name == "devices":
+      continue
+    assert r["rel_diff"] < 1e-4, (name, r)  # the same estimate up to float summation order
+    assert r["shards"] in (4, None), (name, r)  # worker state split over the 4 devices
+
+
+def test_pairs_that_do_not_split_evenly_are_rejected():
+  devices = [jax.devices()[0]] * 4  # the check only counts devices
+  with pytest.raises(ValueError, match=r"^num_particles: 6 particles \(3 pairs\) cannot be split "
+                     r"evenly over 4 devices; use a multiple of 8$"):
+    sharding.pairs_mesh(3, devices)
+  assert sharding.pairs_mesh(3, devices[:1]) is None
