@@ -1,0 +1,155 @@
+"""Inner tasks and learned-optimizer training as an unrolled system."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+import tensorflow_datasets as tfds
+
+import lopt_meta
+import tasks
+from tasks import data, inner
+from meta_train.estimators import NRES
+
+
+def test_inner_task_registry():
+  assert sorted(tasks.INNER_TASKS) == ["cifar10_resnet", "digits_mlp", "fashion_mnist_mlp",
+                                       "fashion_mnist_mlp28", "lstm_copy"]
+  with pytest.raises(ValueError, match=r"^hidden: task 'digits_mlp' takes no option 'hidden'"):
+    tasks.get_inner_task("digits_mlp", hidden=3)
+
+
+def test_mlp_shapes_follow_the_specification():
+  shapes = lambda t: jax.tree.map(jnp.shape, t.init_params(jax.random.key(0)))
+  assert shapes(tasks.get_inner_task("digits_mlp")) == {
+      "Dense_0": {"bias": (32,), "kernel": (64, 32)}, "Dense_1": {"bias": (10,), "kernel": (32, 10)}}
+  assert shapes(tasks.get_inner_task("fashion_mnist_mlp"))["Dense_0"]["kernel"] == (64, 32)
+  assert shapes(tasks.get_inner_task("fashion_mnist_mlp28"))["Dense_0"]["kernel"] == (784, 32)
+
+
+def _train(task, opt, steps, key=jax.random.key(0)):
+  """Trains task with an optax optimizer; returns the training losses [steps]."""
+  params = task.init_params(key)
+  opt_state = opt.init(params)
+  state = task.init_state(key)
+
+  def step(carry, k):
+    params, opt_state, state = carry
+    batch, state = task.train_batch(task.data, state, k)
+    loss, grads = jax.value_and_grad(task.loss)(params, batch)
+    updates, opt_state = opt.update(grads, opt_state, params)
+    return (optax.apply_updates(params, updates), opt_state, task.update_state(state, loss)), loss
+  _, losses = jax.jit(lambda c: jax.lax.scan(step, c, jax.random.split(key, steps)))(
+      (params, opt_state, state))
+  return np.asarray(losses)
+
+
+def test_digits_mlp_learns_with_adam():
+  losses = _train(tasks.get_inner_task("digits_mlp"), optax.adam(1e-2), 300)
+  assert losses[:10].mean() > 1.5 and losses[-50:].mean() < 0.3
+
+
+def test_cifar10_resnet_runs_on_mock_data():
+  data.load.cache_clear()
+  with tfds.testing.mock_data(num_examples=40):
+    task = tasks.get_inner_task("cifar10_resnet", batch_size=8)
+  data.load.cache_clear()
+  losses = _train(task, optax.adam(1e-3), 3)
+  assert losses.shape == (3,) and np.all(np.isfinite(losses))
+  assert abs(losses[0] - math.log(10)) < 1.0
+
+
+def test_copy_batches_and_curriculum():
+  task = tasks.get_inner_task("lstm_copy", max_length=8, start_length=4)
+  state = task.init_state(jax.random.key(0))
+  batch, _ = task.train_batch(None, state, jax.random.key(1))
+  tokens, targets, mask = (np.asarray(batch[k]) for k in ("tokens", "targets", "mask"))
+  for row in range(tokens.shape[0]):
+    L = int(np.sum(tokens[row] < 2))  # the bits read before the delimiter
+    assert 1 <= L <= 4 and tokens[row, L] == 2
+    np.testing.assert_array_equal(targets[row][mask[row]], tokens[row, :L])  # output = input
+  for _ in range(100):  # ~15 low losses per raise (the average restarts at ln 2 after each)
+    state = task.update_state(state, jnp.float32(0.01))
+  assert int(state.length) == 8
+  high = task.update_state(task.init_state(None), jnp.float32(0.69))
+  assert int(high.length) == 4
+
+
+def test_normalizer_clips_and_maps_nan_to_the_bound():
+  task = tasks.get_inner_task("digits_mlp")
+  bound = 1.5 * math.log(10)
+  got = task.normalize(jnp.asarray([-1.0, 0.5, 100.0, jnp.nan, jnp.inf]))
+  np.testing.assert_allclose(got, [0.0, 0.5, bound, bound, bound], rtol=1e-6)
+
+
+def _system(**kw):
+  task = tasks.get_inner_task("digits_mlp")
+  return tasks.learned_optimizer_system(task, kw.pop("lopt", lopt_meta.Adam(learning_rate=1e-2)),
+                                        **kw)
+
+
+def test_train_meta_loss_is_the_normalized_training_loss():
+  system = _system(horizon=50)
+  losses = np.asarray(system.episode_losses({}, jax.random.key(0)))
+  # Adam at 1e-2 on digits: the training loss falls from ~2.3 towards ~0.5 in 50 steps.
+  assert losses[0] > 2.0 and losses[-10:].mean() < 1.2
+  assert np.all((losses >= 0) & (losses <= 1.5 * math.log(10)))
+
+
+def test_telescoping_meta_loss_sums_to_the_final_minus_the_initial_loss():
+  system = _system(horizon=40, meta_loss="telescoping").bound()
+  key = jax.random.key(3)
+  init_key, steps_key = jax.random.split(key)
+  state0 = system.init(init_key)
+  final, losses = system.unroll({}, state0, jax.random.split(steps_key, 40))
+  np.testing.assert_allclose(float(jnp.sum(losses)), float(final.previous - state0.previous),
+                             rtol=1e-5, atol=1e-6)
+  assert float(final.previous) < float(state0.previous) - 0.5  # Adam made progress
+
+
+def test_outer_valid_meta_loss_reads_the_outer_validation_split():
+  system = _system(horizon=20, meta_loss="outer_valid")
+  assert np.all(np.isfinite(np.asarray(system.episode_losses({}, jax.random.key(0)))))
+
+
+def test_log_uniform_truncations():
+  system = _system(horizon=1000, truncation="log_uniform", min_horizon=10).bound()
+  lengths = np.asarray(jax.vmap(lambda k: system.init(k).length)(
+      jax.random.split(jax.random.key(0), 4000)))
+  assert lengths.min() >= 10 and lengths.max() <= 1000
+  # log-uniform: each decade [10, 100) and [100, 1000] holds about half of the episodes
+  assert 0.45 < np.mean(lengths < 100) < 0.55
+  assert system.shortest_episode == 10
+
+
+def test_task_family_draws_every_task():
+  family = [tasks.get_inner_task("digits_mlp"), tasks.get_inner_task("fashion_mnist_mlp")]
+  system = tasks.learned_optimizer_system(family, lopt_meta.Adam(learning_rate=1e-2), horizon=10)
+  states = jax.vmap(system.bound().init)(jax.random.split(jax.random.key(0), 64))
+  assert set(np.asarray(states.task_index).tolist()) == {0, 1}
+  losses = system.episode_losses({}, jax.random.key(1))
+  assert np.all(np.isfinite(np.asarray(losses)))
+  with pytest.raises(ValueError, match="parameters share one structure"):
+    tasks.learned_optimizer_system([family[0], tasks.get_inner_task("lstm_copy")],
+                                   lopt_meta.Adam(), horizon=10)
+
+
+def test_diverging_inner_training_costs_a_bounded_meta_loss():
+  system = _system(horizon=20, lopt=lopt_meta.SGDM(learning_rate=1e6))
+  losses = np.asarray(system.episode_losses({}, jax.random.key(0)))
+  assert np.all(np.isfinite(losses))
+  np.testing.assert_allclose(losses[-5:], 1.5 * math.log(10), rtol=1e-6)
+
+
+def test_nres_on_a_learned_optimizer_system():
+  system = tasks.learned_optimizer_system(tasks.get_inner_task("digits_mlp"), lopt_meta.MLPLOpt(),
+                                          horizon=30)
+  est = NRES(system, num_particles=4, sigma=0.01, unroll_length=5)
+  ws = est.init(jax.random.key(0), system.theta0)
+  grad, ws, metrics = est.estimate(jax.random.key(1), system.theta0, ws)
+  assert jax.tree.structure(grad) == jax.tree.structure(system.theta0)
+  assert 0 < float(metrics["meta_loss"]) < 1.5 * math.log(10)
+  assert float(metrics["grad_norm"]) > 0
