@@ -23,9 +23,9 @@ Conventions (see DESIGN §2 and §6):
 * Masking. A (pair, step) whose losses are not all finite contributes nothing and is counted.
 
 How a window runs. Every event of a window (an episode start, a fresh noise draw) is known from
-the pairs' positions at its start, so it is worked out before the scan, vectorized: all the
-window's keys; each pair's fresh initial state (a window of ``W <= T`` steps holds at most one
-episode start per pair); and a small table of *segments*, the stretches of steps with constant
+the pairs' positions at its start, so it is worked out before the scan, vectorized: the keys of
+each pair's (at most one: a window of ``W`` steps is no longer than an episode) episode start
+and noise draws; and a small table of *segments*, the stretches of steps with constant
 noise (segment 0 carries on from the previous window; each draw opens the next), with each
 segment's noise and credit. The scan itself only selects the fresh state at a start step, picks
 the step's noise from the table, steps every branch and adds ``dl`` to the pair's running sum for
@@ -262,9 +262,7 @@ def _run_window_local(system, theta, ws, pair_keys, active_steps, *, num_steps, 
   purposes = jnp.asarray([RESET] + [NOISE] * (num_segments - 1), jnp.int32)
   event_keys = jax.vmap(jax.vmap(pair_step_key, in_axes=(None, 0, 0)), in_axes=(0, 0, None))(
       pair_keys, event_steps, purposes)  # [P, E]: one batched hash for all of them
-  fresh = jax.vmap(system.init)(event_keys[:, 0])
-  fresh_length = jax.vmap(system.length_of)(fresh)
-  fresh = tree_lib.expand_axis(fresh, 1, len(signs))
+  reset_keys = event_keys[:, 0]
 
   eps_table = None
   if schedule is not None:
@@ -284,18 +282,21 @@ def _run_window_local(system, theta, ws, pair_keys, active_steps, *, num_steps, 
 
   # ---- The scan: per step, only what must happen per step. ----
   def body(carry, xs):
-    states, eps = carry
+    states, eps, length = carry
     j, any_event_j = xs
 
     # Episode starts and noise draws are rare (a few per pair per window): one real branch,
     # taken only on the steps where some pair has one, is far cheaper than selects every step.
+    # Fresh states are made inside it, so nothing of them is materialized on ordinary steps.
     def event(args):
-      states, eps = args
-      states = tree_lib.where_leading(start[j], fresh, states)
+      states, eps, length = args
+      fresh = jax.vmap(system.init)(reset_keys)
+      states = tree_lib.where_leading(start[j], tree_lib.expand_axis(fresh, 1, len(signs)), states)
+      length = jnp.where(start[j], jax.vmap(system.length_of)(fresh), length)
       if eps_table is not None:
         eps = tree_lib.where_leading(draw[j], _take_segment(eps_table, seg[j]), eps)
-      return states, eps
-    states, eps = jax.lax.cond(any_event_j, event, lambda a: a, (states, eps))
+      return states, eps, length
+    states, eps, length = jax.lax.cond(any_event_j, event, lambda a: a, (states, eps, length))
     k_step_j = jax.vmap(pair_step_key, in_axes=(0, None, None))(pair_keys, j, STEP)
 
     def pair_step(theta_i, eps_i, states_i, key_i):
@@ -307,11 +308,11 @@ def _run_window_local(system, theta, ws, pair_keys, active_steps, *, num_steps, 
         theta, eps, states, k_step_j)
     if active_steps is not None:  # inactive pairs stay exactly where they were
       new_states = tree_lib.where_leading(active[j], new_states, states)
-    return (new_states, eps), losses.astype(jnp.float32)
+    return (new_states, eps, length), losses.astype(jnp.float32)
 
   xs = (steps, jnp.any(start if draw is None else (start | draw), axis=1))
   eps0 = ws.eps if schedule is not None else None
-  (states, eps_last), losses = jax.lax.scan(body, (ws.states, eps0), xs)  # losses: [W, P, S]
+  (states, eps_last, length), losses = jax.lax.scan(body, (ws.states, eps0, ws.length), xs)
 
   # Bookkeeping on the window's losses at once ([W, P, S] floats), not step by step.
   finite = jnp.all(jnp.isfinite(losses), axis=2) & active
@@ -330,7 +331,6 @@ def _run_window_local(system, theta, ws, pair_keys, active_steps, *, num_steps, 
     gsum = jax.tree.map(lambda c: jnp.einsum("ps,ps...->p...", dl_seg, c), credit_table)
   taken = jnp.sum(active, axis=0, dtype=jnp.int32)
   resets = jnp.sum(start, axis=0, dtype=jnp.int32)
-  length = jnp.where(resets > 0, fresh_length, ws.length)
   t = jnp.where(resets > 0, taken - j_star, ws.t + taken)
   if horizon is not None:
     t = jnp.where(t >= length, 0, t)

@@ -207,23 +207,34 @@ def epoch_indices(split: Split, seed: jax.Array, position: jax.Array, batch_size
   that visits every example once per epoch, in a fresh random order each epoch.
 
   Epoch ``e``'s order is the affine permutation ``x -> (a_e x + b_e) mod n`` with ``a_e`` a random
-  unit mod ``n`` and ``b_e`` random, both drawn from ``fold_in(seed, e)``: a shuffle that needs no
-  per-particle storage. ``seed`` is a key (a per-episode data seed); ``position`` counts examples.
+  unit mod ``n`` and ``b_e`` random, both hashed from the seed and ``e``: a shuffle that needs
+  no per-particle storage. ``seed``: ``uint32 [2]`` (a per-episode data seed, e.g. a key's data);
+  ``position`` counts the examples consumed.
   """
   n = split.labels.shape[0]
   k = position + jnp.arange(batch_size, dtype=jnp.int32)
   epoch, x = k // n, (k % n).astype(jnp.uint32)
+  seed = jnp.asarray(seed, jnp.uint32)
 
   def affine(e):
-    ka, kb = jax.random.split(jax.random.fold_in(seed, e))
-    a = split.units[jax.random.randint(ka, (), 0, split.units.shape[0])].astype(jnp.uint32)
-    b = jax.random.randint(kb, (), 0, n).astype(jnp.uint32)
+    h = _mix32(seed[0] ^ _mix32(seed[1] ^ jnp.asarray(e).astype(jnp.uint32) * jnp.uint32(0x9E3779B9)))
+    a = split.units[h % jnp.uint32(split.units.shape[0])].astype(jnp.uint32)
+    b = _mix32(h ^ jnp.uint32(0x85EBCA6B)) % jnp.uint32(n)
     return a, b
   e0 = position // n
   (a0, b0), (a1, b1) = affine(e0), affine(e0 + 1)  # a batch spans at most two epochs (B <= n)
   a = jnp.where(epoch == e0, a0, a1)
   b = jnp.where(epoch == e0, b0, b1)
   return ((a * x + b) % jnp.uint32(n)).astype(jnp.int32)
+
+
+def _mix32(h: jax.Array) -> jax.Array:
+  """MurmurHash3's 32-bit finalizer: a cheap, well-mixing bijection of uint32."""
+  h = h ^ (h >> 16)
+  h = h * jnp.uint32(0x85EBCA6B)
+  h = h ^ (h >> 13)
+  h = h * jnp.uint32(0xC2B2AE35)
+  return h ^ (h >> 16)
 
 
 def random_indices(split: Split, key: jax.Array, batch_size: int) -> jax.Array:

@@ -132,7 +132,8 @@ class ResNet(nn.Module):
 
 
 class ImageState(NamedTuple):
-  """Per-episode data order: a data seed (a key) and the examples consumed so far."""
+  """Per-episode data order: a data seed (``uint32 [2]``, a key's data) and the examples
+  consumed so far."""
   seed: jax.Array
   position: jax.Array  # shape=(), dtype=int32
 
@@ -166,8 +167,7 @@ class ImageClassification(InnerTask):
   def train_batch(self, data, state, key):
     del key
     split = data["train"]
-    idx = data_lib.epoch_indices(split, jax.random.wrap_key_data(state.seed), state.position,
-                                 self.batch_size)
+    idx = data_lib.epoch_indices(split, state.seed, state.position, self.batch_size)
     return data_lib.gather(split, idx), state._replace(position=state.position + self.batch_size)
 
   def eval_batch(self, data, split, key):

@@ -110,7 +110,7 @@ def test_epoch_sampler_visits_every_example_once_per_epoch():
   n, batch = 103, 16
   split = data.Split(images=jnp.zeros((n, 1, 1, 1), jnp.uint8), labels=jnp.arange(n),
                      units=jnp.asarray(data._units(n)))
-  seed = jax.random.key(7)
+  seed = jax.random.key_data(jax.random.key(7))
   stream = np.concatenate([np.asarray(data.epoch_indices(split, seed, p, batch))
                            for p in range(0, 3 * n, batch)])[:3 * n]
   epochs = stream.reshape(3, n)
