@@ -127,6 +127,12 @@ class RunConfig:
   """Steps per evaluation episode for systems that never reset."""
   baseline_lrs: tuple[float, ...] = (1e-3, 3e-3, 1e-2, 3e-2)
   """Adam learning rates of the baseline beside a learned optimizer (the best one is reported)."""
+  checkpoint_every: int = 100
+  """Save an Orbax checkpoint every this many outer steps (and at the end, and on SIGINT/SIGTERM)."""
+  keep_checkpoints: int = 3
+  """Keep the last this many checkpoints."""
+  wandb: Literal["online", "offline", "disabled"] | None = None
+  """Weights & Biases mode (default: online if an API key is configured, else offline)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -152,13 +158,51 @@ class TrainConfig:
 
   @classmethod
   def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
-    run = dict(d.get("run", {}))
+    """From the nested form of ``config.json`` (``{"task": {...}, "estimator": {...}, ...}``) or a
+    flat mapping of field names (``{"task": "lorenz", "num_particles": 8, ...}``), or a mix.
+
+    Raises:
+      ConfigError: an unknown field (the message lists the valid ones).
+    """
+    groups = {f.name: f.type for f in dataclasses.fields(cls)}
+    members = {name: {f.name for f in dataclasses.fields(kind)} for name, kind in _GROUPS.items()}
+    nested = {name: {} for name in _GROUPS}
+    for key, value in d.items():
+      if key in groups and isinstance(value, dict):
+        for k, v in value.items():
+          if k not in members[key]:
+            raise ConfigError(k, f"unknown {key} setting {k!r}; valid: {', '.join(sorted(members[key]))}")
+          nested[key][k] = v
+        continue
+      owner = next((name for name, names in members.items() if key in names), None)
+      if owner is None:
+        valid = sorted(set().union(*members.values()))
+        raise ConfigError(key, f"unknown setting {key!r}; valid: {', '.join(valid)}")
+      nested[owner][key] = value
+    run = nested["run"]
     if run.get("out") is not None:
       run["out"] = Path(run["out"])
     if "baseline_lrs" in run:
       run["baseline_lrs"] = tuple(run["baseline_lrs"])
-    return cls(task=TaskConfig(**d.get("task", {})), estimator=EstimatorConfig(**d.get("estimator", {})),
-               outer=OuterConfig(**d.get("outer", {})), run=RunConfig(**run))
+    return cls(**{name: _GROUPS[name](**values) for name, values in nested.items()})
+
+  @classmethod
+  def from_file(cls, path: str | Path) -> "TrainConfig":
+    """From a YAML or JSON file (see :meth:`from_dict`)."""
+    path = Path(path)
+    try:
+      data = yaml.safe_load(path.read_text())  # YAML reads JSON too
+    except FileNotFoundError:
+      raise ConfigError("config", f"no such file: {path}") from None
+    except yaml.YAMLError as e:
+      raise ConfigError("config", f"{path} is not valid YAML or JSON ({str(e).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+      raise ConfigError("config", f"{path} must hold a mapping of settings")
+    return cls.from_dict(data)
+
+
+_GROUPS = {"task": TaskConfig, "estimator": EstimatorConfig, "outer": OuterConfig,
+           "run": RunConfig}
 
 
 def _positive_int(field: str, value) -> None:
@@ -176,12 +220,14 @@ DEFAULT_INNER_HORIZON = 1000
 
 
 def build_system(config: TrainConfig, *, for_evaluation: bool = False,
-                 lopt: lopt_meta.LearnedOptimizer | None = None) -> tasks.UnrolledSystem:
+                 lopt: lopt_meta.LearnedOptimizer | None = None,
+                 meta_loss: str = "train") -> tasks.UnrolledSystem:
   """The configured system (raises ConfigError for an unknown task or option).
 
   For inner tasks, the system trains the task with the learned optimizer (``lopt`` replaces the
   configured one, e.g. Adam for the evaluation baseline); ``for_evaluation`` gives every episode
-  the full horizon and the training-loss meta-loss, the quantity compared with Adam.
+  the full horizon and the meta-loss ``meta_loss`` (the training loss: the quantity compared
+  with Adam).
   """
   t = config.task
   if t.task in tasks.TASKS:
@@ -210,7 +256,7 @@ def build_system(config: TrainConfig, *, for_evaluation: bool = False,
   horizon = t.horizon if t.horizon is not None else DEFAULT_INNER_HORIZON
   theta0 = lopt.init_theta(jax.random.fold_in(jax.random.key(config.run.seed), 1))
   if for_evaluation:
-    return tasks.learned_optimizer_system(inner, lopt, horizon=horizon, meta_loss="train",
+    return tasks.learned_optimizer_system(inner, lopt, horizon=horizon, meta_loss=meta_loss,
                                           truncation="constant", theta0=theta0)
   return tasks.learned_optimizer_system(inner, lopt, horizon=horizon, meta_loss=t.meta_loss,
                                         truncation=t.truncation, min_horizon=t.min_horizon,
@@ -247,6 +293,10 @@ def validate(config: TrainConfig) -> tuple[tasks.UnrolledSystem, estimators.Esti
   _positive_int("log_every", config.run.log_every)
   _positive_int("eval_episodes", config.run.eval_episodes)
   _positive_int("eval_steps", config.run.eval_steps)
+  _positive_int("checkpoint_every", config.run.checkpoint_every)
+  _positive_int("keep_checkpoints", config.run.keep_checkpoints)
+  if config.run.wandb is not None and config.run.wandb not in ("online", "offline", "disabled"):
+    raise unknown_name("wandb", config.run.wandb, ("online", "offline", "disabled"))
   if not config.run.baseline_lrs:
     raise ConfigError("baseline_lrs", "needs at least one learning rate")
   for lr in config.run.baseline_lrs:

@@ -3,9 +3,9 @@
 For an unrolled system the evaluation is the full-horizon mean per-step loss at theta (no noise),
 averaged over ``eval_episodes`` episodes drawn from a fixed key, so that evaluations along a run
 are comparable. For a learned optimizer it is the mean training loss of the inner task over the
-full horizon (every episode ``T`` steps, the training-loss meta-loss); beside it, Adam on the
-same episodes (same initializations, same data order) at each learning rate of a small grid,
-the best of which is the baseline.
+full horizon (every episode ``T`` steps, the training-loss meta-loss), and its outer-validation
+loss after each step; beside it, Adam on the same episodes (same initializations, same data
+order) at each learning rate of a small grid, the best of which is the baseline.
 """
 
 from __future__ import annotations
@@ -52,7 +52,11 @@ class Evaluator:
     episodes = config.run.eval_episodes
     self._curve = _curve_fn(self.system, episodes, self.num_steps)
     self._baselines = {}
+    self._valid = None
     if self.inner:
+      self.valid_system = config_lib.build_system(config, for_evaluation=True,
+                                                  meta_loss="outer_valid")
+      self._valid = _curve_fn(self.valid_system, episodes, self.num_steps)
       for lr in config.run.baseline_lrs:
         adam = config_lib.build_system(config, for_evaluation=True,
                                        lopt=lopt_meta.Adam(learning_rate=lr))
@@ -79,11 +83,15 @@ class Evaluator:
 
   def __call__(self, theta) -> dict[str, Any]:
     """``eval_loss`` (mean over steps and episodes), ``eval_final_loss``, ``eval_curve`` and, for
-    learned optimizers, ``eval_vs_adam`` (eval_loss over the baseline's)."""
+    learned optimizers, ``eval_vs_adam`` (eval_loss over the baseline's) and the outer-validation
+    loss after each step (``eval_outer_valid_loss``, ``eval_outer_valid_final_loss``)."""
     curve = np.asarray(self._curve(theta, self.key, self.system.data))
     out = {"eval_loss": float(np.nanmean(curve)), "eval_final_loss": float(curve[-1]),
            "eval_curve": subsample(curve)}
     if self.inner:
       base = self.baseline()["adam_loss"]
       out["eval_vs_adam"] = out["eval_loss"] / base if base > 0 else math.nan
+      valid = np.asarray(self._valid(theta, self.key, self.valid_system.data))
+      out["eval_outer_valid_loss"] = float(np.nanmean(valid))
+      out["eval_outer_valid_final_loss"] = float(valid[-1])
     return out

@@ -9,10 +9,11 @@ Conventions (see DESIGN §2 and §6):
 
 * Positions. ``t[i]`` counts the steps pair ``i`` has taken in its current episode; ``t == 0``
   means the next step starts a new episode. Episodes last ``T`` steps, or, for systems whose
-  episodes vary in length, what ``system.episode_length`` says of the episode's fresh state. Before that step the pair's state is replaced by
-  ``system.init(reset_key)`` and (for ES) its noise is resampled; PES/GPES accumulators restart.
-  So the loss of an episode's last step is still paired with the old noise, and a window that
-  straddles an episode boundary switches noise exactly at the boundary.
+  episodes vary in length, what ``system.episode_length`` says of the episode's fresh state.
+  Before the first step of an episode the pair's state is replaced by ``system.init(reset_key)``
+  and (for ES) its noise is resampled; PES/GPES accumulators restart. So the loss of an episode's
+  last step is still paired with the old noise, and a window that straddles an episode boundary
+  switches noise exactly at the boundary.
 * Randomness. Window key -> ``jax.random.split(key, P)`` pair keys -> at the window's step ``j``
   ``fold_in(pair_key, 3 j + c)`` for the reset (c=0), noise (c=1) and step (c=2) keys. All
   branches of a pair use the same keys: the same initial state, the same data, common random
@@ -24,12 +25,13 @@ Conventions (see DESIGN §2 and §6):
 
 How a window runs. Every event of a window (an episode start, a fresh noise draw) is known from
 the pairs' positions at its start, so it is worked out before the scan, vectorized: the keys of
-each pair's (at most one: a window of ``W`` steps is no longer than an episode) episode start
-and noise draws; and a small table of *segments*, the stretches of steps with constant
-noise (segment 0 carries on from the previous window; each draw opens the next), with each
-segment's noise and credit. The scan itself only selects the fresh state at a start step, picks
-the step's noise from the table, steps every branch and adds ``dl`` to the pair's running sum for
-the current segment: no branches, no random-number generation, no pytree-sized arithmetic.
+each pair's episode start (at most one: a window is no longer than the shortest episode) and
+noise draws, and a small table of *segments*, the stretches of steps with constant noise
+(segment 0 carries on from the previous window; each draw opens the next), with each segment's
+noise and credit. In the scan, the steps on which some pair has an event take one real branch
+(``lax.cond``) that builds the fresh states and switches the noise; every step then steps all
+branches and records the losses ``[W, P, S]``. Masking, counts and the credit sums are done on
+those losses after the scan, at once.
 """
 
 from __future__ import annotations
@@ -221,9 +223,6 @@ def _run_window_local(system, theta, ws, pair_keys, active_steps, *, num_steps, 
   """:func:`run_window` on the pairs of one device (all of them, without a mesh)."""
   num_pairs = ws.t.shape[0]
   horizon = system.horizon
-  if horizon is not None and num_steps > system.shortest_episode:
-    raise ValueError(f"a window of {num_steps} steps is longer than the shortest episode "
-                     f"({system.shortest_episode} steps)")
   es = (estimate_grad and schedule is not None and len(signs) >= 2
         and tuple(signs[:2]) == (1.0, -1.0))
   signs_arr = jnp.asarray(signs, jnp.float32)
@@ -239,8 +238,9 @@ def _run_window_local(system, theta, ws, pair_keys, active_steps, *, num_steps, 
   else:
     j_star = jnp.where(ws.t == 0, 0, ws.length - ws.t)
   after = steps[:, None] >= j_star[None, :]
+  # pos: the position in the episode before each step.
   pos = jnp.where(after, steps[:, None] - j_star[None, :], ws.t[None, :] + steps[:, None])
-  start = (steps[:, None] == j_star[None, :]) & active  # position in the episode before each step
+  start = (steps[:, None] == j_star[None, :]) & active
 
   draw = seg = None
   num_segments = 1

@@ -15,7 +15,7 @@ from meta_train.trainer import Trainer
 
 BASE = ["train", "--task", "toy2d", "--estimator", "nres", "--num-particles", "8", "--sigma", "0.1",
         "--unroll-length", "10", "--outer-steps", "40", "--outer-lr", "1e-2", "--seed", "0",
-        "--log-every", "10", "--eval-every", "20"]
+        "--log-every", "10", "--eval-every", "20", "--wandb", "disabled"]
 
 
 def test_train_writes_config_and_metrics(tmp_path):
@@ -52,6 +52,8 @@ def test_same_seed_same_run(tmp_path):
      "fashion_mnist_mlp28, influence_balancing, lorenz, lstm_copy, toy2d"),
     (["--lopt", "mlp"], "lopt: applies to inner tasks (cifar10_resnet, digits_mlp, "
      "fashion_mnist_mlp, fashion_mnist_mlp28, lstm_copy), not to 'toy2d'"),
+    (["--task", "digits_mlp", "--lopt", "bogus"],
+     "lopt: unknown lopt 'bogus'; valid: adafac, adam, hyper_adam, lr_schedule, mlp, sgdm"),
     (["--estimator", "es"],
      "estimator: unknown estimator 'es'; valid: full_es, gpes, nres, pes, tbptt, tes"),
     (["--unroll-length", "101"],
@@ -68,16 +70,36 @@ def test_bad_input_one_line_exit_2(tmp_path, capsys, flags, message):
   assert not out.exists()  # nothing was created: the error came before any work
 
 
+def test_a_value_outside_a_flags_choices_is_refused_by_the_parser(tmp_path, capsys):
+  with pytest.raises(SystemExit) as exit_:
+    cli.main(BASE + ["--out", str(tmp_path / "run"), "--wandb", "sometimes"])
+  assert exit_.value.code == 2
+  err = " ".join(capsys.readouterr().err.split())
+  assert "invalid choice 'sometimes' for argument '--wandb'" in err
+  assert all(f"'{mode}'" in err for mode in ("disabled", "offline", "online"))
+  assert not (tmp_path / "run").exists()
+
+
+def _tree(folder):
+  return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
 def test_existing_run_folder_is_not_overwritten(tmp_path, capsys):
   out = tmp_path / "run"
-  assert cli.main(BASE + ["--out", str(out)]) == 0
-  before = {p.name: p.read_bytes() for p in out.iterdir()}
+  assert cli.main(BASE + ["--out", str(out), "--checkpoint-every", "10"]) == 0
+  before = _tree(out)
+  capsys.readouterr()
   assert cli.main(BASE + ["--out", str(out), "--seed", "1"]) == 2
-  assert capsys.readouterr().err.endswith(
-      "already holds a run; choose another --out or pass --overwrite\n")
-  assert {p.name: p.read_bytes() for p in out.iterdir()} == before
-  assert cli.main(BASE + ["--out", str(out), "--seed", "1", "--overwrite"]) == 0
+  assert capsys.readouterr().err == (
+      f"meta-train: error: out: run folder {out} already holds a different run; resume it with "
+      f"'meta-train resume {out}', choose another --out, or pass --overwrite\n")
+  assert _tree(out) == before
+  assert cli.main(BASE + ["--out", str(out), "--seed", "1", "--outer-steps", "20",
+                          "--checkpoint-every", "10", "--overwrite"]) == 0
   assert json.loads((out / "config.json").read_text())["run"]["seed"] == 1
+  assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["10", "20"]
+  assert [json.loads(l)["step"] for l in (out / "metrics.jsonl").read_text().splitlines()] == [
+      0, 10, 20]
 
 
 def test_nonfinite_estimates_never_reach_theta():
@@ -103,3 +125,66 @@ def test_outer_loop_descends_lorenz():
   before = float(system.mean_loss(system.theta0, jax.random.key(1)))
   state, _ = trainer.run(state, 150)
   assert float(system.mean_loss(state.theta, jax.random.key(1))) < 0.5 * before
+
+
+# ---------------------------------------------------------------------------------------------
+# The other commands' bad input: one line, exit 2, nothing touched.
+# ---------------------------------------------------------------------------------------------
+
+def _one_line_error(capsys, args, message):
+  assert cli.main(args) == 2
+  assert capsys.readouterr().err == f"meta-train: error: {message}\n"
+
+
+def test_resume_eval_export_need_a_run_folder(tmp_path, capsys):
+  missing = tmp_path / "nowhere"
+  for command in (["resume", str(missing)], ["eval", str(missing)],
+                  ["export", str(missing), "--out", str(tmp_path / "x.npz")]):
+    _one_line_error(capsys, command, f"run_dir: {missing} is not a run folder (no config.json)")
+
+
+def test_run_folder_without_checkpoint(tmp_path, capsys):
+  out = tmp_path / "empty"
+  out.mkdir()
+  (out / "config.json").write_text(json.dumps({"task": {"task": "lorenz", "horizon": 100},
+                                               "estimator": {"num_particles": 4, "unroll_length": 10}}))
+  _one_line_error(capsys, ["resume", str(out)],
+                  f"checkpoint: no checkpoint in {out.resolve()}/checkpoints")
+
+
+def test_export_of_a_run_without_a_learned_optimizer(tmp_path, capsys):
+  out = tmp_path / "lorenz"
+  assert cli.main(BASE + ["--outer-steps", "10", "--out", str(out), "--wandb", "disabled"]) == 0
+  capsys.readouterr()
+  _one_line_error(capsys, ["export", str(out), "--out", str(tmp_path / "x.npz")],
+                  f"run_dir: {out} trained theta of 'toy2d', not a learned optimizer; nothing to export")
+
+
+def test_config_file_with_overrides(tmp_path):
+  config = tmp_path / "run.yaml"
+  config.write_text("task: toy2d\nnum_particles: 6\nouter:\n  outer_steps: 10\n  outer_lr: 0.02\n"
+                    "run:\n  log_every: 5\n  eval_every: 0\n  wandb: disabled\n")
+  out = tmp_path / "r"
+  assert cli.main(["train", "--config", str(config), "--num-particles", "4", "--out", str(out)]) == 0
+  saved = json.loads((out / "config.json").read_text())
+  assert saved["estimator"]["num_particles"] == 4  # the flag wins over the file
+  assert saved["outer"]["outer_lr"] == 0.02 and saved["outer"]["outer_steps"] == 10
+
+
+def test_bad_config_file(tmp_path, capsys):
+  config = tmp_path / "bad.yaml"
+  config.write_text("num_particle: 6\n")
+  assert cli.main(["train", "--config", str(config)]) == 2
+  err = capsys.readouterr().err
+  assert err.startswith("meta-train: error: num_particle: unknown setting 'num_particle'; valid: ")
+  assert err.count("\n") == 1
+  _one_line_error(capsys, ["train", "--config", str(tmp_path / "none.yaml")],
+                  f"config: no such file: {tmp_path / 'none.yaml'}")
+
+
+def test_every_command_has_help(capsys):
+  for command in ("train", "resume", "eval", "export", "plot"):
+    with pytest.raises(SystemExit) as exit_:
+      cli.main([command, "--help"])
+    assert exit_.value.code == 0
+    assert f"usage: meta-train {command}" in capsys.readouterr().out

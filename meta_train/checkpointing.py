@@ -1,0 +1,135 @@
+"""Orbax checkpoints of a run: everything needed to continue it exactly.
+
+A checkpoint (``RUN_DIR/checkpoints/<step>/``) holds the whole :class:`~meta_train.trainer.
+TrainState` (theta, the outer optimizer's state, every particle's worker state: inner states,
+noise, PES accumulators, positions, episode lengths, data positions, and the PRNG key) plus a
+JSON item with the config, the outer step and the elapsed time. Saves are synchronous and
+atomic (Orbax writes to a temporary folder and renames it when complete), so a process killed
+mid-save leaves the previous checkpoints untouched; old checkpoints are deleted only after a
+newer one is complete (keep the last ``max_to_keep``).
+
+Restoring reads the latest checkpoint with an abstract target (shapes and dtypes of a fresh
+state, so that types survive); if it cannot be read (half written, corrupted), that is reported
+and the previous one is tried. Resuming moves unreadable checkpoints to
+``RUN_DIR/unreadable_checkpoints/`` (nothing is deleted) before it saves the same steps again.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from lopt_meta.errors import ConfigError
+
+PyTree = Any
+
+
+class CheckpointError(ConfigError):
+  """No readable checkpoint in a run folder."""
+
+  def __init__(self, message: str):
+    super().__init__("checkpoint", message)
+
+
+def _is_key(x) -> bool:
+  return isinstance(x, (jax.Array, jax.ShapeDtypeStruct)) and jax.dtypes.issubdtype(
+      x.dtype, jax.dtypes.prng_key)
+
+
+def to_saveable(tree: PyTree) -> PyTree:
+  """PRNG keys as their ``uint32`` data (Orbax stores plain arrays)."""
+  def convert(x):
+    if isinstance(x, jax.ShapeDtypeStruct) and _is_key(x):
+      return jax.ShapeDtypeStruct(jax.eval_shape(jax.random.key_data, x).shape, np.uint32)
+    return jax.random.key_data(x) if _is_key(x) else x
+  return jax.tree.map(convert, tree)
+
+
+def from_saveable(tree: PyTree, like: PyTree) -> PyTree:
+  """Inverse of :func:`to_saveable`, guided by ``like`` (abstract or concrete)."""
+  return jax.tree.map(lambda x, l: jax.random.wrap_key_data(x) if _is_key(l) else x, tree, like)
+
+
+def _abstract(tree: PyTree) -> PyTree:
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), tree)
+
+
+class Checkpoints:
+  """The checkpoints of one run folder."""
+
+  def __init__(self, run_dir: Path, *, max_to_keep: int = 3):
+    self.directory = Path(run_dir).resolve() / "checkpoints"
+    options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
+                                           enable_async_checkpointing=False,
+                                           cleanup_tmp_directories=True)
+    self.manager = ocp.CheckpointManager(self.directory, options=options,
+                                         item_names=("state", "meta"))
+
+  def steps(self) -> list[int]:
+    self.manager.reload()
+    return sorted(self.manager.all_steps())
+
+  def save(self, step: int, state: PyTree, meta: dict[str, Any]) -> None:
+    """Saves ``state`` (any pytree; keys allowed) and ``meta`` (JSON) as checkpoint ``step``."""
+    self.manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(to_saveable(state)), meta=ocp.args.JsonSave(meta)),
+        force=True)
+    self.manager.wait_until_finished()
+
+  def restore(self, like: PyTree, step: int | None = None) -> tuple[PyTree, dict[str, Any], int]:
+    """The state of checkpoint ``step`` (default: the latest readable one), shaped as ``like``.
+
+    Returns:
+      ``(state, meta, step)``.
+
+    Raises:
+      CheckpointError: no checkpoint, or none that can be read.
+    """
+    steps = self.steps() if step is None else [step]
+    if not steps:
+      raise CheckpointError(f"no checkpoint in {self.directory}")
+    abstract = _abstract(to_saveable(like))
+    errors = []
+    self.unreadable = []
+    for s in reversed(steps):
+      try:
+        restored = self.manager.restore(s, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
+        return from_saveable(restored["state"], like), dict(restored["meta"]), s
+      except Exception as e:  # unreadable: report it, fall back to the previous checkpoint
+        reason = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+        errors.append(f"step {s}: {reason}")
+        self.unreadable.append(s)
+        print(f"meta-train: checkpoint {s} in {self.directory} cannot be read ({reason}); "
+              "trying the previous one", file=sys.stderr, flush=True)
+    raise CheckpointError(f"no readable checkpoint in {self.directory} ({'; '.join(errors)})")
+
+  def set_aside(self, steps: list[int]) -> list[Path]:
+    """Moves unreadable checkpoints out of the way (never deletes them), so that training can
+    save those steps again: ``checkpoints/<step>`` becomes ``unreadable_checkpoints/<step>``
+    (with a numeric suffix if that exists already). Returns the new paths."""
+    moved = []
+    for s in steps:
+      source = self.directory / str(s)
+      if not source.exists():
+        continue
+      target_dir = self.directory.parent / "unreadable_checkpoints"
+      target_dir.mkdir(exist_ok=True)
+      target, n = target_dir / str(s), 1
+      while target.exists():
+        target, n = target_dir / f"{s}.{n}", n + 1
+      source.rename(target)
+      moved.append(target)
+      print(f"meta-train: moved unreadable checkpoint {source} to {target}", file=sys.stderr,
+            flush=True)
+    self.manager.reload()
+    return moved
+
+  def close(self):
+    self.manager.close()

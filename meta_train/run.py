@@ -1,0 +1,298 @@
+"""A meta-training run in its folder: train, resume, load.
+
+``RUN_DIR`` holds ``config.json`` (the validated configuration), ``metrics.jsonl``,
+``checkpoints/<step>/`` (Orbax; see :mod:`meta_train.checkpointing`) and, unless W&B is
+disabled, ``wandb/``. :func:`train` starts a run (refusing a folder that already holds one unless
+``overwrite``); :func:`resume` continues the latest readable checkpoint of a folder to a new total
+of outer steps, exactly as if the run had never stopped; :func:`load_run` reads a run back.
+
+The loop runs the compiled :class:`~meta_train.trainer.Trainer` in chunks that end at every log,
+evaluation and checkpoint step. SIGINT and SIGTERM are caught: the current chunk finishes, a
+checkpoint is saved, and the process exits with 130 or 143 (a second signal stops at once).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+from lopt_meta.errors import ConfigError
+from meta_train import config as config_lib
+from meta_train import evaluation
+from meta_train.checkpointing import Checkpoints
+from meta_train.logs import RunLog, read_metrics
+from meta_train.progress import Progress
+from meta_train.trainer import Trainer, TrainState, outer_optimizer, summarize
+
+RUN_FILES = ("config.json", "metrics.jsonl", "checkpoints", "unreadable_checkpoints", "wandb",
+             "wandb_id")
+
+
+class Interrupted(Exception):
+  """The run stopped on a signal after saving a checkpoint; ``code`` is the exit status."""
+
+  def __init__(self, code: int, step: int):
+    super().__init__(f"stopped at outer step {step} (checkpoint saved)")
+    self.code, self.step = code, step
+
+
+@dataclasses.dataclass
+class LoadedRun:
+  """A run read back from its folder (see :func:`load_run`)."""
+  run_dir: Path
+  config: config_lib.TrainConfig
+  state: TrainState
+  step: int
+  meta: dict[str, Any]
+
+  @property
+  def theta(self):
+    return self.state.theta
+
+  @property
+  def metrics(self) -> list[dict[str, Any]]:
+    return read_metrics(self.run_dir)
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+  tmp = path.with_name(path.name + ".partial")
+  tmp.write_text(json.dumps(data, indent=2) + "\n")
+  os.replace(tmp, path)
+
+
+def read_config(run_dir: Path) -> config_lib.TrainConfig:
+  path = Path(run_dir) / "config.json"
+  if not path.is_file():
+    raise ConfigError("run_dir", f"{run_dir} is not a run folder (no config.json)")
+  try:
+    return config_lib.TrainConfig.from_dict(json.loads(path.read_text()))
+  except (json.JSONDecodeError, TypeError) as e:
+    raise ConfigError("run_dir", f"{path} is not a readable run configuration ({e})") from None
+
+
+def _build(config: config_lib.TrainConfig):
+  system, estimator = config_lib.validate(config)
+  trainer = Trainer(estimator, outer_optimizer(config.outer.outer_optimizer, config.outer.outer_lr,
+                                               config.outer.grad_clip))
+  return system, estimator, trainer
+
+
+def _abstract_state(trainer: Trainer, system) -> TrainState:
+  return jax.eval_shape(trainer.init, jax.random.key(0), system.theta0)
+
+
+def load_run(run_dir: str | os.PathLike, step: int | None = None) -> LoadedRun:
+  """The run in ``run_dir`` at its latest readable checkpoint (or at ``step``).
+
+  Returns:
+    a :class:`LoadedRun` with ``.theta``, ``.step``, ``.config``, ``.state`` (the whole
+    TrainState), ``.meta`` and ``.metrics``.
+
+  Raises:
+    ConfigError: not a run folder, or no readable checkpoint.
+  """
+  run_dir = Path(run_dir)
+  config = read_config(run_dir)
+  system, _, trainer = _build(config)
+  checkpoints = Checkpoints(run_dir)
+  try:
+    state, meta, restored = checkpoints.restore(_abstract_state(trainer, system), step)
+  finally:
+    checkpoints.close()
+  return LoadedRun(run_dir=run_dir, config=config, state=state, step=restored, meta=meta)
+
+
+def prepare_run_dir(config: config_lib.TrainConfig, overwrite: bool = False) -> Path:
+  """Creates the run folder; one that already holds a run is refused unless ``overwrite``."""
+  run_dir = config.run_dir()
+  if run_dir.exists() and not run_dir.is_dir():
+    raise ConfigError("out", f"{run_dir} exists and is not a folder")
+  if run_dir.exists() and any(run_dir.iterdir()):
+    if not overwrite:
+      what = "a run"
+      if (run_dir / "config.json").is_file():
+        try:
+          same = json.loads((run_dir / "config.json").read_text()) == config.to_dict()
+          what = "this run" if same else "a different run"
+        except json.JSONDecodeError:
+          pass
+      raise ConfigError("out", f"run folder {run_dir} already holds {what}; resume it with "
+                        f"'meta-train resume {run_dir}', choose another --out, or pass --overwrite")
+    for name in RUN_FILES:
+      target = run_dir / name
+      if target.is_dir():
+        shutil.rmtree(target)
+      elif target.exists():
+        target.unlink()
+  run_dir.mkdir(parents=True, exist_ok=True)
+  _write_json(run_dir / "config.json", config.to_dict())
+  return run_dir
+
+
+def train(config: config_lib.TrainConfig, *, overwrite: bool = False) -> tuple[TrainState, Path]:
+  """Starts a run: everything is validated (and the folder checked) before any compute.
+
+  Returns:
+    ``(final_state, run_dir)``.
+
+  Raises:
+    ConfigError: bad configuration or an occupied run folder.
+    Interrupted: stopped by a signal (a checkpoint was saved).
+  """
+  system, estimator, trainer = _build(config)
+  run_dir = prepare_run_dir(config, overwrite=overwrite)
+  state = None
+  return _loop(config, run_dir, system, estimator, trainer, state, meta={}, resumed=False)
+
+
+def resume(run_dir: str | os.PathLike, *, outer_steps: int | None = None,
+           wandb: str | None = None) -> tuple[TrainState, Path]:
+  """Continues the run in ``run_dir`` from its latest readable checkpoint to ``outer_steps`` in
+  total (default: the configured number)."""
+  run_dir = Path(run_dir)
+  config = read_config(run_dir)
+  outer = config.outer if outer_steps is None else dataclasses.replace(
+      config.outer, outer_steps=outer_steps)
+  run = config.run if wandb is None else dataclasses.replace(config.run, wandb=wandb)
+  config = dataclasses.replace(config, outer=outer, run=dataclasses.replace(run, out=run_dir))
+  system, estimator, trainer = _build(config)
+  checkpoints = Checkpoints(run_dir)
+  try:
+    state, meta, step = checkpoints.restore(_abstract_state(trainer, system))
+    if step < config.outer.outer_steps:
+      checkpoints.set_aside([s for s in checkpoints.unreadable if s > step])
+  finally:
+    checkpoints.close()
+  if step >= config.outer.outer_steps:
+    print(f"meta-train: {run_dir} is already at outer step {step} (asked for "
+          f"{config.outer.outer_steps}); nothing to do", flush=True)
+    return state, run_dir
+  _write_json(run_dir / "config.json", config.to_dict())
+  return _loop(config, run_dir, system, estimator, trainer, state, meta=meta, resumed=True)
+
+
+def _loop(config, run_dir, system, estimator, trainer, state, *, meta, resumed):
+  c_run, total = config.run, config.outer.outer_steps
+  evaluate = evaluation.Evaluator(config, system) if c_run.eval_every else None
+  theta_size = sum(np.size(x) for x in jax.tree.leaves(system.theta0))
+  log = RunLog(run_dir, config.to_dict(), mode=c_run.wandb, name=run_dir.name, resume=resumed)
+  checkpoints = Checkpoints(run_dir, max_to_keep=c_run.keep_checkpoints)
+  stop = {"signal": None}
+  previous = {}
+
+  def on_signal(signum, frame):
+    if stop["signal"] is not None:  # a second signal: stop now
+      signal.signal(signum, previous.get(signum, signal.SIG_DFL))
+      raise KeyboardInterrupt
+    stop["signal"] = signum
+
+  for signum in (signal.SIGINT, signal.SIGTERM):
+    try:
+      previous[signum] = signal.signal(signum, on_signal)
+    except ValueError:  # not the main thread: no signal handling
+      pass
+
+  start = time.perf_counter()
+  elapsed0 = float(meta.get("elapsed_s", 0.0))
+  total_unroll = int(meta.get("total_unroll_steps", 0))
+  progress = None
+  try:
+    if state is None:
+      print(f"meta-train: {estimator!r} on {system.name!r}, {total} outer steps -> {run_dir}",
+            flush=True)
+      state = trainer.init(jax.random.key(c_run.seed), system.theta0)
+      total_unroll = estimator.burn_in_steps(state.workers)
+      if evaluate is not None:
+        record = {"step": 0, "time_s": time.perf_counter() - start, **evaluate(state.theta),
+                  **evaluate.baseline()}
+        if theta_size <= 32:
+          record["theta"] = _jsonable(state.theta)
+        log.write(record)
+        print(_eval_line(0, record), flush=True)
+    else:
+      log.event("resume", step=int(state.step))
+      print(f"meta-train: resuming {run_dir} at outer step {int(state.step)} -> {total}",
+            flush=True)
+    done = int(state.step)
+    progress = Progress(total, done)
+    pending, window_start, window_time = [], done, time.perf_counter()
+    while done < total:
+      boundaries = [total, _next(done, c_run.log_every), _next(done, c_run.checkpoint_every)]
+      if evaluate is not None:
+        boundaries.append(_next(done, c_run.eval_every))
+      n = min(boundaries) - done
+      state, metrics = trainer.run(state, n)
+      pending.append(jax.device_get(metrics))
+      total_unroll += int(np.sum(pending[-1]["unroll_steps"]))
+      done += n
+      now = time.perf_counter()
+      stopping = stop["signal"] is not None
+      evaluating = evaluate is not None and (done % c_run.eval_every == 0 or done == total)
+      if done % c_run.log_every == 0 or done == total or evaluating or stopping:
+        # One record per log window: per-step metrics of all its chunks reduced together.
+        record = summarize({k: np.concatenate([np.atleast_1d(m[k]) for m in pending])
+                            for k in pending[0]})
+        window = now - window_time
+        record.update(step=done, time_s=elapsed0 + now - start,
+                      outer_steps_per_s=(done - window_start) / window,
+                      unroll_steps_per_s=record["unroll_steps"] / window,
+                      total_unroll_steps=total_unroll)
+        first, pending, window_start = window_start + 1, [], done
+        if theta_size <= 32:
+          record["theta"] = _jsonable(state.theta)
+        if evaluating:
+          record.update(evaluate(state.theta))
+          progress.write(_eval_line(done, record))
+        if record["nonfinite"] or record["skipped_updates"]:
+          progress.write(f"meta-train: steps {first}..{done}: masked "
+                         f"{record['nonfinite']} non-finite losses, skipped "
+                         f"{record['skipped_updates']} non-finite updates")
+        log.write(record)
+        progress.update(done, record)
+        window_time = time.perf_counter()  # evaluation time is not counted as training time
+      if done % c_run.checkpoint_every == 0 or done == total or stopping:
+        checkpoints.save(done, state, {"step": done, "elapsed_s": elapsed0 + now - start,
+                                       "total_unroll_steps": total_unroll,
+                                       "config": config.to_dict()})
+      if stopping:
+        log.event("interrupted", step=done, signal=int(stop["signal"]))
+        raise Interrupted(130 if stop["signal"] == signal.SIGINT else 143, done)
+    return state, run_dir
+  finally:
+    if progress is not None:
+      progress.close()
+    checkpoints.close()
+    log.close()
+    for signum, handler in previous.items():
+      signal.signal(signum, handler)
+
+
+def _next(done: int, every: int) -> int:
+  return (done // every + 1) * every
+
+
+def _jsonable(x):
+  leaves = jax.tree.leaves(x)
+  if len(leaves) == 1 and not isinstance(x, dict):
+    x = np.asarray(leaves[0])
+    return x.item() if x.ndim == 0 else x.tolist()
+  return jax.tree.map(lambda v: np.asarray(v).tolist(), x)
+
+
+def _eval_line(step: int | None, record: dict[str, Any]) -> str:
+  line = f"eval_loss {record['eval_loss']:.6g}"
+  if "adam_loss" in record:
+    line += f" (Adam lr {record['adam_lr']:g}: {record['adam_loss']:.6g})"
+  elif "eval_vs_adam" in record:
+    line += f" ({record['eval_vs_adam']:.3f}x Adam)"
+  return line if step is None else f"step {step}: {line}"
