@@ -23,6 +23,7 @@ from lopt_meta.adafac_mlp_lopt import AdafacMLPLOpt
 from lopt_meta.base import LearnedOptimizer
 from lopt_meta.baselines import SGDM, Adam, HyperAdam, LRScheduleSGDM
 from lopt_meta.errors import ConfigError, unknown_name
+from lopt_meta.export import load_optimizer, read_optimizer, save_optimizer
 from lopt_meta.mlp_lopt import MLPLOpt
 
 __version__ = "0.1.0"
@@ -49,4 +50,5 @@ def get_optimizer(name: str, **options) -> LearnedOptimizer:
 
 
 __all__ = ["OPTIMIZERS", "Adam", "AdafacMLPLOpt", "ConfigError", "HyperAdam", "LRScheduleSGDM",
-           "LearnedOptimizer", "MLPLOpt", "SGDM", "__version__", "get_optimizer"]
+           "LearnedOptimizer", "MLPLOpt", "SGDM", "__version__", "get_optimizer", "load_optimizer",
+           "read_optimizer", "save_optimizer"]
