@@ -22,7 +22,7 @@ import inspect
 from lopt_meta.adafac_mlp_lopt import AdafacMLPLOpt
 from lopt_meta.base import LearnedOptimizer
 from lopt_meta.baselines import SGDM, Adam, HyperAdam, LRScheduleSGDM
-from lopt_meta.errors import ConfigError, unknown_name
+from lopt_meta.errors import ConfigError, check_options, unknown_name
 from lopt_meta.export import load_optimizer, read_optimizer, save_optimizer
 from lopt_meta.mlp_lopt import MLPLOpt
 
@@ -43,9 +43,7 @@ def get_optimizer(name: str, **options) -> LearnedOptimizer:
   if name not in OPTIMIZERS:
     raise unknown_name("lopt", name, OPTIMIZERS)
   allowed = [p for p in inspect.signature(OPTIMIZERS[name].__init__).parameters if p != "self"]
-  for key in options:
-    if key not in allowed:
-      raise ConfigError(key, f"lopt {name!r} takes no option {key!r}; valid: {', '.join(allowed)}")
+  check_options("lopt", name, options, allowed)
   return OPTIMIZERS[name](**options)
 
 

@@ -38,10 +38,8 @@ class _Fixed(LearnedOptimizer):
     return self._tx().update(grads, state, params)
 
 
-class Adam(_Fixed):
-  """``optax.adam`` with fixed hyperparameters."""
-
-  name = "adam"
+class _AdamHyperparameters:
+  """Adam's hyperparameters (the fixed values of :class:`Adam`, the start of :class:`HyperAdam`)."""
 
   def __init__(self, *, learning_rate: float = 1e-3, b1: float = 0.9, b2: float = 0.999,
                eps: float = 1e-8):
@@ -50,6 +48,12 @@ class Adam(_Fixed):
 
   def config(self):
     return {"learning_rate": self.learning_rate, "b1": self.b1, "b2": self.b2, "eps": self.eps}
+
+
+class Adam(_AdamHyperparameters, _Fixed):
+  """``optax.adam`` with fixed hyperparameters."""
+
+  name = "adam"
 
   def _tx(self):
     return optax.adam(self.learning_rate, b1=self.b1, b2=self.b2, eps=self.eps)
@@ -80,18 +84,10 @@ def _logit(p: float) -> float:
   return math.log(p / (1.0 - p))
 
 
-class HyperAdam(LearnedOptimizer):
+class HyperAdam(_AdamHyperparameters, LearnedOptimizer):
   """Adam with learnable hyperparameters: ``theta = {log_lr, logit_b1, logit_b2, log_eps}``."""
 
   name = "hyper_adam"
-
-  def __init__(self, *, learning_rate: float = 1e-3, b1: float = 0.9, b2: float = 0.999,
-               eps: float = 1e-8):
-    self.learning_rate, self.b1, self.b2, self.eps = (float(learning_rate), float(b1), float(b2),
-                                                      float(eps))
-
-  def config(self):
-    return {"learning_rate": self.learning_rate, "b1": self.b1, "b2": self.b2, "eps": self.eps}
 
   def init_theta(self, key):
     del key

@@ -25,3 +25,12 @@ class ConfigError(ValueError):
 def unknown_name(field: str, name: object, valid: Iterable[str]) -> ConfigError:
   """The error for a name that is not in a registry; lists the valid names, sorted."""
   return ConfigError(field, f"unknown {field} {name!r}; valid: {', '.join(sorted(valid))}")
+
+
+def check_options(kind: str, name: str, options: Iterable[str], allowed: Iterable[str]) -> None:
+  """Raises a ConfigError, named after the first option of ``options`` that is not ``allowed``,
+  saying which options ``kind`` ``name`` takes (e.g. ``task 'toy2d' takes no option 'horizn'``)."""
+  allowed = list(allowed)
+  for key in options:
+    if key not in allowed:
+      raise ConfigError(key, f"{kind} {name!r} takes no option {key!r}; valid: {', '.join(allowed)}")

@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from lopt_meta.errors import ConfigError, unknown_name
+from lopt_meta.errors import ConfigError, check_options, unknown_name
 from tasks import data as data_lib
 
 PyTree = Any
@@ -321,7 +321,5 @@ def get_inner_task(name: str, **options) -> InnerTask:
   if name not in INNER_TASKS:
     raise unknown_name("task", name, INNER_TASKS)
   allowed = list(inspect.signature(INNER_TASKS[name]).parameters)
-  for key in options:
-    if key not in allowed:
-      raise ConfigError(key, f"task {name!r} takes no option {key!r}; valid: {', '.join(allowed)}")
+  check_options("task", name, options, allowed)
   return INNER_TASKS[name](**options)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 
-from lopt_meta.errors import ConfigError, unknown_name
+from lopt_meta.errors import ConfigError, check_options, unknown_name
 from tasks import dynamical
 from tasks.base import UnrolledSystem
 
@@ -42,10 +42,7 @@ def get(name: str, **overrides) -> UnrolledSystem:
       task does not take (the message lists the ones it does).
   """
   factory = _factory(name)
-  allowed = override_names(name)
-  for key in overrides:
-    if key not in allowed:
-      raise ConfigError(key, f"task {name!r} takes no option {key!r}; valid: {', '.join(allowed)}")
+  check_options("task", name, overrides, override_names(name))
   return factory(**overrides)
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import inspect
 
-from lopt_meta.errors import ConfigError, unknown_name
+from lopt_meta.errors import check_options, unknown_name
 from meta_train.estimators.base import Estimator, Metrics, OnlineES
 from meta_train.estimators.full_es import FullES
 from meta_train.estimators.nres import NRES
@@ -41,10 +41,7 @@ def options(name: str) -> list[str]:
 
 def make(name: str, system, **kwargs) -> Estimator:
   """Builds estimator ``name`` for ``system``; options it does not take are an error naming them."""
-  allowed = options(name)
-  for key in kwargs:
-    if key not in allowed:
-      raise ConfigError(key, f"estimator {name!r} takes no option {key!r}; valid: {', '.join(allowed)}")
+  check_options("estimator", name, kwargs, options(name))
   return ESTIMATORS[name](system, **kwargs)
 
 
