@@ -18,7 +18,6 @@ line is JSON with ``traj_steps_per_s``, ``peak_rss_mb``, ``config``, ``estimator
 from __future__ import annotations
 
 import argparse
-import json
 import resource
 import time
 

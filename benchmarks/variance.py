@@ -73,7 +73,7 @@ def study(system, theta, W: int, sigma: float, Ks: list[int], num: int, num_boot
   estimators.append(("pes", "W", PES(system, num_particles=N, sigma=sigma, unroll_length=W,
                                      lockstep=True), positions))
   for K in Ks:
-    estimators.append((f"gpes", str(K), GPES(system, num_particles=N, sigma=sigma,
+    estimators.append(("gpes", str(K), GPES(system, num_particles=N, sigma=sigma,
                                              unroll_length=W, K=K, lockstep=True), positions))
   rng = np.random.default_rng(seed)
   rows = []

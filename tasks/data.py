@@ -20,12 +20,10 @@ from __future__ import annotations
 
 import functools
 import gzip
-import math
-import os
 import pickle
 import struct as struct_lib
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp

@@ -1,7 +1,6 @@
 """Identities the maths makes exact: equal up to float rounding, not statistically."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -25,9 +24,9 @@ def test_nres_with_window_equal_to_horizon_is_full_es(system):
   theta = system.theta0
   nres = NRES(system, num_particles=12, sigma=0.05, unroll_length=system.horizon, lockstep=True)
   full = FullES(system, num_particles=12, sigma=0.05)
+  ws = nres.init(jax.random.key(99), theta)
   for i in range(3):  # consecutive estimates: each NRES window is a fresh episode
     key = jax.random.fold_in(KEY, i)
-    ws = nres.init(jax.random.key(99), theta) if i == 0 else ws
     g_nres, ws, m_nres = nres.estimate(key, theta, ws)
     g_full, _, m_full = full.estimate(key, theta, None)
     _close(g_nres, g_full)

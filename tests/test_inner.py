@@ -11,7 +11,7 @@ import tensorflow_datasets as tfds
 
 import lopt_meta
 import tasks
-from tasks import data, inner
+from tasks import data
 from meta_train.estimators import NRES
 
 

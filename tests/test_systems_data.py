@@ -1,12 +1,10 @@
 """Systems with episodes of varying length, and systems that read data."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 
-import tasks
 from meta_train.estimators import NRES, PES, TBPTT, FullES, TruncatedES
 from meta_train.trainer import Trainer
 from tests import systems
