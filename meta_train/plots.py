@@ -3,12 +3,21 @@
 Four panels: the meta-loss against outer steps, against wall time and against inner (trajectory)
 steps, and the last evaluation's per-step loss curve of each run beside its baseline (Adam's best
 learning rate, for learned optimizers).
+
+The logged meta-loss is a mean over a few windows of few particles, so it carries a periodic
+component: step-unlocked workers pass through the phases of their episodes with period
+``T / W`` outer steps. The raw records are drawn faintly, and over them a moving average over one
+such period (or 1/50 of the run where the period is not known). Losses that are never negative
+are drawn on a log scale.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
+
+import numpy as np
 
 from lopt_meta.errors import ConfigError
 from meta_train.logs import read_metrics
@@ -32,34 +41,45 @@ def plot_runs(run_dirs: Sequence[str | Path], out: str | Path) -> Path:
     records = read_metrics(run_dir)
     if not any("meta_loss" in r for r in records):
       raise ConfigError("run_dir", f"{run_dir} has no logged meta-loss yet")
-    runs.append((run_dir.name, records))
+    runs.append((run_dir.name, records, _smoothing(run_dir, records)))
 
   fig, axes = plt.subplots(2, 2, figsize=(12, 8.5))
   panels = [(axes[0, 0], "step", "outer step"), (axes[0, 1], "time_s", "wall time (s)"),
             (axes[1, 0], "total_unroll_steps", "inner steps (all particles)")]
   for ax, key, label in panels:
-    for name, records in runs:
-      points = [(r[key], r["meta_loss"]) for r in records if "meta_loss" in r and key in r]
-      if points:
-        ax.plot(*zip(*points), label=name)
+    values = []
+    for name, records, k in runs:
+      points = np.asarray([(r[key], r["meta_loss"]) for r in records
+                           if "meta_loss" in r and key in r], dtype=float)
+      if len(points):
+        raw, = ax.plot(points[:, 0], points[:, 1], alpha=0.25, linewidth=0.8)
+        smooth = _moving_average(points[:, 1], k)
+        ax.plot(points[len(points) - len(smooth):, 0], smooth, color=raw.get_color(),
+                label=name if k == 1 else f"{name} (mean of {k} records)")
+        values.append(points[:, 1])
+    _log_scale_if_positive(ax, values)
     ax.set_xlabel(label)
-    ax.set_ylabel("meta-loss (window mean)")
+    ax.set_ylabel("meta-loss")
     ax.grid(alpha=0.3)
   axes[0, 0].legend(fontsize="small")
 
   ax = axes[1, 1]
   drew = False
-  for name, records in runs:
+  values = []
+  for name, records, _ in runs:
     evals = [r for r in records if "eval_curve" in r]
     if evals:
       last = evals[-1]
       line, = ax.plot(last["eval_curve"]["step"], last["eval_curve"]["loss"],
                       label=f"{name} (outer step {last['step']})")
       drew = True
+      values.append(np.asarray(last["eval_curve"]["loss"], dtype=float))
       baseline = next((r for r in records if "adam_curve" in r), None)
       if baseline is not None:
         ax.plot(baseline["adam_curve"]["step"], baseline["adam_curve"]["loss"], "--",
                 color=line.get_color(), label=f"{name}: Adam lr {baseline['adam_lr']:g}")
+        values.append(np.asarray(baseline["adam_curve"]["loss"], dtype=float))
+  _log_scale_if_positive(ax, values)
   ax.set_xlabel("inner step")
   ax.set_ylabel("evaluation loss (mean over episodes)")
   ax.set_title("evaluation: learned optimizer vs baseline" if drew else "no evaluation logged")
@@ -72,3 +92,30 @@ def plot_runs(run_dirs: Sequence[str | Path], out: str | Path) -> Path:
   fig.savefig(out, dpi=100)
   plt.close(fig)
   return out
+
+
+def _smoothing(run_dir: Path, records) -> int:
+  """Records per period T / W of the episode phases (see the module docstring)."""
+  logged = sum("meta_loss" in r for r in records)
+  try:
+    config = json.loads((run_dir / "config.json").read_text())
+    period = config["task"]["horizon"] / (config["estimator"]["unroll_length"]
+                                           * config["run"]["log_every"])
+    k = int(round(period)) if period >= 1 else 1
+  except (KeyError, TypeError, ZeroDivisionError, json.JSONDecodeError):
+    k = logged // 50
+  return max(1, min(k, logged // 5))
+
+
+def _moving_average(x: np.ndarray, k: int) -> np.ndarray:
+  if k <= 1:
+    return x
+  return np.convolve(x, np.ones(k) / k, mode="valid")
+
+
+def _log_scale_if_positive(ax, values) -> None:
+  """Log scale when no value is negative (exact zeros, e.g. a fitted task's clipped loss, are left
+  out of the drawing)."""
+  if values and all(len(v) and np.all(np.isfinite(v)) and np.all(v >= 0) and np.any(v > 0)
+                    for v in values):
+    ax.set_yscale("log", nonpositive="mask")

@@ -79,9 +79,10 @@ def _steps(run_dir):
   return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit()) if folder.exists() else []
 
 
-def _wait_for_checkpoints(run_dir, count, process, timeout=120):
+def _wait_for_checkpoints(run_dir, count, process, timeout=120, after_step=-1):
+  """Until ``run_dir`` holds ``count`` checkpoints, the latest beyond ``after_step``."""
   deadline = time.time() + timeout
-  while len(_steps(run_dir)) < count:
+  while len(_steps(run_dir)) < count or max(_steps(run_dir)) <= after_step:
     assert process.poll() is None, process.communicate()
     assert time.time() < deadline, "no checkpoints appeared"
     time.sleep(0.05)
@@ -113,7 +114,7 @@ def test_kill_nine_at_any_moment_loses_at_most_the_last_interval(tmp_path):
       process = subprocess.Popen([sys.executable, "-m", "meta_train.cli", "resume", str(out),
                                   "--outer-steps", "100000"], env=env, stdout=subprocess.PIPE,
                                  stderr=subprocess.PIPE, text=True)
-      _wait_for_checkpoints(out, len(_steps(out)) + 1, process)
+      _wait_for_checkpoints(out, 1, process, after_step=latest)
 
 
 def test_corrupted_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, capsys):
