@@ -1,9 +1,11 @@
 """Runs: exact and crash-safe resume, checkpoints, signals, W&B, progress, plots."""
 
+import io
 import json
 import os
 import random
 import signal
+import struct
 import subprocess
 import sys
 import time
@@ -16,6 +18,7 @@ import pytest
 from meta_train import cli
 from meta_train import run as run_lib
 from meta_train.logs import default_wandb_mode, read_metrics
+from meta_train.progress import Progress
 
 TOY = ["--task", "lorenz", "--horizon", "100", "--estimator", "nres", "--num-particles", "8",
        "--sigma", "0.04", "--unroll-length", "10", "--outer-lr", "1e-5", "--outer-optimizer", "sgd",
@@ -171,15 +174,51 @@ def test_sigterm_saves_a_checkpoint_and_exits_143(tmp_path):
   assert {"event": "interrupted", "step": step, "signal": int(signal.SIGTERM)} in events
 
 
+def _wandb_records(path, block=32768):
+  """The protobuf records of a W&B run file (its LevelDB-style log: a 7-byte header, then
+  records of checksum u32, length u16, type u8 (1 full, 2 first, 3 middle, 4 last) in 32 KiB
+  blocks)."""
+  from wandb.proto import wandb_internal_pb2
+  data = Path(path).read_bytes()
+  assert data[:4] == b":W&B"
+  pos, records, pending = 7, [], b""
+  while pos + 7 <= len(data):
+    if block - pos % block < 7:  # the rest of a block too small for a header is padding
+      pos += block - pos % block
+      continue
+    _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+    pending += data[pos + 7:pos + 7 + length]
+    pos += 7 + length
+    if kind in (1, 4):
+      record = wandb_internal_pb2.Record()
+      record.ParseFromString(pending)
+      records.append(record)
+      pending = b""
+  return records
+
+
 def test_wandb_offline_writes_its_run_files(tmp_path):
   out = tmp_path / "wb"
   args = ["train", *TOY[:-2], "--wandb", "offline", "--outer-steps", "20", "--out", str(out)]
   assert cli.main(args) == 0
   runs = list((out / "wandb").glob("offline-run-*"))
   assert len(runs) == 1
-  assert list(runs[0].glob("run-*.wandb")), list(runs[0].iterdir())
-  assert (out / "wandb_id").read_text().strip() in runs[0].name
-  assert (out / "metrics.jsonl").exists()
+  files = list(runs[0].glob("run-*.wandb"))
+  assert len(files) == 1 and (out / "wandb_id").read_text().strip() in runs[0].name
+  records = _wandb_records(files[0])
+  history = {}
+  for r in records:
+    if r.WhichOneof("record_type") == "history":
+      row = {item.key or "/".join(item.nested_key): json.loads(item.value_json)
+             for item in r.history.item}
+      history[row["_step"]] = row
+  config = next(r.run.config for r in records if r.WhichOneof("record_type") == "run")
+  assert {item.key for item in config.update} >= {"task", "estimator", "outer", "run"}
+  logged = {r["step"]: r for r in read_metrics(out)}
+  assert sorted(history) == sorted(logged) == [10, 20]
+  for step, row in history.items():  # W&B got what metrics.jsonl has
+    for key in ("meta_loss", "grad_norm", "grad_variance", "nonfinite", "outer_steps_per_s"):
+      assert row[key] == pytest.approx(logged[step][key], rel=1e-6), key
 
 
 def test_wandb_defaults_to_offline_without_an_api_key(tmp_path, monkeypatch):
@@ -189,6 +228,28 @@ def test_wandb_defaults_to_offline_without_an_api_key(tmp_path, monkeypatch):
   assert default_wandb_mode() == "offline"
   monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
   assert default_wandb_mode() == "online"
+
+
+class _Terminal(io.StringIO):
+  def isatty(self):
+    return True
+
+
+def test_progress_bar_on_a_terminal_plain_lines_under_ci(monkeypatch):
+  monkeypatch.delenv("CI", raising=False)
+  stream = _Terminal()
+  progress = Progress(100, stream=stream)
+  assert progress.bar is not None
+  progress.update(40, {"meta_loss": 0.123456, "outer_steps_per_s": 5.0})
+  progress.bar.refresh()
+  progress.close()
+  assert "40/100" in stream.getvalue() and "meta_loss=0.1235" in stream.getvalue()
+  monkeypatch.setenv("CI", "1")
+  stream = _Terminal()
+  progress = Progress(100, stream=stream)
+  assert progress.bar is None
+  progress.update(40, {"meta_loss": 0.123456, "outer_steps_per_s": 5.0})
+  assert stream.getvalue() == "step 40/100: meta_loss 0.1235  5.0 steps/s\n"
 
 
 def test_progress_lines_when_not_on_a_terminal(tmp_path):
