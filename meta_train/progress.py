@@ -2,7 +2,7 @@
 
 On an interactive terminal (and ``CI`` unset) a ``tqdm`` bar shows the outer step, meta-loss and
 steps per second; otherwise (a file, a pipe, CI) about 50 plain lines per run are printed, so
-logs stay readable.
+logs stay readable. Evaluation results are printed as lines of their own, also about 50 per run.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ class Progress:
       self.bar = tqdm(total=total, initial=initial, desc=desc, file=self.stream, unit="step",
                       dynamic_ncols=True)
     self.every = max(1, (total - initial) // lines)
-    self.next_line = initial + self.every
+    self.next_line = self.next_note = initial + self.every
 
   def update(self, done: int, record: dict[str, Any]) -> None:
     fields = {"meta_loss": f"{record['meta_loss']:.4g}"} if "meta_loss" in record else {}
@@ -46,6 +46,13 @@ class Progress:
       rate = f"  {rate:.1f} steps/s" if rate else ""
       print(f"step {done}/{self.total}: {text}{rate}", file=self.stream, flush=True)
     self.done = done
+
+  def note(self, done: int, line: str) -> None:
+    """A message about step ``done`` (e.g. an evaluation), shown at most about ``lines`` times
+    per run (always at the last step) so that frequent evaluations do not flood the log."""
+    if done >= self.next_note or done == self.total:
+      self.next_note = done + self.every
+      self.write(line)
 
   def write(self, line: str) -> None:
     """A message that does not break the bar."""

@@ -251,7 +251,7 @@ def _loop(config, run_dir, system, estimator, trainer, state, *, meta, resumed):
           record["theta"] = _jsonable(state.theta)
         if evaluating:
           record.update(evaluate(state.theta))
-          progress.write(_eval_line(done, record))
+          progress.note(done, _eval_line(done, record))
         if record["nonfinite"] or record["skipped_updates"]:
           progress.write(f"meta-train: steps {first}..{done}: masked "
                          f"{record['nonfinite']} non-finite losses, skipped "

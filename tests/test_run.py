@@ -250,6 +250,12 @@ def test_progress_bar_on_a_terminal_plain_lines_under_ci(monkeypatch):
   assert progress.bar is None
   progress.update(40, {"meta_loss": 0.123456, "outer_steps_per_s": 5.0})
   assert stream.getvalue() == "step 40/100: meta_loss 0.1235  5.0 steps/s\n"
+  stream = io.StringIO()  # evaluations every 10 of 10,000 steps: about 50 lines, and the last
+  progress = Progress(10_000, stream=stream)
+  for done in range(10, 10_001, 10):
+    progress.note(done, f"step {done}: eval_loss 1")
+  lines = stream.getvalue().splitlines()
+  assert 50 <= len(lines) <= 51 and lines[-1] == "step 10000: eval_loss 1"
 
 
 def test_progress_lines_when_not_on_a_terminal(tmp_path):
