@@ -134,14 +134,14 @@ def run_command(command) -> int:
 def _eval(command: Eval) -> None:
   from meta_train import evaluation
   from meta_train import run as run_lib
+  if command.episodes is not None:
+    config_lib._positive_int("episodes", command.episodes)
   loaded = run_lib.load_run(command.run_dir, command.step)
   config = loaded.config
   if command.episodes is not None:
-    config_lib._positive_int("episodes", command.episodes)
     config = dataclasses.replace(config, run=dataclasses.replace(
         config.run, eval_episodes=command.episodes))
-  system, _ = config_lib.validate(config)
-  evaluator = evaluation.Evaluator(config, system)
+  evaluator = evaluation.Evaluator(config, loaded.system)  # the run's system, built once
   result = {"run_dir": str(command.run_dir), "step": loaded.step, **evaluator(loaded.theta),
             **evaluator.baseline()}
   line = f"{command.run_dir} at outer step {loaded.step}: eval_loss {result['eval_loss']:.6g}"

@@ -53,6 +53,7 @@ class LoadedRun:
   state: TrainState
   step: int
   meta: dict[str, Any]
+  system: Any  # the validated UnrolledSystem the run trains
 
   @property
   def theta(self):
@@ -95,7 +96,7 @@ def load_run(run_dir: str | os.PathLike, step: int | None = None) -> LoadedRun:
 
   Returns:
     a :class:`LoadedRun` with ``.theta``, ``.step``, ``.config``, ``.state`` (the whole
-    TrainState), ``.meta`` and ``.metrics``.
+    TrainState), ``.meta``, ``.system`` and ``.metrics``.
 
   Raises:
     ConfigError: not a run folder, or no readable checkpoint.
@@ -108,7 +109,8 @@ def load_run(run_dir: str | os.PathLike, step: int | None = None) -> LoadedRun:
     state, meta, restored = checkpoints.restore(_abstract_state(trainer, system), step)
   finally:
     checkpoints.close()
-  return LoadedRun(run_dir=run_dir, config=config, state=state, step=restored, meta=meta)
+  return LoadedRun(run_dir=run_dir, config=config, state=state, step=restored, meta=meta,
+                   system=system)
 
 
 def prepare_run_dir(config: config_lib.TrainConfig, overwrite: bool = False) -> Path:
