@@ -45,6 +45,7 @@ from flax import struct
 from jax.flatten_util import ravel_pytree
 from jax.sharding import Mesh
 
+from meta_train import keys as keys_lib
 from meta_train import sharding
 from meta_train import tree as tree_lib
 from tasks.base import UnrolledSystem
@@ -117,19 +118,22 @@ RESET, NOISE, STEP = 0, 1, 2  # what a key is for
 
 def pair_step_key(pair_key: jax.Array, j, purpose: int) -> jax.Array:
   """The key of a pair at the window's step ``j`` for ``purpose`` (RESET, NOISE or STEP):
-  ``fold_in(pair_key, 3 j + purpose)`` (one key; vmap it for many)."""
-  return jax.random.fold_in(pair_key, 3 * j + purpose)
+  ``fold_in(pair_key, 3 j + purpose)``; ``pair_key`` and ``j`` broadcast (``[P]`` keys and one
+  step, or ``[P, 1]`` keys and ``[P, E]`` steps)."""
+  return keys_lib.fold_in(pair_key, 3 * jnp.asarray(j, jnp.int32) + purpose)
 
 
 def sample_noise(keys: jax.Array, theta: PyTree, sigma: float) -> PyTree:
-  """``sigma * N(0, I)`` noise shaped like ``theta``, one draw per key: leaves ``[P, ...]``.
+  """``sigma * N(0, I)`` noise shaped like ``theta``, one draw per key: leaves ``keys.shape + ...``.
 
-  One normal draw of ``theta``'s flattened size per key (one random-number call for the whole
-  pytree, however many leaves it has), unflattened into ``theta``'s structure and dtypes.
+  One normal draw of ``theta``'s flattened size per key (``jax.random.normal(key, (size,))``, one
+  fused computation for all keys and leaves), unflattened into ``theta``'s structure and dtypes.
   """
   flat, unravel = ravel_pytree(theta)
-  draws = jax.vmap(lambda k: jax.random.normal(k, flat.shape, flat.dtype))(keys)
-  return jax.vmap(unravel)(sigma * draws)
+  draws = sigma * keys_lib.normal(keys, flat.shape[0], flat.dtype)
+  for _ in range(keys.ndim):
+    unravel = jax.vmap(unravel)
+  return unravel(draws)
 
 
 def init_workers(system: UnrolledSystem, theta: PyTree, key: jax.Array, num_pairs: int,
@@ -156,16 +160,63 @@ def _max_draws(num_steps: int, schedule: NoiseSchedule) -> int:
   return min(bound, num_steps)
 
 
-def _take_segment(table: PyTree, seg: jax.Array) -> PyTree:
-  """Rows ``table[i, seg[i]]``: leaves ``[P, S, ...]`` -> ``[P, ...]`` (a chain of selects: S is
-  small, and selects fuse with what consumes them where a gather would not)."""
+def _draw_steps(t: jax.Array, start: jax.Array, end: jax.Array, num_steps: int,
+                schedule: NoiseSchedule) -> jax.Array:
+  """The steps of the window at which each pair draws fresh noise: ``[P, M]``, ascending, padded
+  with ``num_steps`` (no draw); ``M = _max_draws``.
+
+  Args:
+    t: ``[P]``, the pairs' positions in their episodes at the window's start.
+    start: ``[P]``, the step at which each pair starts an episode (``num_steps``: none).
+    end: ``[P]``, the steps each pair takes (``num_steps`` except in a burn-in).
+
+  A pair draws at its episode start, at step 0 if ``schedule.every_window``, and, with
+  ``schedule.block = K``, at every step whose position in its episode is a multiple of ``K``
+  (positions ``t + j`` before the episode start, ``j - start`` after it); never at or after
+  ``end``. Worked out in closed form, one small elementwise pass per draw (no scan over steps).
+  """
+  W = num_steps
+  before_end = jnp.minimum(jnp.where(start < W, start, W), end)  # steps in the old episode
+  d = jnp.full_like(t, -1)  # the previous draw
+  columns = []
+  for _ in range(_max_draws(W, schedule)):
+    nxt = jnp.where(start > d, start, W)
+    if schedule.every_window:
+      nxt = jnp.minimum(nxt, jnp.where(d < 0, 0, W))
+    if schedule.block is not None:
+      K = schedule.block
+      a = d + 1  # the next position that is a multiple of K, in the old episode ...
+      old = a + (K - (t + a) % K) % K
+      nxt = jnp.minimum(nxt, jnp.where(old < before_end, old, W))
+      b = jnp.maximum(a, start)  # ... and in the new one
+      new = b + (K - (b - start) % K) % K
+      nxt = jnp.minimum(nxt, jnp.where(start < W, new, W))
+    d = jnp.where(nxt < end, nxt, W)
+    columns.append(d)
+  return jnp.stack(columns, axis=1)
+
+
+def _select(index: jax.Array, rows: PyTree) -> PyTree:
+  """Row ``index[i]`` of ``rows`` for each pair: leaves ``[P, E, ...]`` -> ``[P, ...]`` (a chain
+  of selects: ``E`` is small, and selects fuse with what consumes them where a gather would
+  not)."""
   def take(x):
-    idx = jnp.reshape(seg, seg.shape + (1,) * (x.ndim - 2))
+    idx = jnp.reshape(index, index.shape + (1,) * (x.ndim - 2))
     out = x[:, 0]
     for e in range(1, x.shape[1]):
       out = jnp.where(idx == e, x[:, e], out)
     return out
-  return jax.tree.map(take, table)
+  return jax.tree.map(take, rows)
+
+
+def events_at_start_only(start: jax.Array, draws: jax.Array | None, num_steps: int) -> jax.Array:
+  """Whether every episode start (``start: [P]``) and noise draw (``draws: [P, M]``) of a window
+  falls on its first step (``num_steps``: none), so that no pair changes episode or noise inside
+  it: a scalar bool."""
+  ok = (start == 0) | (start == num_steps)
+  if draws is not None:
+    ok = ok & jnp.all((draws == 0) | (draws == num_steps), axis=1)
+  return jnp.all(ok)
 
 
 def run_window(system: UnrolledSystem, theta: PyTree, ws: WorkerState, key: jax.Array,
@@ -197,14 +248,15 @@ def run_window(system: UnrolledSystem, theta: PyTree, ws: WorkerState, key: jax.
     ``(new_ws, out)``; see :class:`WindowOut`. ``out.gsum`` is ``None`` unless the first two
     branches are an antithetic pair (``signs[:2] == (1., -1.)``) with noise.
 
-  Memory: the states and noise of the pairs, plus the window's losses ``[W, P, S]`` (floats).
+  Memory: the states and noise of the pairs, one fresh episode state per pair (built before the
+  scan, see the module docstring), and the window's losses ``[W, P, S]`` (floats).
   """
   if system.horizon is not None and num_steps > system.shortest_episode:
     raise ValueError(f"a window of {num_steps} steps is longer than the shortest episode "
                      f"({system.shortest_episode} steps)")
   if theta_per_pair and schedule is not None:
     raise ValueError("theta_per_pair is for noise-free rollouts (truncated backprop)")
-  pair_keys = jax.random.split(key, ws.t.shape[0])  # global: the same with or without a mesh
+  pair_keys = keys_lib.split(key, ws.t.shape[0])  # global: the same with or without a mesh
   local = functools.partial(_run_window_local, system, num_steps=num_steps, signs=signs,
                             sigma=sigma, schedule=schedule, theta_per_pair=theta_per_pair,
                             estimate_grad=estimate_grad)
@@ -221,124 +273,132 @@ def run_window(system: UnrolledSystem, theta: PyTree, ws: WorkerState, key: jax.
 def _run_window_local(system, theta, ws, pair_keys, active_steps, *, num_steps, signs, sigma,
                       schedule, theta_per_pair, estimate_grad):
   """:func:`run_window` on the pairs of one device (all of them, without a mesh)."""
-  num_pairs = ws.t.shape[0]
-  horizon = system.horizon
+  W = num_steps
   es = (estimate_grad and schedule is not None and len(signs) >= 2
         and tuple(signs[:2]) == (1.0, -1.0))
   signs_arr = jnp.asarray(signs, jnp.float32)
 
-  # ---- Everything the window will need, worked out before the scan ([W, P] unless noted). ----
-  steps = jnp.arange(num_steps, dtype=jnp.int32)
-  active = (jnp.ones((num_steps, num_pairs), bool) if active_steps is None
-            else steps[:, None] < active_steps[None, :])
+  # ---- The window's events, per pair, in closed form before the scan. ----
+  end = (jnp.full_like(ws.t, W) if active_steps is None
+         else jnp.clip(active_steps, 0, W).astype(jnp.int32))
   # A window is no longer than the shortest episode, so each pair starts at most one episode in
-  # it: at step j_star (0 if the pair is at t == 0; never for a system that never resets).
-  if horizon is None:
-    j_star = jnp.where(ws.t == 0, 0, num_steps)
+  # it: at step `start` (0 if the pair is at t == 0; W means none).
+  if system.horizon is None:
+    j_star = jnp.where(ws.t == 0, 0, W)
   else:
     j_star = jnp.where(ws.t == 0, 0, ws.length - ws.t)
-  after = steps[:, None] >= j_star[None, :]
-  # pos: the position in the episode before each step.
-  pos = jnp.where(after, steps[:, None] - j_star[None, :], ws.t[None, :] + steps[:, None])
-  start = (steps[:, None] == j_star[None, :]) & active
+  start = jnp.where(j_star < end, j_star, W)
+  began = start < W
+  # Fresh episode states, one per pair, built once per window (the few pairs that start an
+  # episode take theirs; see the scans below).
+  fresh = jax.vmap(system.init)(pair_step_key(pair_keys, start, RESET))
+  fresh_length = jax.vmap(system.length_of)(fresh)
 
-  draw = seg = None
-  num_segments = 1
+  # Perturbed theta of each pair and branch in each noise segment: leaves [P, E, S, ...]. Segment
+  # 0 carries on from the previous window; draw e (at step draws[:, e - 1]) opens segment e.
+  draws = theta_rows = credit_table = None
   if schedule is not None:
-    draw = start
-    if schedule.every_window:
-      draw = draw | ((steps[:, None] == 0) & active)
-    if schedule.block is not None:
-      draw = draw | ((pos % schedule.block == 0) & active)
-    seg = jnp.cumsum(draw, axis=0, dtype=jnp.int32)  # segment of each step; 0 = carried over
-    num_segments = 1 + _max_draws(num_steps, schedule)
+    draws = _draw_steps(ws.t, start, end, W, schedule)  # [P, M]
+    fresh_eps = sample_noise(pair_step_key(pair_keys[:, None], draws, NOISE), theta, sigma)
+    eps_table = jax.tree.map(lambda old, new: jnp.concatenate([old[:, None], new], axis=1),
+                             ws.eps, fresh_eps)
+    if schedule.accumulate:  # the episode's noise so far, restarted at the episode start
+      rows = [ws.xi]
+      for e in range(draws.shape[1]):
+        new = jax.tree.map(lambda x: x[:, e], fresh_eps)
+        rows.append(tree_lib.where_leading(draws[:, e] == start, new,
+                                           jax.tree.map(jnp.add, rows[-1], new)))
+      credit_table = jax.tree.map(lambda *xs: jnp.stack(xs, axis=1), *rows)
+    else:
+      credit_table = eps_table
+    theta_rows = jax.tree.map(
+        lambda th, e: th + signs_arr.reshape((1, 1, -1) + (1,) * (e.ndim - 2)) * e[:, :, None],
+        theta, eps_table)
 
-  # The steps whose keys are needed before the scan: each pair's (at most one) episode start,
-  # and the step that opens each segment. One batched key derivation for all of them.
-  event_steps = [jnp.argmax(start, axis=0)]
-  for e in range(1, num_segments):  # static and small: 1 for NRES, 2 for PES
-    event_steps.append(jnp.argmax(draw & (seg == e), axis=0))
-  event_steps = jnp.stack(event_steps, axis=1)  # [P, E]
-  purposes = jnp.asarray([RESET] + [NOISE] * (num_segments - 1), jnp.int32)
-  event_keys = jax.vmap(jax.vmap(pair_step_key, in_axes=(None, 0, 0)), in_axes=(0, 0, None))(
-      pair_keys, event_steps, purposes)  # [P, E]: one batched hash for all of them
-  reset_keys = event_keys[:, 0]
+  def segment(j):  # [P]: the noise segment of step j (draws are ascending)
+    return jnp.sum(j[..., None] >= draws, axis=-1, dtype=jnp.int32)
 
-  eps_table = None
-  if schedule is not None:
-    eps_rows, credit_rows = [ws.eps], [ws.xi if schedule.accumulate else ws.eps]
-    draws = jax.vmap(lambda k: sample_noise(k, theta, sigma))(event_keys[:, 1:])  # [P, E-1]
-    for e in range(1, num_segments):
-      new = jax.tree.map(lambda x: x[:, e - 1], draws)
-      eps_rows.append(new)
-      if schedule.accumulate:
-        restarts = jnp.take_along_axis(start, event_steps[None, :, e], axis=0)[0]
-        credit_rows.append(tree_lib.where_leading(
-            restarts, new, jax.tree.map(jnp.add, credit_rows[-1], new)))
-      else:
-        credit_rows.append(new)
-    stack = lambda rows: jax.tree.map(lambda *xs: jnp.stack(xs, axis=1), *rows)
-    eps_table, credit_table = stack(eps_rows), stack(credit_rows)  # leaves [P, S, ...]
+  def theta_at(j):  # theta of every branch of every pair at step j, and its vmap axis
+    if schedule is not None:
+      return _select(segment(j), theta_rows), 0
+    return theta, (0 if theta_per_pair else None)
 
-  # ---- The scan: per step, only what must happen per step. ----
-  def body(carry, xs):
-    states, eps, length = carry
-    j, any_event_j = xs
+  def stepped(th, th_axis, states, j):  # every branch of every pair takes step j
+    def pair_step(th_i, states_i, key_i):
+      def branch(th_b, s):
+        return system.step(th_b, s, key_i)
+      return jax.vmap(branch, in_axes=(0 if schedule is not None else None, 0))(th_i, states_i)
+    new_states, losses = jax.vmap(pair_step, in_axes=(th_axis, 0, 0))(
+        th, states, pair_step_key(pair_keys, j, STEP))
+    return new_states, losses.astype(jnp.float32)
 
-    # Episode starts and noise draws are rare (a few per pair per window): one real branch,
-    # taken only on the steps where some pair has one, is far cheaper than selects every step.
-    # Fresh states are made inside it, so nothing of them is materialized on ordinary steps.
-    def event(args):
-      states, eps, length = args
-      fresh = jax.vmap(system.init)(reset_keys)
-      states = tree_lib.where_leading(start[j], tree_lib.expand_axis(fresh, 1, len(signs)), states)
-      length = jnp.where(start[j], jax.vmap(system.length_of)(fresh), length)
-      if eps_table is not None:
-        eps = tree_lib.where_leading(draw[j], _take_segment(eps_table, seg[j]), eps)
-      return states, eps, length
-    states, eps, length = jax.lax.cond(any_event_j, event, lambda a: a, (states, eps, length))
-    k_step_j = jax.vmap(pair_step_key, in_axes=(0, None, None))(pair_keys, j, STEP)
+  fresh_branches = tree_lib.expand_axis(fresh, 1, len(signs))
 
-    def pair_step(theta_i, eps_i, states_i, key_i):
-      def branch(sign, s):
-        th = theta_i if eps_i is None else jax.tree.map(lambda a, e: a + sign * e, theta_i, eps_i)
-        return system.step(th, s, key_i)
-      return jax.vmap(branch)(signs_arr, states_i)
-    new_states, losses = jax.vmap(pair_step, in_axes=(0 if theta_per_pair else None, 0, 0, 0))(
-        theta, eps, states, k_step_j)
-    if active_steps is not None:  # inactive pairs stay exactly where they were
-      new_states = tree_lib.where_leading(active[j], new_states, states)
-    return (new_states, eps, length), losses.astype(jnp.float32)
+  # ---- The scan, in one of two forms. The step counter rides in the carry: read from a scanned
+  # array, it would be sliced inside every fused step kernel. ----
+  def scan_events_anywhere(states):
+    """Events on any step: per-step selects (fused into the step) start episodes and switch
+    noise where they fall."""
+    def body(carry, _):
+      states, j = carry
+      states = tree_lib.where_leading(j == start, fresh_branches, states)
+      new_states, losses = stepped(*theta_at(j), states, j)
+      if active_steps is not None:  # inactive pairs stay exactly where they were
+        new_states = tree_lib.where_leading(j < end, new_states, states)
+      return (new_states, j + 1), losses
+    (states, _), losses = jax.lax.scan(body, (states, jnp.int32(0)), None, length=W)
+    return states, losses
 
-  xs = (steps, jnp.any(start if draw is None else (start | draw), axis=1))
-  eps0 = ws.eps if schedule is not None else None
-  (states, eps_last, length), losses = jax.lax.scan(body, (ws.states, eps0, ws.length), xs)
+  def scan_events_at_start(states):
+    """Every event is on the window's first step (no pair straddles an episode boundary inside
+    it): applied once before the scan, whose steps then run with a loop-invariant theta per pair
+    and no selects, as a plain rollout does (XLA hoists what depends on theta alone)."""
+    states = tree_lib.where_leading(start == 0, fresh_branches, states)
+    th, th_axis = theta_at(jnp.int32(0))
 
-  # Bookkeeping on the window's losses at once ([W, P, S] floats), not step by step.
+    def body(carry, _):
+      states, j = carry
+      new_states, losses = stepped(th, th_axis, states, j)
+      return (new_states, j + 1), losses
+    (states, _), losses = jax.lax.scan(body, (states, jnp.int32(0)), None, length=W)
+    return states, losses
+
+  if active_steps is None:  # a window as the estimators run it: take the fast form when it applies
+    states, losses = jax.lax.cond(events_at_start_only(start, draws, W), scan_events_at_start,
+                                  scan_events_anywhere, ws.states)
+  else:  # a burn-in: pairs stop at different steps
+    states, losses = scan_events_anywhere(ws.states)
+  steps = jnp.arange(W, dtype=jnp.int32)
+
+  # ---- Bookkeeping on the window's losses at once ([W, P, S] floats), not step by step. ----
+  active = steps[:, None] < end[None, :]
   finite = jnp.all(jnp.isfinite(losses), axis=2) & active
   safe = jnp.where(finite[..., None], losses, 0.0)
   count = jnp.sum(finite, axis=0, dtype=jnp.int32)
   loss_sum = jnp.sum(safe, axis=0)
   nonfinite = jnp.sum(active & ~finite, axis=0, dtype=jnp.int32)
 
-  # ---- Close the window: credit, positions, the noise now in use. ----
   gsum = None
   if es:
     # dl summed per pair and segment, then times each segment's credit: sum_t dl_t * credit_t.
     dl = safe[..., 0] - safe[..., 1]  # [W, P]
+    seg = segment(steps[:, None])  # [W, P]
     dl_seg = jnp.stack([jnp.sum(jnp.where(seg == e, dl, 0.0), axis=0)
-                        for e in range(num_segments)], axis=1)  # [P, S]
-    gsum = jax.tree.map(lambda c: jnp.einsum("ps,ps...->p...", dl_seg, c), credit_table)
-  taken = jnp.sum(active, axis=0, dtype=jnp.int32)
-  resets = jnp.sum(start, axis=0, dtype=jnp.int32)
-  t = jnp.where(resets > 0, taken - j_star, ws.t + taken)
-  if horizon is not None:
+                        for e in range(draws.shape[1] + 1)], axis=1)  # [P, E]
+    gsum = jax.tree.map(lambda c: jnp.einsum("pe,pe...->p...", dl_seg, c), credit_table)
+
+  # ---- Close the window: positions, episode lengths, the noise now in use. ----
+  resets = began.astype(jnp.int32)
+  length = jnp.where(began, fresh_length, ws.length)
+  t = jnp.where(began, end - start, ws.t + end)
+  if system.horizon is not None:
     t = jnp.where(t >= length, 0, t)
   eps, xi = ws.eps, ws.xi
   if schedule is not None:
-    eps = eps_last
-    if schedule.accumulate:  # cumsum: the segment of the last step is the last one opened
-      xi = _take_segment(credit_table, seg[-1])
+    last = jnp.sum(draws < W, axis=1, dtype=jnp.int32)  # the segment in use after the window
+    eps = _select(last, eps_table)
+    if schedule.accumulate:
+      xi = _select(last, credit_table)
   new_ws = ws.replace(states=states, t=t, eps=eps, xi=xi, episodes=ws.episodes + resets,
                       length=length)
   return new_ws, WindowOut(gsum=gsum, count=count, loss_sum=loss_sum, nonfinite=nonfinite,
@@ -368,15 +428,31 @@ def burn_in(system: UnrolledSystem, theta: PyTree, ws: WorkerState, key: jax.Arr
   return ws.replace(burn_in=positions.astype(jnp.int32))
 
 
+def unlock_positions(system: UnrolledSystem, key: jax.Array, num_pairs: int,
+                     window_length: int) -> jax.Array:
+  """Random positions ``tau: [P] int32`` in the pairs' first episode, for step-unlocking.
+
+  When ``W`` divides ``T`` and every episode lasts ``T`` steps, ``tau`` is uniform on the window
+  grid ``{0, W, ..., T - W}`` ("breakstep" training, ES-Single paper App. C.2): each pair then runs
+  whole windows of its episodes, no window straddles an episode boundary, and the windows of the
+  population tile the horizon. Otherwise (``W`` does not divide ``T``, or episodes vary in
+  length) ``tau`` is uniform on ``[0, T)``.
+  """
+  T, W = system.horizon, window_length
+  if T % W == 0 and system.episode_length is None and system.min_horizon is None:
+    return W * jax.random.randint(key, (num_pairs,), 0, T // W, dtype=jnp.int32)
+  return jax.random.randint(key, (num_pairs,), 0, T, dtype=jnp.int32)
+
+
 def step_unlock(system: UnrolledSystem, theta: PyTree, ws: WorkerState, key: jax.Array, *,
                 signs: tuple[float, ...], sigma: float, schedule: NoiseSchedule | None,
                 window_length: int, mesh: Mesh | None = None) -> WorkerState:
-  """Burns each pair in to a uniformly random position ``tau_i in [0, T)`` of its episode
-  (see :func:`burn_in`; it costs up to ``T - 1`` batched steps, once). For a system with no
-  horizon it does nothing: every pair starts at step 0."""
+  """Burns each pair in to a random position of its episode (:func:`unlock_positions`) by
+  really running it there (:func:`burn_in`; up to ``T - 1`` batched steps, once). For a system
+  with no horizon it does nothing: every pair starts at step 0."""
   if system.horizon is None or system.horizon == 1:
     return ws
   pos_key, run_key = jax.random.split(key)
-  tau = jax.random.randint(pos_key, ws.t.shape, 0, system.horizon, dtype=jnp.int32)
+  tau = unlock_positions(system, pos_key, ws.t.shape[0], window_length)
   return burn_in(system, theta, ws, run_key, tau, signs=signs, sigma=sigma, schedule=schedule,
                  window_length=window_length, mesh=mesh)

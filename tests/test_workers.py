@@ -1,11 +1,14 @@
 """Workers: antithetic pairing, episode resets, step-unlocking, NaN masking, shapes, contract."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import tasks
+from meta_train.workers import NoiseSchedule
 from meta_train.estimators import ESTIMATORS, GPES, NRES, PES, TBPTT, FullES, TruncatedES
 from tests import systems
 
@@ -85,20 +88,71 @@ def test_pes_accumulator_is_the_current_episodes_noise_sum():
     np.testing.assert_allclose(xi[~began], xi_before[~began] + eps[~began], rtol=1e-5)
 
 
-def test_step_unlocked_positions_cover_the_horizon_with_real_burn_in():
+def _chi2_uniform(values, support):
+  counts = np.bincount(values, minlength=max(support) + 1)[list(support)]
+  assert counts.sum() == len(values), "a position off the expected support"
+  expected = len(values) / len(support)
+  return np.sum((counts - expected) ** 2 / expected)
+
+
+@pytest.mark.parametrize("W, support, bound", [
+    (5, range(0, 20, 5), 25.0),   # W | T: the window grid; chi^2, 3 dof: P(> 25) ~ 2e-5
+    (6, range(20), 50.0),         # W does not divide T: every step; 19 dof: P(> 50) ~ 1e-4
+])
+def test_step_unlocked_positions_cover_the_horizon_with_real_burn_in(W, support, bound):
   T, N = 20, 4000
   system = systems.recorder(horizon=T)
-  ws = NRES(system, num_particles=N, sigma=0.1, unroll_length=5).init(KEY, system.theta0)
+  ws = NRES(system, num_particles=N, sigma=0.1, unroll_length=W).init(KEY, system.theta0)
   t = np.asarray(ws.t)
-  counts = np.bincount(t, minlength=T)
-  expected = (N // 2) / T
-  chi2 = np.sum((counts - expected) ** 2 / expected)
-  assert chi2 < 50.0, counts  # chi^2 with 19 dof: P(> 50) ~ 1e-4 under uniformity
+  chi2 = _chi2_uniform(t, support)
+  assert chi2 < bound, np.bincount(t, minlength=T)
   # The burn-in really ran: each state's own counter is at the worker's position.
   np.testing.assert_array_equal(np.asarray(ws.states["t"][:, 0]), t)
   np.testing.assert_array_equal(np.asarray(ws.burn_in), t)
-  locked = NRES(system, num_particles=N, sigma=0.1, unroll_length=5, lockstep=True)
+  locked = NRES(system, num_particles=N, sigma=0.1, unroll_length=W, lockstep=True)
   assert not np.any(np.asarray(locked.init(KEY, system.theta0).t))
+
+
+@pytest.mark.parametrize("name", ["nres", "pes", "gpes", "tes"])
+def test_window_forms_agree_exactly(name):
+  """A window whose events all fall on its first step runs as a plain scan (events applied
+  before it); the general form (per-step selects) gives the same result. Aligned pairs (W | T,
+  step-unlocked on the window grid; GPES with K a multiple of W) take the fast form in every
+  window; with W not dividing T pairs straddle episode boundaries and take the general one.
+  Integers agree exactly, floats to rounding (hoisting theta-only work out of the loop may
+  reorder a sum)."""
+  from meta_train import workers
+  system = systems.linear_pytree(12)
+  theta = system.theta0
+  cls = {"nres": NRES, "pes": PES, "gpes": functools.partial(GPES, K=4), "tes": TruncatedES}[name]
+  signs = (1.0, -1.0, 0.0) if name == "tes" else (1.0, -1.0)
+  for W, aligned in ((4, True), (5, False)):
+    est = cls(system, num_particles=16, sigma=0.1, unroll_length=W)
+    ws = est.init(KEY, theta)
+    for i in range(4):
+      key = jax.random.key(10 + i)
+      P = ws.t.shape[0]
+      start = jnp.where(ws.t == 0, 0, ws.length - ws.t)
+      start = jnp.where(start < W, start, W)
+      draws = workers._draw_steps(ws.t, start, jnp.full_like(ws.t, W), W, est.schedule)
+      fast = bool(workers.events_at_start_only(start, draws, W))
+      if aligned:
+        assert fast, (i, np.asarray(ws.t))
+      elif i == 0:
+        assert not fast, np.asarray(ws.t)
+      branches = ws
+      if name == "tes":
+        branches = ws.replace(states=jax.tree.map(lambda x: jnp.repeat(x, 3, axis=1), ws.states))
+      run = functools.partial(workers.run_window, system, theta, branches, key, W, signs=signs,
+                              sigma=est.sigma, schedule=est.schedule)
+      a = jax.jit(run)()
+      b = jax.jit(lambda: run(active_steps=jnp.full((P,), W, jnp.int32)))()  # the general form
+      for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        if jnp.issubdtype(x.dtype, jnp.floating):
+          np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-6, atol=1e-6)
+        else:
+          np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+      _, ws, _ = est.estimate(key, theta, ws)
 
 
 def test_burn_in_matches_running_the_system():
