@@ -334,20 +334,55 @@ def _run_window_local(system, theta, ws, pair_keys, active_steps, *, num_steps, 
 
   fresh_branches = tree_lib.expand_axis(fresh, 1, len(signs))
 
+  # What the window sums per pair, accumulated step by step in one [Q, P] array (each step adds
+  # one row per quantity, in the kernel that computes its losses; the [W, P, S] losses are never
+  # stored, and no reduction over steps runs after the scan): valid steps, then the loss of each
+  # branch, then (ES) dl = L+ - L- in the column of the step's noise segment.
+  num_branches = len(signs)
+  num_segments = draws.shape[1] + 1 if es else 0
+
+  def accumulate(acc, losses, valid, seg):
+    finite = valid  # [P]; an explicit & over branches fuses where a reduction would not
+    for b in range(num_branches):
+      finite = finite & jnp.isfinite(losses[:, b])
+    safe = jnp.where(finite[:, None], losses, 0.0)  # [P, S]
+    rows = [finite.astype(jnp.float32)] + [safe[:, b] for b in range(num_branches)]
+    if es:
+      dl = safe[:, 0] - safe[:, 1]
+      rows += [jnp.where(seg == e, dl, 0.0) for e in range(num_segments)]
+    return acc + jnp.stack(rows)
+
+  acc0 = jnp.zeros((1 + num_branches + num_segments, ws.t.shape[0]), jnp.float32)
+
+  def totals(acc):
+    """``(count, loss_sum, gsum)`` from the accumulated sums. Computed inside each form below:
+    the credit (fresh noise) then reaches it as a materialized operand, where XLA would
+    otherwise fuse the noise draw into every consumer of gsum and recompute it per element."""
+    count = acc[0].astype(jnp.int32)  # float sums of 0/1 steps: exact
+    loss_sum = acc[1:1 + num_branches].T  # [P, S]
+    gsum = None
+    if es:  # sum_t dl_t * credit_t = sum over segments of (the segment's dl sum) * its credit
+      dl_seg = acc[1 + num_branches:]  # [E, P]
+      gsum = jax.tree.map(
+          lambda c: sum(dl_seg[e].reshape((-1,) + (1,) * (c.ndim - 2)) * c[:, e]
+                        for e in range(num_segments)), credit_table)
+    return count, loss_sum, gsum
+
   # ---- The scan, in one of two forms. The step counter rides in the carry: read from a scanned
   # array, it would be sliced inside every fused step kernel. ----
   def scan_events_anywhere(states):
     """Events on any step: per-step selects (fused into the step) start episodes and switch
     noise where they fall."""
     def body(carry, _):
-      states, j = carry
+      states, j, acc = carry
       states = tree_lib.where_leading(j == start, fresh_branches, states)
       new_states, losses = stepped(*theta_at(j), states, j)
       if active_steps is not None:  # inactive pairs stay exactly where they were
         new_states = tree_lib.where_leading(j < end, new_states, states)
-      return (new_states, j + 1), losses
-    (states, _), losses = jax.lax.scan(body, (states, jnp.int32(0)), None, length=W)
-    return states, losses
+      seg = segment(j) if es else None
+      return (new_states, j + 1, accumulate(acc, losses, j < end, seg)), None
+    (states, _, acc), _ = jax.lax.scan(body, (states, jnp.int32(0), acc0), None, length=W)
+    return states, totals(acc)
 
   def scan_events_at_start(states):
     """Every event is on the window's first step (no pair straddles an episode boundary inside
@@ -355,37 +390,23 @@ def _run_window_local(system, theta, ws, pair_keys, active_steps, *, num_steps, 
     and no selects, as a plain rollout does (XLA hoists what depends on theta alone)."""
     states = tree_lib.where_leading(start == 0, fresh_branches, states)
     th, th_axis = theta_at(jnp.int32(0))
+    seg = segment(jnp.int32(0)) if es else None  # one segment for the whole window
+    valid = jnp.ones_like(start, bool)
 
     def body(carry, _):
-      states, j = carry
+      states, j, acc = carry
       new_states, losses = stepped(th, th_axis, states, j)
-      return (new_states, j + 1), losses
-    (states, _), losses = jax.lax.scan(body, (states, jnp.int32(0)), None, length=W)
-    return states, losses
+      return (new_states, j + 1, accumulate(acc, losses, valid, seg)), None
+    (states, _, acc), _ = jax.lax.scan(body, (states, jnp.int32(0), acc0), None, length=W)
+    return states, totals(acc)
 
   if active_steps is None:  # a window as the estimators run it: take the fast form when it applies
-    states, losses = jax.lax.cond(events_at_start_only(start, draws, W), scan_events_at_start,
-                                  scan_events_anywhere, ws.states)
+    states, (count, loss_sum, gsum) = jax.lax.cond(
+        events_at_start_only(start, draws, W), scan_events_at_start, scan_events_anywhere,
+        ws.states)
   else:  # a burn-in: pairs stop at different steps
-    states, losses = scan_events_anywhere(ws.states)
-  steps = jnp.arange(W, dtype=jnp.int32)
-
-  # ---- Bookkeeping on the window's losses at once ([W, P, S] floats), not step by step. ----
-  active = steps[:, None] < end[None, :]
-  finite = jnp.all(jnp.isfinite(losses), axis=2) & active
-  safe = jnp.where(finite[..., None], losses, 0.0)
-  count = jnp.sum(finite, axis=0, dtype=jnp.int32)
-  loss_sum = jnp.sum(safe, axis=0)
-  nonfinite = jnp.sum(active & ~finite, axis=0, dtype=jnp.int32)
-
-  gsum = None
-  if es:
-    # dl summed per pair and segment, then times each segment's credit: sum_t dl_t * credit_t.
-    dl = safe[..., 0] - safe[..., 1]  # [W, P]
-    seg = segment(steps[:, None])  # [W, P]
-    dl_seg = jnp.stack([jnp.sum(jnp.where(seg == e, dl, 0.0), axis=0)
-                        for e in range(draws.shape[1] + 1)], axis=1)  # [P, E]
-    gsum = jax.tree.map(lambda c: jnp.einsum("pe,pe...->p...", dl_seg, c), credit_table)
+    states, (count, loss_sum, gsum) = scan_events_anywhere(ws.states)
+  nonfinite = end - count  # every step taken (j < end) is either finite or not
 
   # ---- Close the window: positions, episode lengths, the noise now in use. ----
   resets = began.astype(jnp.int32)

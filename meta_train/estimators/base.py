@@ -150,19 +150,22 @@ class Estimator(abc.ABC):
     return {"num_particles": self.num_particles, "unroll_length": self.unroll_length}
 
 
-def es_metrics(out: workers.WindowOut, grad: PyTree, sigma: float, steps: int) -> Metrics:
-  """The metrics of an antithetic window (see the module docstring)."""
-  count = out.count
-  valid_terms = jnp.maximum(jnp.sum(count), 1).astype(jnp.float32)
-  per_pair = maths.per_pair_grads(out.gsum, count, sigma)
-  return {
-      "meta_loss": jnp.sum(out.loss_sum[:, :2]) / (2.0 * valid_terms),
+def es_estimate(out: workers.WindowOut, sigma: float, steps: int) -> tuple[PyTree, Metrics]:
+  """The estimate and metrics of an antithetic window (see the module docstring), from its
+  per-pair sums (:func:`maths.antithetic_summary`: two products over the pairs)."""
+  grad, variance, totals = maths.antithetic_summary(
+      out.gsum, out.count, sigma, {"loss": out.loss_sum[:, :2], "nonfinite": out.nonfinite,
+                                   "resets": out.resets})
+  valid_terms = jnp.maximum(totals["count"], 1).astype(jnp.float32)
+  metrics = {
+      "meta_loss": jnp.sum(totals["loss"]) / (2.0 * valid_terms),
       "grad_norm": maths.global_norm(grad),
-      "grad_variance": maths.variance_of_mean(per_pair, (count > 0).astype(jnp.float32)),
-      "nonfinite": jnp.sum(out.nonfinite),
-      "resets": jnp.sum(out.resets),
+      "grad_variance": variance,
+      "nonfinite": totals["nonfinite"],
+      "resets": totals["resets"],
       "unroll_steps": jnp.asarray(steps, jnp.int32),
   }
+  return grad, metrics
 
 
 class OnlineES(Estimator):
@@ -209,5 +212,5 @@ class OnlineES(Estimator):
   def _estimate(self, key, theta, ws):
     ws, out = workers.run_window(self.system, theta, ws, key, self.unroll_length, signs=ANTITHETIC,
                                  sigma=self.sigma, schedule=self.schedule, mesh=self.mesh)
-    grad = maths.antithetic_grad(out.gsum, out.count, self.sigma)
-    return grad, ws, es_metrics(out, grad, self.sigma, self.steps_per_estimate)
+    grad, metrics = es_estimate(out, self.sigma, self.steps_per_estimate)
+    return grad, ws, metrics

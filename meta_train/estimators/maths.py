@@ -24,7 +24,30 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from meta_train import tree as tree_lib
+
 PyTree = Any
+
+
+def sum_pairs(tree: PyTree) -> PyTree:
+  """Sums over the leading pairs axis of every leaf: leaves ``[P, ...]`` -> ``[...]``, each in
+  its own dtype (integers are summed as float32, exact below 2**24).
+
+  All of them in one product: the leaves, as rows ``[n, P]`` stacked into one table, times a
+  vector of ones (``precision=HIGHEST``). On CPU, a separate reduction per leaf costs several
+  kernels, and stacking on the minor axis builds the table element by element; these sums close
+  every window.
+  """
+  leaves, treedef = jax.tree.flatten(tree)
+  num = leaves[0].shape[0]
+  rows = [jnp.reshape(x, (num, -1)).astype(jnp.float32).T for x in leaves]
+  table = jnp.concatenate(rows, axis=0)  # [R, P]
+  totals = jnp.matmul(table, jnp.ones((num,), jnp.float32), precision=jax.lax.Precision.HIGHEST)
+  out, offset = [], 0
+  for x, r in zip(leaves, rows):
+    out.append(totals[offset:offset + r.shape[0]].reshape(x.shape[1:]).astype(x.dtype))
+    offset += r.shape[0]
+  return jax.tree.unflatten(treedef, out)
 
 
 def antithetic_grad(gsum: PyTree, count: jax.Array, sigma: float) -> PyTree:
@@ -38,8 +61,13 @@ def antithetic_grad(gsum: PyTree, count: jax.Array, sigma: float) -> PyTree:
   Returns:
     theta-like ``g = sum_i gsum_i / (2 sigma^2 sum_i count_i)`` (zeros if nothing was valid).
   """
-  total = jnp.maximum(jnp.sum(count), 1).astype(jnp.float32)
-  return jax.tree.map(lambda g: jnp.sum(g, axis=0) / (2.0 * sigma**2 * total), gsum)
+  totals = sum_pairs({"gsum": gsum, "count": count})
+  return _normalize(totals["gsum"], totals["count"], sigma)
+
+
+def _normalize(gsum_total: PyTree, count_total: jax.Array, sigma: float) -> PyTree:
+  denom = 2.0 * sigma**2 * jnp.maximum(count_total, 1).astype(jnp.float32)
+  return jax.tree.map(lambda g: g / denom, gsum_total)
 
 
 def per_pair_grads(gsum: PyTree, count: jax.Array, sigma: float) -> PyTree:
@@ -59,13 +87,36 @@ def variance_of_mean(per_pair: PyTree, weights: jax.Array) -> jax.Array:
     ``sum_d sample_var_d / P_valid`` (the spread across pairs over the number of pairs); 0 when
     fewer than two pairs contributed.
   """
-  n = jnp.sum(weights)
-  def leaf_var(x):
-    w = jnp.reshape(weights, weights.shape + (1,) * (x.ndim - 1))
-    mean = jnp.sum(w * x, axis=0) / jnp.maximum(n, 1.0)
-    return jnp.sum(w * (x - mean) ** 2)
-  total = sum(jax.tree.leaves(jax.tree.map(leaf_var, per_pair)))
+  totals = sum_pairs({"n": weights, "x": tree_lib.scale_rows(weights, per_pair)})
+  return _variance_from(per_pair, weights, totals["n"], totals["x"])
+
+
+def _variance_from(per_pair: PyTree, weights: jax.Array, n: jax.Array, weighted_sum: PyTree):
+  """:func:`variance_of_mean` given ``n = sum_i w_i`` and ``sum_i w_i x_i`` (two-pass: the
+  squared deviations from the mean are summed in a second product)."""
+  mean = jax.tree.map(lambda s: s / jnp.maximum(n, 1.0), weighted_sum)
+  deviations = jax.tree.map(lambda x, m: (x - m) ** 2, per_pair, mean)
+  squares = sum_pairs(tree_lib.scale_rows(weights, deviations))
+  total = sum(jnp.sum(s) for s in jax.tree.leaves(squares))
   return jnp.where(n > 1, total / jnp.maximum(n - 1.0, 1.0) / jnp.maximum(n, 1.0), 0.0)
+
+
+def antithetic_summary(gsum: PyTree, count: jax.Array, sigma: float,
+                       extra: dict[str, jax.Array]) -> tuple[PyTree, jax.Array, dict]:
+  """:func:`antithetic_grad`, :func:`variance_of_mean` of the per-pair estimates, and the sums
+  over pairs of the ``[P, ...]`` arrays in ``extra``, with two products over the pairs (one for
+  every total, one for the squared deviations).
+
+  Returns:
+    ``(grad, grad_variance, totals)``; ``totals`` has ``extra``'s keys and ``"count"``.
+  """
+  per_pair = per_pair_grads(gsum, count, sigma)
+  weights = (count > 0).astype(jnp.float32)
+  totals = sum_pairs({**extra, "count": count, "gsum": gsum, "n": weights,
+                      "x": tree_lib.scale_rows(weights, per_pair)})
+  grad = _normalize(totals.pop("gsum"), totals["count"], sigma)
+  variance = _variance_from(per_pair, weights, totals.pop("n"), totals.pop("x"))
+  return grad, variance, totals
 
 
 def global_norm(tree: PyTree) -> jax.Array:

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 from meta_train import tree as tree_lib
 from meta_train import workers
 from meta_train.estimators import maths
-from meta_train.estimators.base import OnlineES, es_metrics
+from meta_train.estimators.base import OnlineES, es_estimate
 from meta_train.workers import NoiseSchedule
 
 _SIGNS = (1.0, -1.0, 0.0)  # theta + eps, theta - eps, theta (the shared state's own branch)
@@ -52,8 +52,7 @@ class TruncatedES(OnlineES):
                                        signs=_SIGNS, sigma=self.sigma, schedule=self.schedule,
                                        mesh=self.mesh)
     ws = branches.replace(states=jax.tree.map(lambda x: x[:, 2:3], branches.states))
-    grad = maths.antithetic_grad(out.gsum, out.count, self.sigma)
-    metrics = es_metrics(out, grad, self.sigma, self.steps_per_estimate)
+    grad, metrics = es_estimate(out, self.sigma, self.steps_per_estimate)
     metrics["meta_loss_center"] = (jnp.sum(out.loss_sum[:, 2])
                                    / jnp.maximum(jnp.sum(out.count), 1).astype(jnp.float32))
     return grad, ws, metrics
