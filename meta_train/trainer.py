@@ -20,6 +20,7 @@ import numpy as np
 import optax
 from flax import struct
 
+from meta_train import keys as keys_lib
 from meta_train import tree as tree_lib
 from meta_train.estimators import Estimator
 
@@ -77,7 +78,7 @@ class Trainer:
     return self._run(state, self.estimator.system.data, num_steps)
 
   def _outer_step(self, data, state: TrainState, _):
-    key, est_key = jax.random.split(state.key)
+    key, est_key = keys_lib.split(state.key, 2)  # = jax.random.split, fused (meta_train.keys)
     grad, workers, metrics = self.estimator.estimate_fn(est_key, state.theta, state.workers, data)
     finite = tree_lib.all_finite(grad)
     updates, opt_state = self.optimizer.update(grad, state.opt_state, state.theta)

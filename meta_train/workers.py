@@ -17,21 +17,35 @@ Conventions (see DESIGN §2 and §6):
 * Randomness. Window key -> ``jax.random.split(key, P)`` pair keys -> at the window's step ``j``
   ``fold_in(pair_key, 3 j + c)`` for the reset (c=0), noise (c=1) and step (c=2) keys. All
   branches of a pair use the same keys: the same initial state, the same data, common random
-  numbers.
+  numbers. (Computed by :mod:`meta_train.keys`: bit-identical to ``jax.random``, fused.)
 * Credit. Each pair carries ``credit``: the noise now in use (NRES, TES) or the sum of the
   episode's noise blocks so far (PES, GPES_K). ``dl = L+_t - L-_t`` is summed per pair while the
   credit is constant and multiplied by it once: the same sum as per step, at a fraction of the work.
 * Masking. A (pair, step) whose losses are not all finite contributes nothing and is counted.
+* Step-unlocking. Pairs are burned in to random positions of their first episode: on the window
+  grid ``{0, W, 2W, ...}`` when ``W`` divides ``T`` (so that no window straddles an episode
+  boundary), anywhere in ``[0, T)`` otherwise (:func:`unlock_positions`).
 
 How a window runs. Every event of a window (an episode start, a fresh noise draw) is known from
-the pairs' positions at its start, so it is worked out before the scan, vectorized: the keys of
-each pair's episode start (at most one: a window is no longer than the shortest episode) and
-noise draws, and a small table of *segments*, the stretches of steps with constant noise
-(segment 0 carries on from the previous window; each draw opens the next), with each segment's
-noise and credit. In the scan, the steps on which some pair has an event take one real branch
-(``lax.cond``) that builds the fresh states and switches the noise; every step then steps all
-branches and records the losses ``[W, P, S]``. Masking, counts and the credit sums are done on
-those losses after the scan, at once.
+the pairs' positions at its start, so it is worked out before the scan, in closed form and
+vectorized: each pair's episode start (at most one: a window is no longer than the shortest
+episode), its noise draws, their keys and noise, and a small table of *segments*, the stretches
+of steps with constant noise (segment 0 carries on from the previous window; each draw opens the
+next), with each segment's perturbed theta and credit. Fresh episode states are built once per
+window. Then one of two scans runs (a ``lax.cond`` per window):
+
+* every event on the window's first step (the rule when ``W`` divides ``T``, thanks to
+  step-unlocking on the window grid): the events are applied before the scan, whose steps run
+  with a loop-invariant theta per pair and no selects: as cheap as a plain rollout;
+* otherwise, per-step selects (fused into the step) start episodes and switch noise where they
+  fall.
+
+Each step adds its per-pair sums (valid steps, the loss of each branch, ``dl`` in the column of
+its segment) to one ``[Q, P]`` accumulator in the scan carry: the ``[W, P, S]`` losses are never
+stored and nothing is reduced over steps after the scan. (On CPU, XLA runs reductions over a
+leading axis several times slower than a matrix-vector product, and fuses a kernel's consumers
+by recomputing it per element: the layout of this module follows from measurements, see
+``benchmarks/overhead.py``.)
 """
 
 from __future__ import annotations
@@ -249,7 +263,8 @@ def run_window(system: UnrolledSystem, theta: PyTree, ws: WorkerState, key: jax.
     branches are an antithetic pair (``signs[:2] == (1., -1.)``) with noise.
 
   Memory: the states and noise of the pairs, one fresh episode state per pair (built before the
-  scan, see the module docstring), and the window's losses ``[W, P, S]`` (floats).
+  scan, see the module docstring) and the window's noise table; the per-step losses are summed
+  as they come (``[1 + S + E, P]`` floats), never stored.
   """
   if system.horizon is not None and num_steps > system.shortest_episode:
     raise ValueError(f"a window of {num_steps} steps is longer than the shortest episode "
