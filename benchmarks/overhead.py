@@ -3,7 +3,7 @@
 For each system: one ``NRES.estimate`` window (W steps over N particles: noise, pairing, episode
 resets, credit, masking, metrics) against a plain rollout of the same N particles for the same W
 steps at fixed theta (``vmap`` over particles of ``scan`` over steps, per-step keys derived the
-same way, losses returned). Both are timed two ways, medians of interleaved repetitions in one
+same way, with the same fused threefry of :mod:`meta_train.keys`, losses returned). Both are timed two ways, medians of interleaved repetitions in one
 process:
 
 * ``in_loop`` (the figure the target applies to): ``K`` consecutive windows inside one compiled
@@ -29,6 +29,7 @@ import jax.numpy as jnp
 
 import tasks
 from benchmarks.common import emit_json, mlp_lr_system, print_table, time_interleaved
+from meta_train import keys as keys_lib
 from meta_train.estimators import NRES
 
 TARGET = 1.3
@@ -37,11 +38,11 @@ TARGET = 1.3
 def plain_window(system, num_particles: int, num_steps: int):
   """``f(theta, states, key) -> (states, losses [N, W])``: N particles, W steps, fixed theta."""
   def f(theta, states, key):
-    particle_keys = jax.random.split(key, num_particles)
+    particle_keys = keys_lib.split(key, num_particles)
 
     def one(state, pkey):
       def body(s, j):
-        return system.step(theta, s, jax.random.fold_in(pkey, j))
+        return system.step(theta, s, keys_lib.fold_in(pkey, j))
       return jax.lax.scan(body, state, jnp.arange(num_steps))
     return jax.vmap(one)(states, particle_keys)
   return f

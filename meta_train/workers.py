@@ -190,21 +190,21 @@ def _draw_steps(t: jax.Array, start: jax.Array, end: jax.Array, num_steps: int,
   ``end``. Worked out in closed form, one small elementwise pass per draw (no scan over steps).
   """
   W = num_steps
-  before_end = jnp.minimum(jnp.where(start < W, start, W), end)  # steps in the old episode
+  old_end = jnp.minimum(start, end)  # steps [0, old_end) are in the pair's current episode
   d = jnp.full_like(t, -1)  # the previous draw
   columns = []
-  for _ in range(_max_draws(W, schedule)):
+  for _ in range(_max_draws(W, schedule)):  # the next draw after d: the earliest candidate
     nxt = jnp.where(start > d, start, W)
     if schedule.every_window:
       nxt = jnp.minimum(nxt, jnp.where(d < 0, 0, W))
     if schedule.block is not None:
       K = schedule.block
-      a = d + 1  # the next position that is a multiple of K, in the old episode ...
-      old = a + (K - (t + a) % K) % K
-      nxt = jnp.minimum(nxt, jnp.where(old < before_end, old, W))
-      b = jnp.maximum(a, start)  # ... and in the new one
-      new = b + (K - (b - start) % K) % K
-      nxt = jnp.minimum(nxt, jnp.where(start < W, new, W))
+      j = d + 1  # the first step after d at a multiple of K: in the current episode (t + j) ...
+      in_old = j + (K - (t + j) % K) % K
+      nxt = jnp.minimum(nxt, jnp.where(in_old < old_end, in_old, W))
+      j = jnp.maximum(d + 1, start)  # ... and in the new one (j - start)
+      in_new = j + (K - (j - start) % K) % K
+      nxt = jnp.minimum(nxt, jnp.where(start < W, in_new, W))
     d = jnp.where(nxt < end, nxt, W)
     columns.append(d)
   return jnp.stack(columns, axis=1)
