@@ -129,9 +129,13 @@ def test_window_forms_agree_exactly(name):
   for W, aligned in ((4, True), (5, False)):
     est = cls(system, num_particles=16, sigma=0.1, unroll_length=W)
     ws = est.init(KEY, theta)
+    P = ws.t.shape[0]
+    run = functools.partial(workers.run_window, system, theta, num_steps=W, signs=signs,
+                            sigma=est.sigma, schedule=est.schedule)
+    run_default = jax.jit(lambda ws, key: run(ws, key))  # the fast form when it applies
+    run_general = jax.jit(lambda ws, key: run(ws, key, active_steps=jnp.full((P,), W, jnp.int32)))
     for i in range(4):
       key = jax.random.key(10 + i)
-      P = ws.t.shape[0]
       start = jnp.where(ws.t == 0, 0, ws.length - ws.t)
       start = jnp.where(start < W, start, W)
       draws = workers._draw_steps(ws.t, start, jnp.full_like(ws.t, W), W, est.schedule)
@@ -143,10 +147,7 @@ def test_window_forms_agree_exactly(name):
       branches = ws
       if name == "tes":
         branches = ws.replace(states=jax.tree.map(lambda x: jnp.repeat(x, 3, axis=1), ws.states))
-      run = functools.partial(workers.run_window, system, theta, branches, key, W, signs=signs,
-                              sigma=est.sigma, schedule=est.schedule)
-      a = jax.jit(run)()
-      b = jax.jit(lambda: run(active_steps=jnp.full((P,), W, jnp.int32)))()  # the general form
+      a, b = run_default(branches, key), run_general(branches, key)
       for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
         if jnp.issubdtype(x.dtype, jnp.floating):
           np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-6, atol=1e-6)
