@@ -109,6 +109,7 @@ def main(argv=None):
       "mflop_per_parameter_mlp": flops["per_parameter_mlp"] / 1e6,
       "matmul_gflops": gflops, "roofline_traj_steps_per_s": roofline,
       "fraction_of_roofline": steps_per_s / roofline, "fused_cpu_kernel": kernels.available(),
+      "kernel_isa": kernels.isa() if kernels.available() else None,
       "device": str(jax.devices()[0]), "meta_loss": float(metrics["meta_loss"]),
   }
   print(f"MLPLOpt on {task_name}: {N} particles, W={W}, {args.estimator.upper()}")

@@ -25,6 +25,35 @@ def test_kernel_is_built_where_a_compiler_exists():
   assert kernels.available()
 
 
+def _supported_isas():
+  """The kernel's instruction-set levels this CPU runs (each is tested: a machine with AVX-512
+  also checks the AVX2 and portable paths)."""
+  if not kernels.available():
+    return []
+  best = kernels.ISAS.index(kernels.isa())
+  return list(kernels.ISAS[:best + 1])
+
+
+@pytest.fixture(params=kernels.ISAS)
+def isa(request):
+  """Runs the test with the kernels lowered to one instruction set (skipped where the CPU lacks
+  it), then restores the best."""
+  if request.param not in _supported_isas():
+    pytest.skip(f"this CPU (or build) has no {request.param} kernel path")
+  best = kernels.isa()
+  assert kernels.set_isa(request.param) == request.param
+  yield request.param
+  kernels.set_isa(best)
+
+
+def test_set_isa_rejects_an_unknown_name():
+  if not kernels.available():
+    pytest.skip("no kernels")
+  with pytest.raises(ValueError, match=r"^isa: unknown instruction set 'sse'; expected one of "
+                     r"generic, avx2, avx512$"):
+    kernels.set_isa("sse")
+
+
 def _mlp_args(key, batch, rows, features, hidden):
   ks = jax.random.split(key, 7)
   h1, h2 = hidden
@@ -34,12 +63,12 @@ def _mlp_args(key, batch, rows, features, hidden):
 
 
 @pytest.mark.parametrize("batch, rows, features, hidden", [
-    ((), 37, 8, (32, 32)),        # AVX-512 path with a remainder block
+    ((), 37, 8, (32, 32)),        # vector paths with a remainder block
     ((3,), 64, 8, (32, 32)),
     ((2, 2), 19, 28, (4, 4)),     # portable path (AdafacMLPLOpt's sizes)
     ((), 5, 12, (16, 24)),
 ])
-def test_per_parameter_mlp_matches_reference(batch, rows, features, hidden):
+def test_per_parameter_mlp_matches_reference(batch, rows, features, hidden, isa):
   args = _mlp_args(jax.random.key(rows), batch, rows, features, hidden)
   kw = {"exp_mult": 1e-3, "step_mult": 1e-3}
   got = jax.jit(lambda *a: kernels.per_parameter_mlp(*a, **kw))(*args)
@@ -62,7 +91,7 @@ def _lopt_args(key, batch, K=6):
 
 
 @pytest.mark.parametrize("batch", [(), (4,)])
-def test_mlp_lopt_update_matches_reference(batch):
+def test_mlp_lopt_update_matches_reference(batch, isa):
   args = _lopt_args(jax.random.key(1), batch)
   kw = {"offsets": OFFSETS, "exp_mult": 1e-3, "step_mult": 1e-3}
   (step, m_new) = jax.jit(lambda *a: kernels.mlp_lopt_update(*a, **kw))(*args)
@@ -71,7 +100,7 @@ def test_mlp_lopt_update_matches_reference(batch):
   _close(step, step_ref)
 
 
-def test_nested_vmap_matches_reference():
+def test_nested_vmap_matches_reference(isa):
   args = _lopt_args(jax.random.key(2), (3, 2))
   kw = {"offsets": OFFSETS, "exp_mult": 1e-3, "step_mult": 1e-3}
   f = lambda *a: kernels.mlp_lopt_update(*a, **kw)[0]

@@ -7,9 +7,10 @@
 
 On CPU it runs ``per_parameter_mlp.cc``: all three layers over blocks of rows held in registers
 (XLA's own matmuls run these thin shapes, K = 8..32 and N = 2..32, at a small fraction of the
-machine's peak). Everywhere else (GPU, TPU) and when the kernel is unavailable it runs the same
-arithmetic in plain JAX (:func:`per_parameter_mlp_reference`). Derivatives (for truncated
-backprop through the optimizer) come from the reference, through ``jax.custom_jvp``.
+machine's peak), with AVX-512 or AVX2 + FMA code where the CPU has it (:func:`isa`). Everywhere
+else (GPU, TPU) and when the kernel is unavailable it runs the same arithmetic in plain JAX
+(:func:`per_parameter_mlp_reference`). Derivatives (for truncated backprop through the
+optimizer) come from the reference, through ``jax.custom_jvp``.
 
 The kernel is compiled once per machine, at first use, with the system's C++ compiler (``$CXX``
 or ``c++``) into ``$LOPT_META_CACHE_DIR`` (default ``~/.cache/lopt_meta``). Without a compiler, or
@@ -35,6 +36,8 @@ import numpy as np
 
 _SOURCE = Path(__file__).with_name("per_parameter_mlp.cc")
 _lock = threading.Lock()
+_library: list[ctypes.CDLL] = []  # the loaded kernel library, once built
+ISAS = ("generic", "avx2", "avx512")  # instruction-set levels of the kernel, lowest first
 
 
 def cache_dir() -> Path:
@@ -80,6 +83,7 @@ def available() -> bool:
   with _lock:
     try:
       library = ctypes.CDLL(str(_build()))
+      _library.append(library)
       for target, symbol in ((_DENSE, "LoptPerParameterMlp"), (_LOPT, "LoptMlpLoptUpdate")):
         jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(library, symbol)),
                                     platform="cpu")
@@ -88,6 +92,30 @@ def available() -> bool:
       warnings.warn(f"lopt_meta: fused CPU kernel unavailable ({error}); using the plain JAX "
                     "per-parameter MLP (slower on CPU)", stacklevel=2)
       return False
+
+
+def isa() -> str:
+  """The instruction set the CPU kernels run with, one of :data:`ISAS`: the best this CPU has
+  (``avx512``, else ``avx2`` with FMA, else the portable ``generic`` loop) unless lowered with
+  :func:`set_isa`. (The vector paths cover hidden sizes 32 x 32, MLPLOpt's; other sizes always
+  take the portable loop.)"""
+  return ISAS[_kernel_library().LoptIsa()]
+
+
+def set_isa(name: str) -> str:
+  """Lowers (or restores) the instruction set of the CPU kernels, for tests and comparisons:
+  ``name`` in :data:`ISAS`, capped at what the CPU has. Takes effect for every kernel call from
+  then on, compiled or not. Returns the level now in use."""
+  if name not in ISAS:
+    raise ValueError(f"isa: unknown instruction set {name!r}; expected one of {', '.join(ISAS)}")
+  return ISAS[_kernel_library().LoptSetIsa(ISAS.index(name))]
+
+
+def _kernel_library() -> ctypes.CDLL:
+  if not available():
+    raise RuntimeError("the fused CPU kernels are unavailable (no C++ compiler, a failed build, "
+                       "or LOPT_META_KERNELS=0)")
+  return _library[0]
 
 
 def per_parameter_mlp_reference(x, c, w1, w2, b2, w3, b3, *, exp_mult: float, step_mult: float):

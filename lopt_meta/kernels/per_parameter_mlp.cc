@@ -15,8 +15,8 @@
 //    m [B, K, R]) and takes each tensor's second moments of [g, p, m'_1..m'_K]; phase 2 folds the
 //    resulting normalizer scales into a per-tensor copy of w1 and feeds the features straight from
 //    g, p and m', so no [R, F] feature matrix is ever written to memory.
-// The AVX-512 code covers H1 = H2 = 32; other shapes and CPUs without AVX-512 take a portable
-// loop with the same arithmetic. Python uses these kernels only on CPU, where they are registered.
+// The AVX-512 and AVX2 + FMA code covers H1 = H2 = 32 (the best the CPU has is chosen at load
+// time); other shapes and other CPUs take a portable loop with the same arithmetic. Python uses these kernels only on CPU, where they are registered.
 
 #include <algorithm>
 #include <atomic>
@@ -191,13 +191,130 @@ void MomentaAvx512(const float* g, const float* p, const float* m, float* m_new,
     sums[k + 2] += total;
   }
 }
+bool HasAvx2() {
+  static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return has;
+}
+
+__attribute__((target("avx2,fma")))
+float HorizontalSum(__m256 v) {
+  const __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  const __m128 t = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  return _mm_cvtss_f32(_mm_add_ss(t, _mm_shuffle_ps(t, t, 1)));
+}
+
+// AVX2 + FMA path for H1 = H2 = 32 (CPUs without AVX-512): blocks of 3 rows, each row's 32
+// activations in 4 registers (12 accumulators of the 16 registers).
+__attribute__((target("avx2,fma")))
+void RowsAvx2(const Net& n, const Columns& x, int64_t r0, int64_t r1, float* out) {
+  constexpr int kRows = 3, kRegs = 4;
+  const int64_t F = n.features;
+  alignas(32) float h1[kRows][32];
+  int64_t r = r0;
+  for (; r + kRows <= r1; r += kRows) {
+    __m256 acc[kRows][kRegs];
+    for (int i = 0; i < kRows; ++i)
+      for (int q = 0; q < kRegs; ++q) acc[i][q] = _mm256_loadu_ps(n.c + 8 * q);
+    for (int64_t k = 0; k < F; ++k) {
+      const float* wk = n.w1 + k * 32;
+      const float* col = x.feature[k] + r * x.stride;
+      __m256 xv[kRows];
+      for (int i = 0; i < kRows; ++i) xv[i] = _mm256_set1_ps(col[i * x.stride]);
+      for (int q = 0; q < kRegs; ++q) {
+        const __m256 w = _mm256_loadu_ps(wk + 8 * q);
+        for (int i = 0; i < kRows; ++i) acc[i][q] = _mm256_fmadd_ps(xv[i], w, acc[i][q]);
+      }
+    }
+    const __m256 zero = _mm256_setzero_ps();
+    for (int i = 0; i < kRows; ++i)
+      for (int q = 0; q < kRegs; ++q) {
+        _mm256_store_ps(h1[i] + 8 * q, _mm256_max_ps(acc[i][q], zero));
+        acc[i][q] = _mm256_loadu_ps(n.b2 + 8 * q);
+      }
+    for (int k = 0; k < 32; ++k) {
+      const float* wk = n.w2 + k * 32;
+      __m256 hv[kRows];
+      for (int i = 0; i < kRows; ++i) hv[i] = _mm256_set1_ps(h1[i][k]);
+      for (int q = 0; q < kRegs; ++q) {
+        const __m256 w = _mm256_loadu_ps(wk + 8 * q);
+        for (int i = 0; i < kRows; ++i) acc[i][q] = _mm256_fmadd_ps(hv[i], w, acc[i][q]);
+      }
+    }
+    alignas(32) float w3d[32], w3m[32];
+    for (int k = 0; k < 32; ++k) { w3d[k] = n.w3[2 * k]; w3m[k] = n.w3[2 * k + 1]; }
+    for (int i = 0; i < kRows; ++i) {
+      __m256 d = _mm256_setzero_ps(), m = _mm256_setzero_ps();
+      for (int q = 0; q < kRegs; ++q) {
+        const __m256 h = _mm256_max_ps(acc[i][q], zero);
+        d = _mm256_fmadd_ps(h, _mm256_load_ps(w3d + 8 * q), d);
+        m = _mm256_fmadd_ps(h, _mm256_load_ps(w3m + 8 * q), m);
+      }
+      out[r + i] = Finish(n, HorizontalSum(d) + n.b3[0], HorizontalSum(m) + n.b3[1]);
+    }
+  }
+  if (r < r1) RowsGeneric(n, x, r, r1, out);
+}
+
+__attribute__((target("avx2,fma")))
+double SumSquaresAvx2(const float* v, int64_t r0, int64_t r1) {
+  __m256 acc = _mm256_setzero_ps();
+  int64_t r = r0;
+  for (; r + 8 <= r1; r += 8) {
+    const __m256 x = _mm256_loadu_ps(v + r);
+    acc = _mm256_fmadd_ps(x, x, acc);
+  }
+  double total = HorizontalSum(acc);
+  for (; r < r1; ++r) total += double(v[r]) * v[r];
+  return total;
+}
+
+__attribute__((target("avx2,fma")))
+void MomentaAvx2(const float* g, const float* p, const float* m, float* m_new, int64_t R,
+                 const float* decays, int64_t K, int64_t r0, int64_t r1, double* sums) {
+  sums[0] += SumSquaresAvx2(g, r0, r1);
+  sums[1] += SumSquaresAvx2(p, r0, r1);
+  for (int64_t k = 0; k < K; ++k) {
+    const float* mk = m + k * R;
+    float* nk = m_new + k * R;
+    const __m256 d = _mm256_set1_ps(decays[k]), e = _mm256_set1_ps(1.0f - decays[k]);
+    __m256 acc = _mm256_setzero_ps();
+    int64_t r = r0;
+    for (; r + 8 <= r1; r += 8) {
+      const __m256 v = _mm256_fmadd_ps(d, _mm256_loadu_ps(mk + r),
+                                       _mm256_mul_ps(e, _mm256_loadu_ps(g + r)));
+      _mm256_storeu_ps(nk + r, v);
+      acc = _mm256_fmadd_ps(v, v, acc);
+    }
+    double total = HorizontalSum(acc);
+    for (; r < r1; ++r) {
+      const float v = decays[k] * mk[r] + (1.0f - decays[k]) * g[r];
+      nk[r] = v;
+      total += double(v) * v;
+    }
+    sums[k + 2] += total;
+  }
+}
 #endif
+
+// The instruction set the kernels use: the best this CPU has, unless lowered with LoptSetIsa.
+enum Isa : int { kGeneric = 0, kAvx2 = 1, kAvx512 = 2 };
+
+int BestIsa() {
+#if defined(__x86_64__)
+  if (HasAvx512()) return kAvx512;
+  if (HasAvx2()) return kAvx2;
+#endif
+  return kGeneric;
+}
+
+std::atomic<int> isa_in_use{BestIsa()};
 
 void Rows(const Net& n, const Columns& x, int64_t r0, int64_t r1, float* out) {
 #if defined(__x86_64__)
-  if (n.hidden1 == 32 && n.hidden2 == 32 && HasAvx512()) {
-    RowsAvx512(n, x, r0, r1, out);
-    return;
+  if (n.hidden1 == 32 && n.hidden2 == 32) {
+    const int isa = isa_in_use.load(std::memory_order_relaxed);
+    if (isa == kAvx512) return RowsAvx512(n, x, r0, r1, out);
+    if (isa == kAvx2) return RowsAvx2(n, x, r0, r1, out);
   }
 #endif
   RowsGeneric(n, x, r0, r1, out);
@@ -206,10 +323,9 @@ void Rows(const Net& n, const Columns& x, int64_t r0, int64_t r1, float* out) {
 void Momenta(const float* g, const float* p, const float* m, float* m_new, int64_t R,
              const float* decays, int64_t K, int64_t r0, int64_t r1, double* sums) {
 #if defined(__x86_64__)
-  if (HasAvx512()) {
-    MomentaAvx512(g, p, m, m_new, R, decays, K, r0, r1, sums);
-    return;
-  }
+  const int isa = isa_in_use.load(std::memory_order_relaxed);
+  if (isa == kAvx512) return MomentaAvx512(g, p, m, m_new, R, decays, K, r0, r1, sums);
+  if (isa == kAvx2) return MomentaAvx2(g, p, m, m_new, R, decays, K, r0, r1, sums);
 #endif
   for (int64_t r = r0; r < r1; ++r) {
     sums[0] += double(g[r]) * g[r];
@@ -371,6 +487,15 @@ ffi::Error Lopt(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> g, ffi::Buffer<ffi::
 }
 
 }  // namespace
+
+// The instruction set the kernels use (0: portable loop, 1: AVX2 + FMA, 2: AVX-512), for tests and
+// comparisons. LoptSetIsa lowers it to at most what the CPU has and returns the level now in use.
+extern "C" int LoptIsa() { return isa_in_use.load(); }
+extern "C" int LoptSetIsa(int isa) {
+  const int level = std::max(0, std::min(isa, BestIsa()));
+  isa_in_use.store(level);
+  return level;
+}
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(LoptPerParameterMlp, Dense,
                               ffi::Ffi::Bind()
