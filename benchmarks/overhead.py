@@ -3,8 +3,8 @@
 For each system: one ``NRES.estimate`` window (W steps over N particles: noise, pairing, episode
 resets, credit, masking, metrics) against a plain rollout of the same N particles for the same W
 steps at fixed theta (``vmap`` over particles of ``scan`` over steps, per-step keys derived the
-same way, with the same fused threefry of :mod:`meta_train.keys`, losses returned). Both are timed two ways, medians of interleaved repetitions in one
-process:
+same way, with the same fused threefry of :mod:`meta_train.keys`, losses returned). Both are
+timed two ways, medians of interleaved repetitions in one process:
 
 * ``in_loop`` (the figure the target applies to): ``K`` consecutive windows inside one compiled
   ``lax.scan``, per window. This is how the trainer runs estimates (compiled chunks of outer

@@ -209,6 +209,9 @@ __attribute__((target("avx2,fma")))
 void RowsAvx2(const Net& n, const Columns& x, int64_t r0, int64_t r1, float* out) {
   constexpr int kRows = 3, kRegs = 4;
   const int64_t F = n.features;
+  alignas(32) float w3d[32], w3m[32];
+  for (int k = 0; k < 32; ++k) { w3d[k] = n.w3[2 * k]; w3m[k] = n.w3[2 * k + 1]; }
+  const __m256 zero = _mm256_setzero_ps();
   alignas(32) float h1[kRows][32];
   int64_t r = r0;
   for (; r + kRows <= r1; r += kRows) {
@@ -225,7 +228,6 @@ void RowsAvx2(const Net& n, const Columns& x, int64_t r0, int64_t r1, float* out
         for (int i = 0; i < kRows; ++i) acc[i][q] = _mm256_fmadd_ps(xv[i], w, acc[i][q]);
       }
     }
-    const __m256 zero = _mm256_setzero_ps();
     for (int i = 0; i < kRows; ++i)
       for (int q = 0; q < kRegs; ++q) {
         _mm256_store_ps(h1[i] + 8 * q, _mm256_max_ps(acc[i][q], zero));
@@ -240,8 +242,6 @@ void RowsAvx2(const Net& n, const Columns& x, int64_t r0, int64_t r1, float* out
         for (int i = 0; i < kRows; ++i) acc[i][q] = _mm256_fmadd_ps(hv[i], w, acc[i][q]);
       }
     }
-    alignas(32) float w3d[32], w3m[32];
-    for (int k = 0; k < 32; ++k) { w3d[k] = n.w3[2 * k]; w3m[k] = n.w3[2 * k + 1]; }
     for (int i = 0; i < kRows; ++i) {
       __m256 d = _mm256_setzero_ps(), m = _mm256_setzero_ps();
       for (int q = 0; q < kRegs; ++q) {
