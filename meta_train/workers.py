@@ -271,7 +271,7 @@ def run_window(system: UnrolledSystem, theta: PyTree, ws: WorkerState, key: jax.
                      f"({system.shortest_episode} steps)")
   if theta_per_pair and schedule is not None:
     raise ValueError("theta_per_pair is for noise-free rollouts (truncated backprop)")
-  pair_keys = keys_lib.split(key, ws.t.shape[0])  # global: the same with or without a mesh
+  pair_keys = _materialize(keys_lib.split(key, ws.t.shape[0]))  # global: with or without a mesh
   local = functools.partial(_run_window_local, system, num_steps=num_steps, signs=signs,
                             sigma=sigma, schedule=schedule, theta_per_pair=theta_per_pair,
                             estimate_grad=estimate_grad)
@@ -285,13 +285,55 @@ def run_window(system: UnrolledSystem, theta: PyTree, ws: WorkerState, key: jax.
   return mapped(theta, ws, pair_keys, active_steps)
 
 
+def _materialize(tree: PyTree) -> PyTree:
+  """``tree``, computed once by kernels of its own. Keys and noise are chains of threefry hashes;
+  fused into their consumers, XLA recomputes the chain per consumed element (several times the
+  cost: a Lorenz window's noise went from about 6 to 27 microseconds on CPU)."""
+  return jax.lax.optimization_barrier(tree)
+
+
 def _run_window_local(system, theta, ws, pair_keys, active_steps, *, num_steps, signs, sigma,
                       schedule, theta_per_pair, estimate_grad):
   """:func:`run_window` on the pairs of one device (all of them, without a mesh)."""
   W = num_steps
-  es = (estimate_grad and schedule is not None and len(signs) >= 2
+  num_pairs, num_branches = ws.t.shape[0], len(signs)
+  es = (estimate_grad and schedule is not None and num_branches >= 2
         and tuple(signs[:2]) == (1.0, -1.0))
   signs_arr = jnp.asarray(signs, jnp.float32)
+
+  # Inside the scans the P pairs x S branches run as one flat batch of P * S particles (leaves
+  # [P * S, ...]; the reshapes are free): a step then sees the shapes a plain vmapped rollout of
+  # N particles sees, and XLA emits the same kernels for it (a nested [P, S, ...] batch made it
+  # emit slower loops for small per-particle states: toy2d steps cost twice a plain rollout's).
+  def flat(tree):  # [P, S, ...] -> [P * S, ...]
+    return jax.tree.map(lambda x: x.reshape((-1,) + x.shape[2:]), tree)
+
+  def unflat(tree):  # [P * S, ...] -> [P, S, ...]
+    return jax.tree.map(lambda x: x.reshape((num_pairs, num_branches) + x.shape[1:]), tree)
+
+  def per_particle(tree):  # [P, ...] -> [P * S, ...], each pair's row repeated for its branches
+    return jax.tree.map(
+        lambda a: jnp.broadcast_to(a[:, None], (a.shape[0], num_branches) + a.shape[1:])
+        .reshape((-1,) + a.shape[1:]), tree)
+
+  def perturbed(eps, axis):  # theta + signs[s] * eps, the branches inserted at `axis` of eps
+    def one(th, e):
+      e = jnp.expand_dims(e, axis)
+      return th + signs_arr.reshape((1,) * axis + (-1,) + (1,) * (e.ndim - axis - 1)) * e
+    return jax.tree.map(one, theta, eps)
+
+  def stepped(th, th_axis, states, j):  # every particle (flat states) takes step j
+    keys = per_particle(pair_step_key(pair_keys, j, STEP))  # both branches: the pair's key
+    new_states, losses = jax.vmap(system.step, in_axes=(th_axis, 0, 0))(th, states, keys)
+    return new_states, losses.astype(jnp.float32).reshape(num_pairs, num_branches)
+
+  def stepped_nested(th, th_axes, states, j):  # the same on states [P, S, ...]
+    def pair_step(th_i, states_i, key_i):
+      return jax.vmap(lambda th_b, s: system.step(th_b, s, key_i),
+                      in_axes=(th_axes[1], 0))(th_i, states_i)
+    new_states, losses = jax.vmap(pair_step, in_axes=(th_axes[0], 0, 0))(
+        th, states, pair_step_key(pair_keys, j, STEP))
+    return new_states, losses.astype(jnp.float32)
 
   # ---- The window's events, per pair, in closed form before the scan. ----
   end = (jnp.full_like(ws.t, W) if active_steps is None
@@ -308,133 +350,168 @@ def _run_window_local(system, theta, ws, pair_keys, active_steps, *, num_steps, 
   # episode take theirs; see the scans below).
   fresh = jax.vmap(system.init)(pair_step_key(pair_keys, start, RESET))
   fresh_length = jax.vmap(system.length_of)(fresh)
+  # The steps at which pairs draw noise ([P, M], see _draw_steps): needed up front only to tell
+  # whether GPES_K's block draws all fall on the window's first step.
+  draws = None
+  if schedule is not None and schedule.block is not None:
+    draws = _draw_steps(ws.t, start, end, W, schedule)
 
-  # Perturbed theta of each pair and branch in each noise segment: leaves [P, E, S, ...]. Segment
-  # 0 carries on from the previous window; draw e (at step draws[:, e - 1]) opens segment e.
-  draws = theta_rows = credit_table = None
-  if schedule is not None:
-    draws = _draw_steps(ws.t, start, end, W, schedule)  # [P, M]
-    fresh_eps = sample_noise(pair_step_key(pair_keys[:, None], draws, NOISE), theta, sigma)
-    eps_table = jax.tree.map(lambda old, new: jnp.concatenate([old[:, None], new], axis=1),
-                             ws.eps, fresh_eps)
-    if schedule.accumulate:  # the episode's noise so far, restarted at the episode start
-      rows = [ws.xi]
-      for e in range(draws.shape[1]):
-        new = jax.tree.map(lambda x: x[:, e], fresh_eps)
-        rows.append(tree_lib.where_leading(draws[:, e] == start, new,
-                                           jax.tree.map(jnp.add, rows[-1], new)))
-      credit_table = jax.tree.map(lambda *xs: jnp.stack(xs, axis=1), *rows)
-    else:
-      credit_table = eps_table
-    theta_rows = jax.tree.map(
-        lambda th, e: th + signs_arr.reshape((1, 1, -1) + (1,) * (e.ndim - 2)) * e[:, :, None],
-        theta, eps_table)
+  def run_scan(states, th, th_axis, num_segments, *, theta_of=None, nested=False,
+               valid_of=None, seg_of=None):
+    """``W`` steps, and what the window sums per pair.
 
-  def segment(j):  # [P]: the noise segment of step j (draws are ascending)
-    return jnp.sum(j[..., None] >= draws, axis=-1, dtype=jnp.int32)
+    Args:
+      states: the particles' states before step 0: flat ``[P * S, ...]``, or with ``nested``
+        ``[P, S, ...]``.
+      th, th_axis: theta for every step, and its vmap axis (with ``nested``, the axes over pairs
+        and over branches); or, with ``theta_of``, theta of step ``j`` is ``theta_of(j)``.
+      num_segments: the noise segments of the window.
+      nested: the events form: per-step selects (fused into the step) start episodes where
+        they fall (pair ``i`` at step ``start[i]``). Its states are carried ``[P, S, ...]``: of
+        the layouts tried this one ran the Lorenz events form fastest (flat states, selected
+        against the fresh states, were laid out particle-major and transposed by every step;
+        selects applied to a step's outputs for the next step did no better).
+      valid_of, seg_of: for the steps ``j: [W, 1]``, which pairs' steps count (``[W, P]``;
+        ``None``: all) and their noise segments (``[W, P]``; needed with several segments).
 
-  def theta_at(j):  # theta of every branch of every pair at step j, and its vmap axis
-    if schedule is not None:
-      return _select(segment(j), theta_rows), 0
-    return theta, (0 if theta_per_pair else None)
+    Returns the new states and the sums ``[Q, P]``: valid steps, then the loss of each branch,
+    then (ES) ``dl = L+ - L-`` in the row of the step's noise segment. The scan stores each
+    step's losses (``[W, P, S]``, as a plain rollout stores its own) and the sums are one
+    product after it: added step by step instead, XLA fuses the loss into the sums, whose every
+    row reads it, and recomputes each particle's step per row; and on CPU a reduction over the
+    leading axis runs several times slower than the product.
+    """
+    segments = num_segments if es else 0
+    step_fn = stepped_nested if nested else stepped
+    if nested:
+      fresh_branches = tree_lib.expand_axis(fresh, 1, num_branches)
 
-  def stepped(th, th_axis, states, j):  # every branch of every pair takes step j
-    def pair_step(th_i, states_i, key_i):
-      def branch(th_b, s):
-        return system.step(th_b, s, key_i)
-      return jax.vmap(branch, in_axes=(0 if schedule is not None else None, 0))(th_i, states_i)
-    new_states, losses = jax.vmap(pair_step, in_axes=(th_axis, 0, 0))(
-        th, states, pair_step_key(pair_keys, j, STEP))
-    return new_states, losses.astype(jnp.float32)
+    def body(carry, _):
+      states, j = carry
+      if nested:
+        states = tree_lib.where_leading(j == start, fresh_branches, states)
+      new_states, losses = step_fn(th if theta_of is None else theta_of(j), th_axis, states, j)
+      if active_steps is not None:  # inactive pairs stay exactly where they were
+        new_states = tree_lib.where_leading(j >= end, states, new_states)
+      return (new_states, j + 1), losses
+    # The step counter rides in the carry: read from a scanned array, it would be sliced inside
+    # every fused step kernel.
+    (states, _), losses = jax.lax.scan(body, (states, jnp.int32(0)), None, length=W)
 
-  fresh_branches = tree_lib.expand_axis(fresh, 1, len(signs))
+    j = jnp.arange(W, dtype=jnp.int32)[:, None]  # [W, 1]
+    finite = valid_of(j) if valid_of is not None else jnp.ones((W, num_pairs), bool)
+    for b in range(num_branches):  # an explicit & over branches fuses where a reduction would not
+      finite = finite & jnp.isfinite(losses[..., b])
+    safe = jnp.where(finite[..., None], losses, 0.0)  # [W, P, S]
+    rows = [finite.astype(jnp.float32)] + [safe[..., b] for b in range(num_branches)]
+    if segments == 1:
+      rows.append(safe[..., 0] - safe[..., 1])
+    elif segments > 1:
+      dl, seg = safe[..., 0] - safe[..., 1], seg_of(j)
+      rows += [jnp.where(seg == e, dl, 0.0) for e in range(segments)]
+    table = jnp.stack(rows, axis=1).reshape(W, -1)  # [W, Q * P]
+    sums = jnp.matmul(jnp.ones((W,), jnp.float32), table, precision=jax.lax.Precision.HIGHEST)
+    return states, sums.reshape(len(rows), num_pairs)
 
-  # What the window sums per pair, accumulated step by step in one [Q, P] array (each step adds
-  # one row per quantity, in the kernel that computes its losses; the [W, P, S] losses are never
-  # stored, and no reduction over steps runs after the scan): valid steps, then the loss of each
-  # branch, then (ES) dl = L+ - L- in the column of the step's noise segment.
-  num_branches = len(signs)
-  num_segments = draws.shape[1] + 1 if es else 0
-
-  def accumulate(acc, losses, valid, seg):
-    finite = valid  # [P]; an explicit & over branches fuses where a reduction would not
-    for b in range(num_branches):
-      finite = finite & jnp.isfinite(losses[:, b])
-    safe = jnp.where(finite[:, None], losses, 0.0)  # [P, S]
-    rows = [finite.astype(jnp.float32)] + [safe[:, b] for b in range(num_branches)]
-    if es:
-      dl = safe[:, 0] - safe[:, 1]
-      rows += [jnp.where(seg == e, dl, 0.0) for e in range(num_segments)]
-    return acc + jnp.stack(rows)
-
-  acc0 = jnp.zeros((1 + num_branches + num_segments, ws.t.shape[0]), jnp.float32)
-
-  def totals(acc):
-    """``(count, loss_sum, gsum)`` from the accumulated sums. Computed inside each form below:
-    the credit (fresh noise) then reaches it as a materialized operand, where XLA would
-    otherwise fuse the noise draw into every consumer of gsum and recompute it per element."""
+  def totals(acc, credits):
+    """``(count, loss_sum, gsum)`` from the accumulated sums; ``credits`` are the segments'
+    credits (theta-like, leaves ``[P, ...]``). Computed inside each form below: the credit (fresh
+    noise) then reaches it as a materialized operand."""
     count = acc[0].astype(jnp.int32)  # float sums of 0/1 steps: exact
     loss_sum = acc[1:1 + num_branches].T  # [P, S]
     gsum = None
     if es:  # sum_t dl_t * credit_t = sum over segments of (the segment's dl sum) * its credit
       dl_seg = acc[1 + num_branches:]  # [E, P]
       gsum = jax.tree.map(
-          lambda c: sum(dl_seg[e].reshape((-1,) + (1,) * (c.ndim - 2)) * c[:, e]
-                        for e in range(num_segments)), credit_table)
+          lambda *cs: sum(dl_seg[e].reshape((-1,) + (1,) * (c.ndim - 1)) * c
+                          for e, c in enumerate(cs)), *credits)
     return count, loss_sum, gsum
 
-  # ---- The scan, in one of two forms. The step counter rides in the carry: read from a scanned
-  # array, it would be sliced inside every fused step kernel. ----
+  # ---- The scan, in one of two forms. ----
   def scan_events_anywhere(states):
-    """Events on any step: per-step selects (fused into the step) start episodes and switch
-    noise where they fall."""
-    def body(carry, _):
-      states, j, acc = carry
-      states = tree_lib.where_leading(j == start, fresh_branches, states)
-      new_states, losses = stepped(*theta_at(j), states, j)
-      if active_steps is not None:  # inactive pairs stay exactly where they were
-        new_states = tree_lib.where_leading(j < end, new_states, states)
-      seg = segment(j) if es else None
-      return (new_states, j + 1, accumulate(acc, losses, j < end, seg)), None
-    (states, _, acc), _ = jax.lax.scan(body, (states, jnp.int32(0), acc0), None, length=W)
-    return states, totals(acc)
+    """Events on any step. Everything about the window's noise is tabulated first: each pair's
+    draws, their noise, and the *segments* between them (stretches of constant noise; segment 0
+    carries on from the previous window, draw e opens segment e + 1), with each segment's
+    perturbed theta and credit. Per-step selects (fused into the step) then start episodes and
+    switch segments where they fall."""
+    if schedule is None:
+      states, acc = run_scan(states, theta, (0 if theta_per_pair else None, None), 0,
+                             nested=True, valid_of=lambda j: j < end)
+      count, loss_sum, gsum = totals(acc, [])
+      return states, count, loss_sum, gsum, ws.eps, ws.xi
+
+    steps = draws if draws is not None else _draw_steps(ws.t, start, end, W, schedule)  # [P, M]
+    fresh_eps = _materialize(
+        sample_noise(pair_step_key(pair_keys[:, None], steps, NOISE), theta, sigma))
+    eps_table = jax.tree.map(lambda old, new: jnp.concatenate([old[:, None], new], axis=1),
+                             ws.eps, fresh_eps)  # [P, E, ...]
+    if schedule.accumulate:  # the episode's noise so far, restarted at the episode start
+      rows = [ws.xi]
+      for e in range(steps.shape[1]):
+        new = jax.tree.map(lambda x: x[:, e], fresh_eps)
+        rows.append(tree_lib.where_leading(steps[:, e] == start, new,
+                                           jax.tree.map(jnp.add, rows[-1], new)))
+      credit_table = jax.tree.map(lambda *xs: jnp.stack(xs, axis=1), *rows)
+    else:
+      credit_table = eps_table
+    theta_rows = perturbed(eps_table, 2)  # [P, E, S, ...]
+    num_segments = steps.shape[1] + 1
+
+    def segment(j):  # [P] for one step j, [W, P] for j: [W, 1]: its noise segment per pair
+      return jnp.sum(jnp.expand_dims(j, -1) >= steps, axis=-1, dtype=jnp.int32)
+
+    states, acc = run_scan(states, None, (0, 0), num_segments,
+                           theta_of=lambda j: _select(segment(j), theta_rows),
+                           nested=True, valid_of=lambda j: j < end, seg_of=segment)
+    credits = [jax.tree.map(lambda c, e=e: c[:, e], credit_table) for e in range(num_segments)]
+    count, loss_sum, gsum = totals(acc, credits)
+    last = jnp.sum(steps < W, axis=1, dtype=jnp.int32)  # the segment in use after the window
+    eps = _select(last, eps_table)
+    xi = _select(last, credit_table) if schedule.accumulate else ws.xi
+    return states, count, loss_sum, gsum, eps, xi
 
   def scan_events_at_start(states):
     """Every event is on the window's first step (no pair straddles an episode boundary inside
-    it): applied once before the scan, whose steps then run with a loop-invariant theta per pair
-    and no selects, as a plain rollout does (XLA hoists what depends on theta alone)."""
-    states = tree_lib.where_leading(start == 0, fresh_branches, states)
-    th, th_axis = theta_at(jnp.int32(0))
-    seg = segment(jnp.int32(0)) if es else None  # one segment for the whole window
-    valid = jnp.ones_like(start, bool)
-
-    def body(carry, _):
-      states, j, acc = carry
-      new_states, losses = stepped(th, th_axis, states, j)
-      return (new_states, j + 1, accumulate(acc, losses, valid, seg)), None
-    (states, _, acc), _ = jax.lax.scan(body, (states, jnp.int32(0), acc0), None, length=W)
-    return states, totals(acc)
+    it): applied once before the scan, whose steps then run with a loop-invariant theta per
+    particle and no selects, as a plain rollout does (XLA hoists what depends on theta alone).
+    Only the noise of step 0 is drawn (one vector per pair), no segment table is built."""
+    states = flat(tree_lib.where_leading(start == 0, tree_lib.expand_axis(fresh, 1, num_branches),
+                                         states))
+    eps, xi, credits = ws.eps, ws.xi, []
+    if schedule is None:
+      th, th_axis = ((per_particle(theta), 0) if theta_per_pair else (theta, None))
+    else:
+      if draws is not None:
+        draw0 = jnp.any(draws == 0, axis=1)
+      elif schedule.every_window:
+        draw0 = jnp.ones_like(began)
+      else:
+        draw0 = start == 0
+      new = _materialize(sample_noise(pair_step_key(pair_keys, 0, NOISE), theta, sigma))
+      eps = tree_lib.where_leading(draw0, new, ws.eps)
+      if schedule.accumulate:
+        restarted = tree_lib.where_leading(start == 0, new, jax.tree.map(jnp.add, ws.xi, new))
+        xi = tree_lib.where_leading(draw0, restarted, ws.xi)
+      credits = [xi if schedule.accumulate else eps]
+      th, th_axis = flat(perturbed(eps, 1)), 0
+    states, acc = run_scan(states, th, th_axis, 1)
+    count, loss_sum, gsum = totals(acc, credits)
+    return unflat(states), count, loss_sum, gsum, eps, xi
 
   if active_steps is None:  # a window as the estimators run it: take the fast form when it applies
-    states, (count, loss_sum, gsum) = jax.lax.cond(
+    states, count, loss_sum, gsum, eps, xi = jax.lax.cond(
         events_at_start_only(start, draws, W), scan_events_at_start, scan_events_anywhere,
         ws.states)
   else:  # a burn-in: pairs stop at different steps
-    states, (count, loss_sum, gsum) = scan_events_anywhere(ws.states)
+    states, count, loss_sum, gsum, eps, xi = scan_events_anywhere(ws.states)
   nonfinite = end - count  # every step taken (j < end) is either finite or not
 
-  # ---- Close the window: positions, episode lengths, the noise now in use. ----
+  # ---- Close the window: positions, episode lengths. ----
   resets = began.astype(jnp.int32)
   length = jnp.where(began, fresh_length, ws.length)
   t = jnp.where(began, end - start, ws.t + end)
   if system.horizon is not None:
     t = jnp.where(t >= length, 0, t)
-  eps, xi = ws.eps, ws.xi
-  if schedule is not None:
-    last = jnp.sum(draws < W, axis=1, dtype=jnp.int32)  # the segment in use after the window
-    eps = _select(last, eps_table)
-    if schedule.accumulate:
-      xi = _select(last, credit_table)
   new_ws = ws.replace(states=states, t=t, eps=eps, xi=xi, episodes=ws.episodes + resets,
                       length=length)
   return new_ws, WindowOut(gsum=gsum, count=count, loss_sum=loss_sum, nonfinite=nonfinite,
