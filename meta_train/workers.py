@@ -375,11 +375,19 @@ def _run_window_local(system, theta, ws, pair_keys, active_steps, *, num_steps, 
         ``None``: all) and their noise segments (``[W, P]``; needed with several segments).
 
     Returns the new states and the sums ``[Q, P]``: valid steps, then the loss of each branch,
-    then (ES) ``dl = L+ - L-`` in the row of the step's noise segment. The scan stores each
-    step's losses (``[W, P, S]``, as a plain rollout stores its own) and the sums are one
-    product after it: added step by step instead, XLA fuses the loss into the sums, whose every
-    row reads it, and recomputes each particle's step per row; and on CPU a reduction over the
-    leading axis runs several times slower than the product.
+    then (ES) ``dl = L+ - L-`` of the steps of each noise segment.
+
+    How the sums are taken (each choice measured on CPU, where they decide the cost of a small
+    system's window): the scan stores each step's losses (``[W, P, S]``, in the kernel that
+    computes them, as a plain rollout stores its own); after it, one product sums them over the
+    steps and one more sums ``dl``, formed step by step from the table. When every loss sum is
+    finite so was every term, and a window with one noise segment is done; otherwise, and for
+    windows with several segments or pairs that stop early (a burn-in), masked and per-segment
+    sums are taken from the table (one pass, one product). Summed in the scan's carry instead,
+    XLA fused the loss into the sums, whose every row reads it, recomputing each particle's
+    step per row; storing ``dl`` beside the losses made every step's kernel interleave
+    columns, a third of a plain Lorenz step; and a reduction over the steps runs several times
+    slower than the product.
     """
     segments = num_segments if es else 0
     step_fn = stepped_nested if nested else stepped
@@ -396,22 +404,38 @@ def _run_window_local(system, theta, ws, pair_keys, active_steps, *, num_steps, 
       return (new_states, j + 1), losses
     # The step counter rides in the carry: read from a scanned array, it would be sliced inside
     # every fused step kernel.
-    (states, _), losses = jax.lax.scan(body, (states, jnp.int32(0)), None, length=W)
+    (states, _), losses = jax.lax.scan(body, (states, jnp.int32(0)), None, length=W)  # [W, P, S]
 
-    j = jnp.arange(W, dtype=jnp.int32)[:, None]  # [W, 1]
-    finite = valid_of(j) if valid_of is not None else jnp.ones((W, num_pairs), bool)
-    for b in range(num_branches):  # an explicit & over branches fuses where a reduction would not
-      finite = finite & jnp.isfinite(losses[..., b])
-    safe = jnp.where(finite[..., None], losses, 0.0)  # [W, P, S]
-    rows = [finite.astype(jnp.float32)] + [safe[..., b] for b in range(num_branches)]
-    if segments == 1:
-      rows.append(safe[..., 0] - safe[..., 1])
-    elif segments > 1:
-      dl, seg = safe[..., 0] - safe[..., 1], seg_of(j)
-      rows += [jnp.where(seg == e, dl, 0.0) for e in range(segments)]
-    table = jnp.stack(rows, axis=1).reshape(W, -1)  # [W, Q * P]
-    sums = jnp.matmul(jnp.ones((W,), jnp.float32), table, precision=jax.lax.Precision.HIGHEST)
-    return states, sums.reshape(len(rows), num_pairs)
+    def sum_steps(x):  # [W, P, ...] -> [P, ...], summed over the steps
+      flat_x = x.reshape(W, -1)
+      total = jnp.matmul(jnp.ones((W,), flat_x.dtype), flat_x,
+                         precision=jax.lax.Precision.HIGHEST)
+      return total.reshape(x.shape[1:])
+
+    def masked(_):
+      j = jnp.arange(W, dtype=jnp.int32)[:, None]  # [W, 1]
+      finite = valid_of(j) if valid_of is not None else jnp.ones((W, num_pairs), bool)
+      for b in range(num_branches):  # an explicit & over branches fuses where a reduction won't
+        finite = finite & jnp.isfinite(losses[..., b])
+      safe = jnp.where(finite[..., None], losses, 0.0)  # [W, P, S]
+      columns = [finite.astype(jnp.float32)[..., None], safe]
+      if segments == 1:
+        columns.append((safe[..., 0] - safe[..., 1])[..., None])
+      elif segments > 1:
+        dl, seg = safe[..., 0] - safe[..., 1], seg_of(j)  # [W, P]
+        columns += [jnp.where(seg == e, dl, 0.0)[..., None] for e in range(segments)]
+      return sum_steps(jnp.concatenate(columns, axis=-1)).T  # [Q, P]
+
+    if active_steps is not None or segments > 1:
+      return states, masked(None)
+    loss_sums = sum_steps(losses)  # [P, S]
+
+    def unmasked(_):
+      out = [jnp.full((num_pairs,), W, jnp.float32)] + [loss_sums[:, b] for b in range(num_branches)]
+      if segments:
+        out.append(sum_steps(losses[..., 0] - losses[..., 1]))
+      return jnp.stack(out)
+    return states, jax.lax.cond(jnp.all(jnp.isfinite(loss_sums)), unmasked, masked, None)
 
   def totals(acc, credits):
     """``(count, loss_sum, gsum)`` from the accumulated sums; ``credits`` are the segments'
@@ -426,6 +450,9 @@ def _run_window_local(system, theta, ws, pair_keys, active_steps, *, num_steps, 
           lambda *cs: sum(dl_seg[e].reshape((-1,) + (1,) * (c.ndim - 1)) * c
                           for e, c in enumerate(cs)), *credits)
     return count, loss_sum, gsum
+
+  def _flat_states(outs):
+    return (flat(outs[0]),) + tuple(outs[1:])
 
   # ---- The scan, in one of two forms. ----
   def scan_events_anywhere(states):
@@ -475,8 +502,7 @@ def _run_window_local(system, theta, ws, pair_keys, active_steps, *, num_steps, 
     it): applied once before the scan, whose steps then run with a loop-invariant theta per
     particle and no selects, as a plain rollout does (XLA hoists what depends on theta alone).
     Only the noise of step 0 is drawn (one vector per pair), no segment table is built."""
-    states = flat(tree_lib.where_leading(start == 0, tree_lib.expand_axis(fresh, 1, num_branches),
-                                         states))
+    states = tree_lib.where_leading(per_particle(start == 0), per_particle(fresh), states)
     eps, xi, credits = ws.eps, ws.xi, []
     if schedule is None:
       th, th_axis = ((per_particle(theta), 0) if theta_per_pair else (theta, None))
@@ -496,12 +522,13 @@ def _run_window_local(system, theta, ws, pair_keys, active_steps, *, num_steps, 
       th, th_axis = flat(perturbed(eps, 1)), 0
     states, acc = run_scan(states, th, th_axis, 1)
     count, loss_sum, gsum = totals(acc, credits)
-    return unflat(states), count, loss_sum, gsum, eps, xi
+    return states, count, loss_sum, gsum, eps, xi
 
   if active_steps is None:  # a window as the estimators run it: take the fast form when it applies
     states, count, loss_sum, gsum, eps, xi = jax.lax.cond(
-        events_at_start_only(start, draws, W), scan_events_at_start, scan_events_anywhere,
-        ws.states)
+        events_at_start_only(start, draws, W), scan_events_at_start,
+        lambda states: _flat_states(scan_events_anywhere(unflat(states))), flat(ws.states))
+    states = unflat(states)
   else:  # a burn-in: pairs stop at different steps
     states, count, loss_sum, gsum, eps, xi = scan_events_anywhere(ws.states)
   nonfinite = end - count  # every step taken (j < end) is either finite or not
