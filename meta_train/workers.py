@@ -19,33 +19,35 @@ Conventions (see DESIGN §2 and §6):
   branches of a pair use the same keys: the same initial state, the same data, common random
   numbers. (Computed by :mod:`meta_train.keys`: bit-identical to ``jax.random``, fused.)
 * Credit. Each pair carries ``credit``: the noise now in use (NRES, TES) or the sum of the
-  episode's noise blocks so far (PES, GPES_K). ``dl = L+_t - L-_t`` is summed per pair while the
-  credit is constant and multiplied by it once: the same sum as per step, at a fraction of the work.
+  episode's noise blocks so far (PES, GPES_K). ``dl = L+_t - L-_t`` (formed per step) is summed
+  per pair while the credit is constant and multiplied by it once: the same sum as per step, at
+  a fraction of the work.
 * Masking. A (pair, step) whose losses are not all finite contributes nothing and is counted.
 * Step-unlocking. Pairs are burned in to random positions of their first episode: on the window
   grid ``{0, W, 2W, ...}`` when ``W`` divides ``T`` (so that no window straddles an episode
   boundary), anywhere in ``[0, T)`` otherwise (:func:`unlock_positions`).
 
 How a window runs. Every event of a window (an episode start, a fresh noise draw) is known from
-the pairs' positions at its start, so it is worked out before the scan, in closed form and
-vectorized: each pair's episode start (at most one: a window is no longer than the shortest
-episode), its noise draws, their keys and noise, and a small table of *segments*, the stretches
-of steps with constant noise (segment 0 carries on from the previous window; each draw opens the
-next), with each segment's perturbed theta and credit. Fresh episode states are built once per
-window. Then one of two scans runs (a ``lax.cond`` per window):
+the pairs' positions at its start, in closed form. Fresh episode states are built once per window
+(the pairs that start an episode take theirs). Then one of two forms runs (a ``lax.cond`` per
+window; each form works out only what it needs):
 
 * every event on the window's first step (the rule when ``W`` divides ``T``, thanks to
-  step-unlocking on the window grid): the events are applied before the scan, whose steps run
-  with a loop-invariant theta per pair and no selects: as cheap as a plain rollout;
-* otherwise, per-step selects (fused into the step) start episodes and switch noise where they
-  fall.
+  step-unlocking on the window grid): step 0's noise is drawn (one vector per pair) and the
+  events are applied before the scan, whose steps run the ``P * S`` particles as one flat batch
+  with a loop-invariant theta per particle and no selects: the kernels of a plain rollout;
+* otherwise the window's noise draws and a small table of *segments* (the stretches of steps
+  with constant noise: segment 0 carries on from the previous window, each draw opens the next,
+  with its perturbed theta and credit) are built first, and per-step selects (fused into the
+  step) start episodes and switch noise where they fall.
 
-Each step adds its per-pair sums (valid steps, the loss of each branch, ``dl`` in the column of
-its segment) to one ``[Q, P]`` accumulator in the scan carry: the ``[W, P, S]`` losses are never
-stored and nothing is reduced over steps after the scan. (On CPU, XLA runs reductions over a
-leading axis several times slower than a matrix-vector product, and fuses a kernel's consumers
-by recomputing it per element: the layout of this module follows from measurements, see
-``benchmarks/overhead.py``.)
+The scan stores each step's losses (``[W, P, S]``, as a plain rollout does) and the window's
+per-pair sums (valid steps, each branch's loss, ``dl`` per segment) are products over the steps
+after it, masked only when a loss was not finite (see ``run_scan`` in :func:`run_window`). On
+CPU, XLA fuses a kernel into each of its consumers and recomputes it per element, runs a
+reduction over a leading axis several times slower than a matrix-vector product, and pays for
+every small kernel: the layout of this module follows from measurements, see
+``benchmarks/overhead.py``.
 """
 
 from __future__ import annotations
@@ -230,7 +232,7 @@ def events_at_start_only(start: jax.Array, draws: jax.Array | None, num_steps: i
   ok = (start == 0) | (start == num_steps)
   if draws is not None:
     ok = ok & jnp.all((draws == 0) | (draws == num_steps), axis=1)
-  return jnp.all(ok)
+  return jnp.sum(jnp.where(ok, 0, 1)) == 0  # one kernel on CPU, where jnp.all takes three
 
 
 def run_window(system: UnrolledSystem, theta: PyTree, ws: WorkerState, key: jax.Array,
@@ -263,8 +265,8 @@ def run_window(system: UnrolledSystem, theta: PyTree, ws: WorkerState, key: jax.
     branches are an antithetic pair (``signs[:2] == (1., -1.)``) with noise.
 
   Memory: the states and noise of the pairs, one fresh episode state per pair (built before the
-  scan, see the module docstring) and the window's noise table; the per-step losses are summed
-  as they come (``[1 + S + E, P]`` floats), never stored.
+  scan, see the module docstring), the window's noise table (events form only) and the window's
+  losses, ``[W, P, S]`` floats (a plain rollout that returns its losses stores as many).
   """
   if system.horizon is not None and num_steps > system.shortest_episode:
     raise ValueError(f"a window of {num_steps} steps is longer than the shortest episode "
@@ -435,7 +437,9 @@ def _run_window_local(system, theta, ws, pair_keys, active_steps, *, num_steps, 
       if segments:
         out.append(sum_steps(losses[..., 0] - losses[..., 1]))
       return jnp.stack(out)
-    return states, jax.lax.cond(jnp.all(jnp.isfinite(loss_sums)), unmasked, masked, None)
+    # Finite iff every loss was (an overflowing sum of finite losses takes the masked path,
+    # which is also exact); one sum is one kernel where jnp.all over [P, S] took three.
+    return states, jax.lax.cond(jnp.isfinite(jnp.sum(loss_sums)), unmasked, masked, None)
 
   def totals(acc, credits):
     """``(count, loss_sum, gsum)`` from the accumulated sums; ``credits`` are the segments'
