@@ -358,15 +358,15 @@ def _run_window_local(system, theta, ws, pair_keys, active_steps, *, num_steps, 
   if schedule is not None and schedule.block is not None:
     draws = _draw_steps(ws.t, start, end, W, schedule)
 
-  def run_scan(states, th, th_axis, num_segments, *, theta_of=None, nested=False,
-               valid_of=None, seg_of=None):
+  def run_scan(states, theta_of, th_axis, num_segments, *, nested=False, valid_of=None,
+               seg_of=None):
     """``W`` steps, and what the window sums per pair.
 
     Args:
       states: the particles' states before step 0: flat ``[P * S, ...]``, or with ``nested``
         ``[P, S, ...]``.
-      th, th_axis: theta for every step, and its vmap axis (with ``nested``, the axes over pairs
-        and over branches); or, with ``theta_of``, theta of step ``j`` is ``theta_of(j)``.
+      theta_of, th_axis: theta of step ``j`` is ``theta_of(j)``, and its vmap axis (with
+        ``nested``, the axes over pairs and over branches).
       num_segments: the noise segments of the window.
       nested: the events form: per-step selects (fused into the step) start episodes where
         they fall (pair ``i`` at step ``start[i]``). Its states are carried ``[P, S, ...]``: of
@@ -400,7 +400,7 @@ def _run_window_local(system, theta, ws, pair_keys, active_steps, *, num_steps, 
       states, j = carry
       if nested:
         states = tree_lib.where_leading(j == start, fresh_branches, states)
-      new_states, losses = step_fn(th if theta_of is None else theta_of(j), th_axis, states, j)
+      new_states, losses = step_fn(theta_of(j), th_axis, states, j)
       if active_steps is not None:  # inactive pairs stay exactly where they were
         new_states = tree_lib.where_leading(j >= end, states, new_states)
       return (new_states, j + 1), losses
@@ -433,7 +433,8 @@ def _run_window_local(system, theta, ws, pair_keys, active_steps, *, num_steps, 
     loss_sums = sum_steps(losses)  # [P, S]
 
     def unmasked(_):
-      out = [jnp.full((num_pairs,), W, jnp.float32)] + [loss_sums[:, b] for b in range(num_branches)]
+      out = [jnp.full((num_pairs,), W, jnp.float32)]
+      out += [loss_sums[:, b] for b in range(num_branches)]
       if segments:
         out.append(sum_steps(losses[..., 0] - losses[..., 1]))
       return jnp.stack(out)
@@ -466,7 +467,7 @@ def _run_window_local(system, theta, ws, pair_keys, active_steps, *, num_steps, 
     perturbed theta and credit. Per-step selects (fused into the step) then start episodes and
     switch segments where they fall."""
     if schedule is None:
-      states, acc = run_scan(states, theta, (0 if theta_per_pair else None, None), 0,
+      states, acc = run_scan(states, lambda j: theta, (0 if theta_per_pair else None, None), 0,
                              nested=True, valid_of=lambda j: j < end)
       count, loss_sum, gsum = totals(acc, [])
       return states, count, loss_sum, gsum, ws.eps, ws.xi
@@ -491,9 +492,8 @@ def _run_window_local(system, theta, ws, pair_keys, active_steps, *, num_steps, 
     def segment(j):  # [P] for one step j, [W, P] for j: [W, 1]: its noise segment per pair
       return jnp.sum(jnp.expand_dims(j, -1) >= steps, axis=-1, dtype=jnp.int32)
 
-    states, acc = run_scan(states, None, (0, 0), num_segments,
-                           theta_of=lambda j: _select(segment(j), theta_rows),
-                           nested=True, valid_of=lambda j: j < end, seg_of=segment)
+    states, acc = run_scan(states, lambda j: _select(segment(j), theta_rows), (0, 0),
+                           num_segments, nested=True, valid_of=lambda j: j < end, seg_of=segment)
     credits = [jax.tree.map(lambda c, e=e: c[:, e], credit_table) for e in range(num_segments)]
     count, loss_sum, gsum = totals(acc, credits)
     last = jnp.sum(steps < W, axis=1, dtype=jnp.int32)  # the segment in use after the window
@@ -524,7 +524,7 @@ def _run_window_local(system, theta, ws, pair_keys, active_steps, *, num_steps, 
         xi = tree_lib.where_leading(draw0, restarted, ws.xi)
       credits = [xi if schedule.accumulate else eps]
       th, th_axis = flat(perturbed(eps, 1)), 0
-    states, acc = run_scan(states, th, th_axis, 1)
+    states, acc = run_scan(states, lambda j: th, th_axis, 1)  # loop-invariant: hoisted
     count, loss_sum, gsum = totals(acc, credits)
     return states, count, loss_sum, gsum, eps, xi
 
