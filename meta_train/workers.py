@@ -39,7 +39,9 @@ window; each form works out only what it needs):
 * otherwise the window's noise draws and a small table of *segments* (the stretches of steps
   with constant noise: segment 0 carries on from the previous window, each draw opens the next,
   with its perturbed theta and credit) are built first, and per-step selects (fused into the
-  step) start episodes and switch noise where they fall.
+  step) start episodes and switch noise where they fall. Its steps cost about twice a plain
+  step on a small system (the select of each particle's theta and state, and whatever the
+  system computes from theta, are recomputed per step where a plain rollout hoists them).
 
 The scan stores each step's losses (``[W, P, S]``, as a plain rollout does) and the window's
 per-pair sums (valid steps, each branch's loss, ``dl`` per segment) are products over the steps
@@ -329,14 +331,6 @@ def _run_window_local(system, theta, ws, pair_keys, active_steps, *, num_steps, 
     new_states, losses = jax.vmap(system.step, in_axes=(th_axis, 0, 0))(th, states, keys)
     return new_states, losses.astype(jnp.float32).reshape(num_pairs, num_branches)
 
-  def stepped_nested(th, th_axes, states, j):  # the same on states [P, S, ...]
-    def pair_step(th_i, states_i, key_i):
-      return jax.vmap(lambda th_b, s: system.step(th_b, s, key_i),
-                      in_axes=(th_axes[1], 0))(th_i, states_i)
-    new_states, losses = jax.vmap(pair_step, in_axes=(th_axes[0], 0, 0))(
-        th, states, pair_step_key(pair_keys, j, STEP))
-    return new_states, losses.astype(jnp.float32)
-
   # ---- The window's events, per pair, in closed form before the scan. ----
   end = (jnp.full_like(ws.t, W) if active_steps is None
          else jnp.clip(active_steps, 0, W).astype(jnp.int32))
@@ -358,21 +352,18 @@ def _run_window_local(system, theta, ws, pair_keys, active_steps, *, num_steps, 
   if schedule is not None and schedule.block is not None:
     draws = _draw_steps(ws.t, start, end, W, schedule)
 
-  def run_scan(states, theta_of, th_axis, num_segments, *, nested=False, valid_of=None,
+  def run_scan(states, theta_of, th_axis, num_segments, *, resets=False, valid_of=None,
                seg_of=None):
     """``W`` steps, and what the window sums per pair.
 
     Args:
-      states: the particles' states before step 0: flat ``[P * S, ...]``, or with ``nested``
-        ``[P, S, ...]``.
-      theta_of, th_axis: theta of step ``j`` is ``theta_of(j)``, and its vmap axis (with
-        ``nested``, the axes over pairs and over branches).
+      states: the particles' states before step 0, flat ``[P * S, ...]``.
+      theta_of, th_axis: theta of step ``j`` is ``theta_of(j)``, and its vmap axis.
       num_segments: the noise segments of the window.
-      nested: the events form: per-step selects (fused into the step) start episodes where
-        they fall (pair ``i`` at step ``start[i]``). Its states are carried ``[P, S, ...]``: of
-        the layouts tried this one ran the Lorenz events form fastest (flat states, selected
-        against the fresh states, were laid out particle-major and transposed by every step;
-        selects applied to a step's outputs for the next step did no better).
+      resets: the events form: a per-step select (fused into the step) starts pair ``i``'s
+        episode at step ``start[i]``. Its operands, the fresh states and ``start`` repeated for
+        the branches, are materialized once before the scan (left as broadcasts, they were
+        re-laid out inside every step).
       valid_of, seg_of: for the steps ``j: [W, 1]``, which pairs' steps count (``[W, P]``;
         ``None``: all) and their noise segments (``[W, P]``; needed with several segments).
 
@@ -385,24 +376,27 @@ def _run_window_local(system, theta, ws, pair_keys, active_steps, *, num_steps, 
     steps and one more sums ``dl``, formed step by step from the table. When every loss sum is
     finite so was every term, and a window with one noise segment is done; otherwise, and for
     windows with several segments or pairs that stop early (a burn-in), masked and per-segment
-    sums are taken from the table (one pass, one product). Summed in the scan's carry instead,
+    sums are taken from the table, one elementwise pass and one product per row (a single
+    table of interleaved columns cost 30 microseconds per Lorenz window of 96 steps, as much
+    as 30 steps: XLA builds such a table element by element). Summed in the scan's carry instead,
     XLA fused the loss into the sums, whose every row reads it, recomputing each particle's
     step per row; storing ``dl`` beside the losses made every step's kernel interleave
     columns, a third of a plain Lorenz step; and a reduction over the steps runs several times
     slower than the product.
     """
     segments = num_segments if es else 0
-    step_fn = stepped_nested if nested else stepped
-    if nested:
-      fresh_branches = tree_lib.expand_axis(fresh, 1, num_branches)
+    if resets:
+      fresh_p, start_p = _materialize((per_particle(fresh), per_particle(start)))
+    if active_steps is not None:
+      end_p = _materialize(per_particle(end))
 
     def body(carry, _):
       states, j = carry
-      if nested:
-        states = tree_lib.where_leading(j == start, fresh_branches, states)
-      new_states, losses = step_fn(theta_of(j), th_axis, states, j)
+      if resets:
+        states = tree_lib.where_leading(j == start_p, fresh_p, states)
+      new_states, losses = stepped(theta_of(j), th_axis, states, j)
       if active_steps is not None:  # inactive pairs stay exactly where they were
-        new_states = tree_lib.where_leading(j >= end, states, new_states)
+        new_states = tree_lib.where_leading(j >= end_p, states, new_states)
       return (new_states, j + 1), losses
     # The step counter rides in the carry: read from a scanned array, it would be sliced inside
     # every fused step kernel.
@@ -420,13 +414,13 @@ def _run_window_local(system, theta, ws, pair_keys, active_steps, *, num_steps, 
       for b in range(num_branches):  # an explicit & over branches fuses where a reduction won't
         finite = finite & jnp.isfinite(losses[..., b])
       safe = jnp.where(finite[..., None], losses, 0.0)  # [W, P, S]
-      columns = [finite.astype(jnp.float32)[..., None], safe]
+      rows = [sum_steps(finite.astype(jnp.float32))[None], sum_steps(safe).T]
       if segments == 1:
-        columns.append((safe[..., 0] - safe[..., 1])[..., None])
+        rows.append(sum_steps(safe[..., 0] - safe[..., 1])[None])
       elif segments > 1:
         dl, seg = safe[..., 0] - safe[..., 1], seg_of(j)  # [W, P]
-        columns += [jnp.where(seg == e, dl, 0.0)[..., None] for e in range(segments)]
-      return sum_steps(jnp.concatenate(columns, axis=-1)).T  # [Q, P]
+        rows += [sum_steps(jnp.where(seg == e, dl, 0.0))[None] for e in range(segments)]
+      return jnp.concatenate(rows, axis=0)  # [Q, P]
 
     if active_steps is not None or segments > 1:
       return states, masked(None)
@@ -456,19 +450,19 @@ def _run_window_local(system, theta, ws, pair_keys, active_steps, *, num_steps, 
                           for e, c in enumerate(cs)), *credits)
     return count, loss_sum, gsum
 
-  def _flat_states(outs):
-    return (flat(outs[0]),) + tuple(outs[1:])
-
   # ---- The scan, in one of two forms. ----
   def scan_events_anywhere(states):
     """Events on any step. Everything about the window's noise is tabulated first: each pair's
     draws, their noise, and the *segments* between them (stretches of constant noise; segment 0
     carries on from the previous window, draw e opens segment e + 1), with each segment's
     perturbed theta and credit. Per-step selects (fused into the step) then start episodes and
-    switch segments where they fall."""
+    switch segments where they fall. The particles run flat, as in the other form; each
+    segment's theta is one materialized ``[P * S, ...]`` row, chosen per particle by comparing
+    the step with the particle's draw steps (a chain of ``E - 1`` selects)."""
     if schedule is None:
-      states, acc = run_scan(states, lambda j: theta, (0 if theta_per_pair else None, None), 0,
-                             nested=True, valid_of=lambda j: j < end)
+      th, th_axis = ((per_particle(theta), 0) if theta_per_pair else (theta, None))
+      states, acc = run_scan(states, lambda j: th, th_axis, 0,
+                             resets=True, valid_of=lambda j: j < end)
       count, loss_sum, gsum = totals(acc, [])
       return states, count, loss_sum, gsum, ws.eps, ws.xi
 
@@ -486,14 +480,22 @@ def _run_window_local(system, theta, ws, pair_keys, active_steps, *, num_steps, 
       credit_table = jax.tree.map(lambda *xs: jnp.stack(xs, axis=1), *rows)
     else:
       credit_table = eps_table
-    theta_rows = perturbed(eps_table, 2)  # [P, E, S, ...]
     num_segments = steps.shape[1] + 1
+    theta_rows = _materialize([flat(perturbed(jax.tree.map(lambda x: x[:, e], eps_table), 1))
+                               for e in range(num_segments)])  # E rows of [P * S, ...]
+    steps_p = _materialize(per_particle(steps))  # [P * S, M], each pair's for its branches
 
     def segment(j):  # [P] for one step j, [W, P] for j: [W, 1]: its noise segment per pair
       return jnp.sum(jnp.expand_dims(j, -1) >= steps, axis=-1, dtype=jnp.int32)
 
-    states, acc = run_scan(states, lambda j: _select(segment(j), theta_rows), (0, 0),
-                           num_segments, nested=True, valid_of=lambda j: j < end, seg_of=segment)
+    def theta_at(j):  # [P * S, ...]: each particle's theta at step j
+      out = theta_rows[0]
+      for e in range(1, num_segments):
+        out = tree_lib.where_leading(j >= steps_p[:, e - 1], theta_rows[e], out)
+      return out
+
+    states, acc = run_scan(states, theta_at, 0,
+                           num_segments, resets=True, valid_of=lambda j: j < end, seg_of=segment)
     credits = [jax.tree.map(lambda c, e=e: c[:, e], credit_table) for e in range(num_segments)]
     count, loss_sum, gsum = totals(acc, credits)
     last = jnp.sum(steps < W, axis=1, dtype=jnp.int32)  # the segment in use after the window
@@ -531,10 +533,11 @@ def _run_window_local(system, theta, ws, pair_keys, active_steps, *, num_steps, 
   if active_steps is None:  # a window as the estimators run it: take the fast form when it applies
     states, count, loss_sum, gsum, eps, xi = jax.lax.cond(
         events_at_start_only(start, draws, W), scan_events_at_start,
-        lambda states: _flat_states(scan_events_anywhere(unflat(states))), flat(ws.states))
+        scan_events_anywhere, flat(ws.states))
     states = unflat(states)
   else:  # a burn-in: pairs stop at different steps
-    states, count, loss_sum, gsum, eps, xi = scan_events_anywhere(ws.states)
+    states, count, loss_sum, gsum, eps, xi = scan_events_anywhere(flat(ws.states))
+    states = unflat(states)
   nonfinite = end - count  # every step taken (j < end) is either finite or not
 
   # ---- Close the window: positions, episode lengths. ----

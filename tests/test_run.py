@@ -201,6 +201,8 @@ def test_wandb_offline_writes_its_run_files(tmp_path):
   out = tmp_path / "wb"
   args = ["train", *TOY[:-2], "--wandb", "offline", "--outer-steps", "20", "--out", str(out)]
   assert cli.main(args) == 0
+  import wandb
+  wandb.teardown()  # stops W&B's service process: its files are then closed and complete
   runs = list((out / "wandb").glob("offline-run-*"))
   assert len(runs) == 1
   files = list(runs[0].glob("run-*.wandb"))
@@ -212,6 +214,8 @@ def test_wandb_offline_writes_its_run_files(tmp_path):
       row = {item.key or "/".join(item.nested_key): json.loads(item.value_json)
              for item in r.history.item}
       history[row["_step"]] = row
+  kinds = [r.WhichOneof("record_type") for r in records]
+  assert "run" in kinds, kinds
   config = next(r.run.config for r in records if r.WhichOneof("record_type") == "run")
   assert {item.key for item in config.update} >= {"task", "estimator", "outer", "run"}
   logged = {r["step"]: r for r in read_metrics(out)}
