@@ -16,6 +16,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 import lopt_meta
 from meta_train import config as config_lib
@@ -32,6 +33,35 @@ def _curve_fn(system: UnrolledSystem, num_episodes: int, num_steps: int):
     losses = jax.vmap(lambda k: bound.episode_losses(theta, k, num_steps))(keys)
     return jnp.nanmean(losses, axis=0)
   return jax.jit(curve)
+
+
+class _AdamAtLearningRate(lopt_meta.LearnedOptimizer):
+  """``optax.adam`` whose learning rate is theta (a float32 scalar; the other hyperparameters
+  fixed): the baseline's grid of learning rates runs through one compiled rollout, not one per
+  learning rate. The same arithmetic as :class:`lopt_meta.Adam` at that learning rate (optax
+  multiplies by the learning rate as a float32 either way)."""
+
+  name = "adam"
+
+  def __init__(self, adam: lopt_meta.Adam):
+    self.adam = adam
+
+  def init_theta(self, key):
+    del key
+    return jnp.float32(self.adam.learning_rate)
+
+  def _tx(self, learning_rate):
+    return optax.adam(learning_rate, b1=self.adam.b1, b2=self.adam.b2, eps=self.adam.eps)
+
+  def init(self, params):
+    return self._tx(self.adam.learning_rate).init(params)  # Adam's state: no learning rate
+
+  def update(self, theta, grads, state, params, *, loss=None):
+    del loss
+    return self._tx(theta).update(grads, state, params)
+
+  def config(self):
+    return self.adam.config()
 
 
 def subsample(curve: np.ndarray, points: int = CURVE_POINTS) -> dict[str, list]:
@@ -51,16 +81,15 @@ class Evaluator:
     self.num_steps = self.system.horizon or config.run.eval_steps
     episodes = config.run.eval_episodes
     self._curve = _curve_fn(self.system, episodes, self.num_steps)
-    self._baselines = {}
+    self._baseline = None
     self._valid = None
     if self.inner:
       self.valid_system = config_lib.build_system(config, for_evaluation=True,
                                                   meta_loss="outer_valid")
       self._valid = _curve_fn(self.valid_system, episodes, self.num_steps)
-      for lr in config.run.baseline_lrs:
-        adam = config_lib.build_system(config, for_evaluation=True,
-                                       lopt=lopt_meta.Adam(learning_rate=lr))
-        self._baselines[lr] = (adam, _curve_fn(adam, episodes, self.num_steps))
+      adam = config_lib.build_system(config, for_evaluation=True,
+                                     lopt=_AdamAtLearningRate(lopt_meta.Adam()))
+      self._baseline = (adam, _curve_fn(adam, episodes, self.num_steps))
     self._baseline_result: dict[str, Any] | None = None
 
   def baseline(self) -> dict[str, Any]:
@@ -69,10 +98,9 @@ class Evaluator:
     if not self.inner:
       return {}
     if self._baseline_result is None:
-      results = {}
-      for lr, (adam, curve_fn) in self._baselines.items():
-        curve = np.asarray(curve_fn({}, self.key, adam.data))
-        results[lr] = curve
+      adam, curve_fn = self._baseline
+      results = {lr: np.asarray(curve_fn(jnp.float32(lr), self.key, adam.data))
+                 for lr in self.config.run.baseline_lrs}
       best = min(results, key=lambda lr: float(np.mean(results[lr])))
       self._baseline_result = {
           "adam_lr": best, "adam_loss": float(np.mean(results[best])),
