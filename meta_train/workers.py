@@ -39,8 +39,8 @@ window; each form works out only what it needs):
 * otherwise the window's noise draws and a small table of *segments* (the stretches of steps
   with constant noise: segment 0 carries on from the previous window, each draw opens the next,
   with its perturbed theta and credit) are built first, and per-step selects (fused into the
-  step) start episodes and switch noise where they fall. Its steps cost about twice a plain
-  step on a small system (the select of each particle's theta and state, and whatever the
+  step) start episodes and switch noise where they fall. Its steps cost two to three plain
+  steps on a small system (the select of each particle's theta and state, and whatever the
   system computes from theta, are recomputed per step where a plain rollout hoists them).
 
 The scan stores each step's losses (``[W, P, S]``, as a plain rollout does) and the window's
@@ -376,13 +376,13 @@ def _run_window_local(system, theta, ws, pair_keys, active_steps, *, num_steps, 
     steps and one more sums ``dl``, formed step by step from the table. When every loss sum is
     finite so was every term, and a window with one noise segment is done; otherwise, and for
     windows with several segments or pairs that stop early (a burn-in), masked and per-segment
-    sums are taken from the table, one elementwise pass and one product per row (a single
-    table of interleaved columns cost 30 microseconds per Lorenz window of 96 steps, as much
-    as 30 steps: XLA builds such a table element by element). Summed in the scan's carry instead,
-    XLA fused the loss into the sums, whose every row reads it, recomputing each particle's
-    step per row; storing ``dl`` beside the losses made every step's kernel interleave
-    columns, a third of a plain Lorenz step; and a reduction over the steps runs several times
-    slower than the product.
+    sums are taken from the table, one elementwise pass and one product per row (one table
+    of interleaved columns cost 30 to 70 microseconds per Lorenz window of about 100 steps, as
+    much as 30 steps: XLA builds such a table element by element). Summed in the scan's carry
+    instead, XLA fused the loss into the sums, whose every row reads it, recomputing each
+    particle's step per row; storing ``dl`` beside the losses made every step's kernel
+    interleave columns, a third of a plain Lorenz step; and a reduction over the steps runs
+    several times slower than the product.
     """
     segments = num_segments if es else 0
     if resets:
