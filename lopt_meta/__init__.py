@@ -17,12 +17,10 @@ The three import packages:
 
 from __future__ import annotations
 
-import inspect
-
 from lopt_meta.adafac_mlp_lopt import AdafacMLPLOpt
 from lopt_meta.base import LearnedOptimizer
 from lopt_meta.baselines import SGDM, Adam, HyperAdam, LRScheduleSGDM
-from lopt_meta.errors import ConfigError, check_options, unknown_name
+from lopt_meta.errors import ConfigError, build_named
 from lopt_meta.export import load_optimizer, read_optimizer, save_optimizer
 from lopt_meta.mlp_lopt import MLPLOpt
 
@@ -40,11 +38,7 @@ OPTIMIZERS: dict[str, type[LearnedOptimizer]] = {
 
 def get_optimizer(name: str, **options) -> LearnedOptimizer:
   """Builds optimizer ``name``; unknown names and options are a ConfigError listing valid ones."""
-  if name not in OPTIMIZERS:
-    raise unknown_name("lopt", name, OPTIMIZERS)
-  allowed = [p for p in inspect.signature(OPTIMIZERS[name].__init__).parameters if p != "self"]
-  check_options("lopt", name, options, allowed)
-  return OPTIMIZERS[name](**options)
+  return build_named("lopt", OPTIMIZERS, name, options)
 
 
 __all__ = ["OPTIMIZERS", "Adam", "AdafacMLPLOpt", "ConfigError", "HyperAdam", "LRScheduleSGDM",

@@ -7,7 +7,11 @@ and exit status 2.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import inspect
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 
 class ConfigError(ValueError):
@@ -34,3 +38,15 @@ def check_options(kind: str, name: str, options: Iterable[str], allowed: Iterabl
   for key in options:
     if key not in allowed:
       raise ConfigError(key, f"{kind} {name!r} takes no option {key!r}; valid: {', '.join(allowed)}")
+
+
+def build_named(field: str, registry: Mapping[str, Callable[..., T]], name: str,
+                options: dict[str, Any]) -> T:
+  """``registry[name](**options)``, after the checks every registry of lopt-meta makes: an
+  unknown ``name`` raises :func:`unknown_name` (the registered names), an option the factory
+  does not take raises :func:`check_options` (the ones it takes); both name ``field``."""
+  if name not in registry:
+    raise unknown_name(field, name, registry)
+  factory = registry[name]
+  check_options(field, name, options, inspect.signature(factory).parameters)
+  return factory(**options)

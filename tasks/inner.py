@@ -21,7 +21,6 @@ batch 128), ``fashion_mnist_mlp28`` (784 -> 32 -> 10), ``digits_mlp`` (scikit-le
 from __future__ import annotations
 
 import abc
-import inspect
 import math
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
@@ -31,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from lopt_meta.errors import ConfigError, check_options, unknown_name
+from lopt_meta.errors import ConfigError, build_named
 from tasks import data as data_lib
 
 PyTree = Any
@@ -318,8 +317,4 @@ INNER_TASKS: dict[str, Callable[..., InnerTask]] = {
 
 def get_inner_task(name: str, **options) -> InnerTask:
   """Builds inner task ``name``; unknown names and options are a ConfigError listing valid ones."""
-  if name not in INNER_TASKS:
-    raise unknown_name("task", name, INNER_TASKS)
-  allowed = list(inspect.signature(INNER_TASKS[name]).parameters)
-  check_options("task", name, options, allowed)
-  return INNER_TASKS[name](**options)
+  return build_named("task", INNER_TASKS, name, options)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 
-from lopt_meta.errors import ConfigError, check_options, unknown_name
+from lopt_meta.errors import ConfigError, build_named, unknown_name
 from tasks import dynamical
 from tasks.base import UnrolledSystem
 
@@ -41,9 +41,7 @@ def get(name: str, **overrides) -> UnrolledSystem:
     ConfigError: for an unknown name (the message lists the registered names) or an override the
       task does not take (the message lists the ones it does).
   """
-  factory = _factory(name)
-  check_options("task", name, overrides, override_names(name))
-  return factory(**overrides)
+  return build_named("task", TASKS, name, overrides)
 
 
 def register(name: str, factory: Callable[..., UnrolledSystem], *, overwrite: bool = False) -> None:
