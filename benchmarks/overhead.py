@@ -13,12 +13,12 @@ timed two ways, medians of interleaved repetitions in one process:
   host buffer per output (several microseconds each: ``estimate`` returns 14, the plain rollout
   3), which dominates windows of tens of microseconds.
 
-A third figure, ``floor``, is a reference for what any NRES window must add to a plain rollout:
-a hand-written window with nothing but the essentials (pair keys, one noise draw and episode
-reset per pair at the window's start, the perturbed theta per particle, the rollout, ``dl``
-summed in the scan's carry, one estimate; no masking, no events inside the window, no metrics).
-Where ``floor`` itself is near the target, the target is set by the platform's fixed cost per
-kernel rather than by the workers.
+A third figure, ``floor`` (fast-form rows), is a reference for what any NRES window must add to
+a plain rollout: a hand-written window with nothing but the essentials (pair keys, one noise
+draw and episode reset per pair at the window's start, the perturbed theta per particle, the
+rollout, ``dl`` summed in the scan's carry, one estimate; no masking, no events inside the
+window, no metrics). Where ``floor`` itself is near the target, the target is set by the
+platform's fixed cost per kernel rather than by the workers.
 
 Rows with ``W`` dividing ``T`` run the fast window form (step-unlocked on the window grid: every
 event falls on a window's first step); the ``W`` not dividing ``T`` rows keep pairs straddling
