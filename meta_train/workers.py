@@ -320,6 +320,9 @@ def _run_window_local(system, theta, ws, pair_keys, active_steps, *, num_steps, 
         lambda a: jnp.broadcast_to(a[:, None], (a.shape[0], num_branches) + a.shape[1:])
         .reshape((-1,) + a.shape[1:]), tree)
 
+  def unperturbed():  # theta for the flat particles with no noise, and its vmap axis
+    return (per_particle(theta), 0) if theta_per_pair else (theta, None)
+
   def perturbed(eps, axis):  # theta + signs[s] * eps, the branches inserted at `axis` of eps
     def one(th, e):
       e = jnp.expand_dims(e, axis)
@@ -460,7 +463,7 @@ def _run_window_local(system, theta, ws, pair_keys, active_steps, *, num_steps, 
     segment's theta is one materialized ``[P * S, ...]`` row, chosen per particle by comparing
     the step with the particle's draw steps (a chain of ``E - 1`` selects)."""
     if schedule is None:
-      th, th_axis = ((per_particle(theta), 0) if theta_per_pair else (theta, None))
+      th, th_axis = unperturbed()
       states, acc = run_scan(states, lambda j: th, th_axis, 0,
                              resets=True, valid_of=lambda j: j < end)
       count, loss_sum, gsum = totals(acc, [])
@@ -511,7 +514,7 @@ def _run_window_local(system, theta, ws, pair_keys, active_steps, *, num_steps, 
     states = tree_lib.where_leading(per_particle(start == 0), per_particle(fresh), states)
     eps, xi, credits = ws.eps, ws.xi, []
     if schedule is None:
-      th, th_axis = ((per_particle(theta), 0) if theta_per_pair else (theta, None))
+      th, th_axis = unperturbed()
     else:
       if draws is not None:
         draw0 = jnp.any(draws == 0, axis=1)
