@@ -65,7 +65,9 @@ def test_lorenz_matches_ground_truth_only_at_the_true_parameters():
   assert system.horizon == 2000
   np.testing.assert_allclose(system.theta0, np.log([22.56, 40.45]), rtol=1e-6)
   truth = jnp.log(jnp.asarray([10.0, 28.0]))
-  # Not exactly 0: exp(log(10)) is not exactly 10 in float32, and chaos amplifies the difference.
-  assert float(system.mean_loss(truth, jax.random.key(0), num_episodes=3)) < 0.05
+  # Not exactly 0: exp(log(10)) is not exactly 10 in float32, and chaos amplifies the difference
+  # over 2000 steps (0.01 to 0.11, depending on how XLA compiles the Euler step): far below the
+  # ~311 of theta0 and the ~40 of the smoothed optimum NRES converges to.
+  assert float(system.mean_loss(truth, jax.random.key(0), num_episodes=3)) < 1.0
   test_loss = float(system.mean_loss(system.theta0, jax.random.key(0), num_episodes=10))
   assert 200.0 < test_loss < 450.0  # the papers report about 311 on their held-out set
