@@ -25,13 +25,9 @@ TASKS: dict[str, Callable[..., UnrolledSystem]] = {
 
 def override_names(name: str) -> list[str]:
   """The keyword overrides that task ``name`` accepts."""
-  return list(inspect.signature(_factory(name)).parameters)
-
-
-def _factory(name: str) -> Callable[..., UnrolledSystem]:
   if name not in TASKS:
     raise unknown_name("task", name, TASKS)
-  return TASKS[name]
+  return list(inspect.signature(TASKS[name]).parameters)
 
 
 def get(name: str, **overrides) -> UnrolledSystem:
