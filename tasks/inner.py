@@ -32,6 +32,7 @@ import optax
 
 from lopt_meta.errors import ConfigError, build_named
 from tasks import data as data_lib
+from tasks import initializers
 
 PyTree = Any
 
@@ -188,13 +189,17 @@ class CopyState(NamedTuple):
 
 
 class CopyModel(nn.Module):
-  """A 1-layer LSTM over one-hot tokens, then a Dense readout of 2 bit logits per position."""
+  """A 1-layer LSTM over one-hot tokens, then a Dense readout of 2 bit logits per position.
+
+  The recurrent kernels start orthogonal, as Flax's default, from :func:`tasks.initializers.
+  orthogonal` (no LAPACK: jaxlib 0.10's batched CPU QR deadlocks a vmapped initialization)."""
   hidden_size: int
 
   @nn.compact
   def __call__(self, tokens):  # tokens: [B, S] int32 in {0, 1, 2 (delimiter), 3 (blank)}
     x = jax.nn.one_hot(tokens, 4)
-    lstm = nn.RNN(nn.OptimizedLSTMCell(self.hidden_size))
+    cell = nn.OptimizedLSTMCell(self.hidden_size, recurrent_kernel_init=initializers.orthogonal())
+    lstm = nn.RNN(cell)
     return nn.Dense(2)(lstm(x))
 
 
