@@ -310,7 +310,7 @@ def _run_window_local(system, theta, ws, pair_keys, active_steps, *, num_steps, 
   # N particles sees, and XLA emits the same kernels for it (a nested [P, S, ...] batch made it
   # emit slower loops for small per-particle states: toy2d steps cost twice a plain rollout's).
   def flat(tree):  # [P, S, ...] -> [P * S, ...]
-    return jax.tree.map(lambda x: x.reshape((-1,) + x.shape[2:]), tree)
+    return jax.tree.map(lambda x: x.reshape((num_pairs * num_branches,) + x.shape[2:]), tree)
 
   def unflat(tree):  # [P * S, ...] -> [P, S, ...]
     return jax.tree.map(lambda x: x.reshape((num_pairs, num_branches) + x.shape[1:]), tree)
@@ -318,7 +318,7 @@ def _run_window_local(system, theta, ws, pair_keys, active_steps, *, num_steps, 
   def per_particle(tree):  # [P, ...] -> [P * S, ...], each pair's row repeated for its branches
     return jax.tree.map(
         lambda a: jnp.broadcast_to(a[:, None], (a.shape[0], num_branches) + a.shape[1:])
-        .reshape((-1,) + a.shape[1:]), tree)
+        .reshape((num_pairs * num_branches,) + a.shape[1:]), tree)
 
   def unperturbed():  # theta for the flat particles with no noise, and its vmap axis
     return (per_particle(theta), 0) if theta_per_pair else (theta, None)

@@ -283,3 +283,27 @@ def test_unknown_estimator_lists_valid_names():
     make("nress", systems.recorder(), num_particles=4)
   assert str(err.value) == ("estimator: unknown estimator 'nress'; valid: full_es, gpes, nres, pes, "
                             "tbptt, tes")
+
+
+@pytest.mark.parametrize("name", sorted(ESTIMATORS))
+def test_an_empty_theta_is_refused(name):
+  estimator = _all(systems.recorder())[name]
+  with pytest.raises(ValueError) as err:
+    estimator.init(KEY, {})
+  assert str(err.value) == "theta: has no arrays (got {}): there is nothing to estimate"
+
+
+def test_states_with_empty_arrays_step():
+  """A leaf of size zero (an optimizer state with nothing to factor) flows through the window's
+  flat [P * S, ...] batches."""
+  system = tasks.UnrolledSystem(
+      init=lambda key: {"x": jnp.zeros(2), "nothing": jnp.zeros((3, 0))},
+      step=lambda theta, s, key: ({"x": s["x"] + theta, "nothing": s["nothing"]},
+                                  jnp.sum((s["x"] - 1.0) ** 2)),
+      horizon=6, theta0=jnp.zeros(2))
+  for estimator in (NRES(system, num_particles=4, sigma=0.1, unroll_length=2),
+                    PES(system, num_particles=4, sigma=0.1, unroll_length=4)):
+    ws = estimator.init(KEY, system.theta0)
+    grad, ws, _ = estimator.estimate(KEY, system.theta0, ws)
+    assert grad.shape == (2,) and bool(jnp.all(jnp.isfinite(grad)))
+    assert ws.states["nothing"].shape == (2, 2, 3, 0)

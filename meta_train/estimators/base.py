@@ -73,6 +73,11 @@ def check_unroll_length(unroll_length, system: UnrolledSystem) -> int:
   return unroll_length
 
 
+def check_theta(theta) -> None:
+  if not jax.tree.leaves(theta):
+    raise ConfigError("theta", f"has no arrays (got {theta!r}): there is nothing to estimate")
+
+
 def check_system(system) -> UnrolledSystem:
   if not isinstance(system, UnrolledSystem):
     raise ConfigError("system", f"must be a tasks.UnrolledSystem; got {type(system).__name__}")
@@ -105,12 +110,14 @@ class Estimator(abc.ABC):
 
   def init_fn(self, key: jax.Array, theta: PyTree, data: Any) -> WorkerState:
     """Pure ``init`` with the system's ``data`` as an argument (for use inside your own jit)."""
+    check_theta(theta)
     return self._with_data(data)._init(key, theta)
 
   def estimate_fn(self, key: jax.Array, theta: PyTree, ws: WorkerState,
                   data: Any) -> tuple[PyTree, WorkerState, Metrics]:
     """Pure ``estimate`` with the system's ``data`` as an argument (for use inside your own jit:
     the data then reaches the compiled code as an argument, not as a constant)."""
+    check_theta(theta)
     return self._with_data(data)._estimate(key, theta, ws)
 
   def _with_data(self, data: Any) -> "Estimator":
