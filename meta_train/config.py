@@ -133,6 +133,10 @@ class RunConfig:
   """Keep the last this many checkpoints."""
   wandb: Literal["online", "offline", "disabled"] | None = None
   """Weights & Biases mode (default: online if an API key is configured, else offline)."""
+  stop_grace_s: float = 30.0
+  """After SIGINT/SIGTERM, end the run without saving if its compiled step has not returned after this many seconds."""
+  stall_warning_s: float = 60.0
+  """Warn when a chunk of outer steps runs 5x longer than the recent ones and at least this many seconds."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -295,6 +299,8 @@ def validate(config: TrainConfig) -> tuple[tasks.UnrolledSystem, estimators.Esti
   _positive_int("eval_steps", config.run.eval_steps)
   _positive_int("checkpoint_every", config.run.checkpoint_every)
   _positive_int("keep_checkpoints", config.run.keep_checkpoints)
+  _positive_float("stop_grace_s", config.run.stop_grace_s)
+  _positive_float("stall_warning_s", config.run.stall_warning_s)
   if config.run.wandb is not None and config.run.wandb not in ("online", "offline", "disabled"):
     raise unknown_name("wandb", config.run.wandb, ("online", "offline", "disabled"))
   if not config.run.baseline_lrs:
@@ -309,4 +315,10 @@ def validate(config: TrainConfig) -> tuple[tasks.UnrolledSystem, estimators.Esti
   system = build_system(config)
   if system.theta0 is None:
     raise ConfigError("task", f"task {config.task.task!r} has no default theta0 to start from")
+  if not jax.tree.leaves(system.theta0):
+    trainable = sorted(n for n in lopt_meta.OPTIMIZERS
+                       if jax.tree.leaves(lopt_meta.get_optimizer(n).init_theta(jax.random.key(0))))
+    raise ConfigError("lopt", f"{config.task.lopt!r} has no meta-parameters (a fixed optimizer, "
+                      f"for comparison): nothing to meta-train; learned optimizers: "
+                      f"{', '.join(trainable)}")
   return system, build_estimator(config, system)

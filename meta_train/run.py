@@ -8,7 +8,11 @@ of outer steps, exactly as if the run had never stopped; :func:`load_run` reads 
 
 The loop runs the compiled :class:`~meta_train.trainer.Trainer` in chunks that end at every log,
 evaluation and checkpoint step. SIGINT and SIGTERM are caught: the current chunk finishes, a
-checkpoint is saved, and the process exits with 130 or 143 (a second signal stops at once).
+checkpoint is saved, and the process exits with 130 or 143. A :class:`~meta_train.watchdog.
+Watchdog` covers what the loop cannot see while it waits for compiled code: a second signal, or a
+phase still running ``stop_grace_s`` after the signal (a compiled step that never returns), ends
+the process at once with the same status, without saving and never in the middle of a write; and
+a chunk of outer steps that runs far longer than the recent ones prints a warning.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import json
 import os
 import shutil
 import signal
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -32,6 +37,7 @@ from meta_train.checkpointing import Checkpoints
 from meta_train.logs import RunLog, read_metrics
 from meta_train.progress import Progress
 from meta_train.trainer import Trainer, TrainState, outer_optimizer, summarize
+from meta_train.watchdog import Watchdog
 
 RUN_FILES = ("config.json", "metrics.jsonl", "checkpoints", "unreadable_checkpoints", "wandb",
              "wandb_id")
@@ -191,11 +197,10 @@ def _loop(config, run_dir, system, estimator, trainer, state, *, meta, resumed):
   stop = {"signal": None}
   previous = {}
 
-  def on_signal(signum, frame):
-    if stop["signal"] is not None:  # a second signal: stop now
-      signal.signal(signum, previous.get(signum, signal.SIG_DFL))
-      raise KeyboardInterrupt
-    stop["signal"] = signum
+  def on_signal(signum, frame):  # the loop stops at its next check; a second signal: the watchdog
+    del frame
+    if stop["signal"] is None:
+      stop["signal"] = signum
 
   for signum in (signal.SIGINT, signal.SIGTERM):
     try:
@@ -207,33 +212,52 @@ def _loop(config, run_dir, system, estimator, trainer, state, *, meta, resumed):
   elapsed0 = float(meta.get("elapsed_s", 0.0))
   total_unroll = int(meta.get("total_unroll_steps", 0))
   progress = None
+
+  def write(line):
+    if progress is not None:
+      progress.write(line)
+    else:
+      print(line, file=sys.stderr, flush=True)
+
+  watchdog = Watchdog(write, grace_s=c_run.stop_grace_s, stall_min_s=c_run.stall_warning_s)
+  watchdog.start()
   try:
     if state is None:
       print(f"meta-train: {estimator!r} on {system.name!r}, {total} outer steps -> {run_dir}",
             flush=True)
-      state = trainer.init(jax.random.key(c_run.seed), system.theta0)
-      total_unroll = estimator.burn_in_steps(state.workers)
+      with watchdog.phase("initializing the workers (compilation and burn-in)"):
+        state = trainer.init(jax.random.key(c_run.seed), system.theta0)
+        total_unroll = estimator.burn_in_steps(state.workers)
       if evaluate is not None:
-        record = {"step": 0, "time_s": time.perf_counter() - start, **evaluate(state.theta),
-                  **evaluate.baseline()}
+        with watchdog.phase("evaluating theta at step 0"):
+          record = {"step": 0, "time_s": time.perf_counter() - start, **evaluate(state.theta),
+                    **evaluate.baseline()}
         if theta_size <= 32:
           record["theta"] = _jsonable(state.theta)
-        log.write(record)
+        with watchdog.writing():
+          log.write(record)
         print(_eval_line(0, record), flush=True)
     else:
+      watchdog.last_checkpoint = int(state.step)
       log.event("resume", step=int(state.step))
       print(f"meta-train: resuming {run_dir} at outer step {int(state.step)} -> {total}",
             flush=True)
     done = int(state.step)
     progress = Progress(total, done)
     pending, window_start, window_time = [], done, time.perf_counter()
+    compiled = set()  # chunk lengths run before (a new length compiles: its time is not counted)
     while done < total:
       boundaries = [total, _next(done, c_run.log_every), _next(done, c_run.checkpoint_every)]
       if evaluate is not None:
         boundaries.append(_next(done, c_run.eval_every))
       n = min(boundaries) - done
-      state, metrics = trainer.run(state, n)
-      pending.append(jax.device_get(metrics))
+      with watchdog.phase(f"running outer steps {done + 1}..{done + n}", steps=n):
+        chunk_start = time.perf_counter()
+        state, metrics = trainer.run(state, n)
+        pending.append(jax.device_get(metrics))
+      if n in compiled:
+        watchdog.completed(n, time.perf_counter() - chunk_start)
+      compiled.add(n)
       total_unroll += int(np.sum(pending[-1]["unroll_steps"]))
       done += n
       now = time.perf_counter()
@@ -252,28 +276,35 @@ def _loop(config, run_dir, system, estimator, trainer, state, *, meta, resumed):
         if theta_size <= 32:
           record["theta"] = _jsonable(state.theta)
         if evaluating:
-          record.update(evaluate(state.theta))
+          with watchdog.phase(f"evaluating theta at step {done}"):
+            record.update(evaluate(state.theta))
           progress.note(done, _eval_line(done, record))
         if record["nonfinite"] or record["skipped_updates"]:
           progress.write(f"meta-train: steps {first}..{done}: masked "
                          f"{record['nonfinite']} non-finite losses, skipped "
                          f"{record['skipped_updates']} non-finite updates")
-        log.write(record)
+        with watchdog.writing():
+          log.write(record)
         progress.update(done, record)
         window_time = time.perf_counter()  # evaluation time is not counted as training time
       if done % c_run.checkpoint_every == 0 or done == total or stopping:
-        checkpoints.save(done, state, {"step": done, "elapsed_s": elapsed0 + now - start,
-                                       "total_unroll_steps": total_unroll,
-                                       "config": config.to_dict()})
+        with watchdog.phase(f"saving checkpoint {done}"), watchdog.writing():
+          checkpoints.save(done, state, {"step": done, "elapsed_s": elapsed0 + now - start,
+                                         "total_unroll_steps": total_unroll,
+                                         "config": config.to_dict()})
+        watchdog.last_checkpoint = done
       if stopping:
-        log.event("interrupted", step=done, signal=int(stop["signal"]))
+        with watchdog.writing():
+          log.event("interrupted", step=done, signal=int(stop["signal"]))
         raise Interrupted(130 if stop["signal"] == signal.SIGINT else 143, done)
     return state, run_dir
   finally:
-    if progress is not None:
-      progress.close()
-    checkpoints.close()
-    log.close()
+    with watchdog.phase("closing the run (logs, checkpoints)"):
+      if progress is not None:
+        progress.close()
+      checkpoints.close()
+      log.close()
+    watchdog.stop()
     for signum, handler in previous.items():
       signal.signal(signum, handler)
 

@@ -61,6 +61,11 @@ def test_same_seed_same_run(tmp_path):
     (["--estimator", "gpes"], "K: gpes needs K, the steps per noise block (e.g. --K 100)"),
     (["--task-option", "horizn", "5"],
      "horizn: task 'toy2d' takes no option 'horizn'; valid: horizon, x0, theta0"),
+    (["--task", "digits_mlp", "--lopt", "sgdm"],
+     "lopt: 'sgdm' has no meta-parameters (a fixed optimizer, for comparison): nothing to "
+     "meta-train; learned optimizers: adafac, hyper_adam, lr_schedule, mlp"),
+    (["--stop-grace-s", "0"], "stop_grace_s: must be a positive finite number; got 0.0"),
+    (["--stall-warning-s", "nan"], "stall_warning_s: must be a positive finite number; got nan"),
 ])
 def test_bad_input_one_line_exit_2(tmp_path, capsys, flags, message):
   out = tmp_path / "run"
