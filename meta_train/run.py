@@ -32,7 +32,7 @@ import numpy as np
 
 from lopt_meta.errors import ConfigError
 from meta_train import config as config_lib
-from meta_train import evaluation
+from meta_train import evaluation, preflight
 from meta_train.checkpointing import Checkpoints
 from meta_train.logs import RunLog, read_metrics
 from meta_train.progress import Progress
@@ -219,6 +219,10 @@ def _loop(config, run_dir, system, estimator, trainer, state, *, meta, resumed):
     else:
       print(line, file=sys.stderr, flush=True)
 
+  hazard = preflight.lapack_warning(system, getattr(estimator, "num_pairs",
+                                                    estimator.num_particles))
+  if hazard is not None:
+    write(hazard)
   watchdog = Watchdog(write, grace_s=c_run.stop_grace_s, stall_min_s=c_run.stall_warning_s)
   watchdog.start()
   try:

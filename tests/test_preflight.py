@@ -1,0 +1,61 @@
+"""The pre-run check for batched LAPACK calls (jaxlib 0.10's CPU deadlock)."""
+
+import os
+import tempfile
+from pathlib import Path
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import pytest
+
+import lopt_meta
+import tasks
+from meta_train import config as config_lib
+from meta_train import preflight
+from tasks import data
+from tests.every_system import configs
+
+SYSTEMS = (sorted(tasks.TASKS) + [f"{t}/mlp" for t in sorted(tasks.INNER_TASKS)]
+           + [f"digits_mlp/{o}" for o in sorted(lopt_meta.OPTIMIZERS) if o != "mlp"])
+
+
+@pytest.mark.parametrize("name", SYSTEMS)
+def test_registered_systems_call_no_lapack(name):
+  """No registered system (every task, every learned optimizer) can hit the deadlock: their
+  vmapped init and step lower to no LAPACK call at all."""
+  if name.startswith("fashion_mnist") and not (data.DEBIAN_FASHION_MNIST.is_dir()
+                                               or os.environ.get("CI")):
+    pytest.skip("Debian's dataset-fashion-mnist is not installed here (CI installs it)")
+  with tempfile.TemporaryDirectory() as scratch:
+    system = config_lib.build_system(configs(name, "nres", 2, Path(scratch)))
+    assert preflight.lapack_calls(system, num_pairs=2) == {"init": [], "step": []}
+
+
+class _Recurrent(nn.Module):
+  @nn.compact
+  def __call__(self, x):
+    return nn.RNN(nn.LSTMCell(16))(x)  # Flax's default recurrent init: orthogonal, by QR
+
+
+def _lstm_system():
+  model = _Recurrent()
+  return tasks.UnrolledSystem(
+      init=lambda key: model.init(key, jnp.zeros((1, 3, 2)))["params"],
+      step=lambda theta, s, key: (s, jnp.sum(theta ** 2)), horizon=5, theta0=jnp.zeros(2),
+      name="my_lstm")
+
+
+def test_a_vmapped_qr_is_found_and_warned_about():
+  calls = preflight.lapack_calls(_lstm_system(), num_pairs=3)
+  assert calls == {"init": ["lapack_sgeqrf_ffi", "lapack_sorgqr_ffi"], "step": []}
+  warning = preflight.lapack_warning(_lstm_system(), num_pairs=3)
+  if not preflight.affected():
+    assert warning is None
+    return
+  assert warning == (
+      "meta-train: WARNING: 'my_lstm' calls LAPACK in its vmapped init (lapack_sgeqrf_ffi, "
+      f"lapack_sorgqr_ffi): jaxlib {jax.lib.__version__}'s batched CPU LAPACK kernels can deadlock "
+      "(the run then never returns; SIGTERM still ends it). Compute these without LAPACK (e.g. "
+      "tasks.initializers.orthogonal for recurrent kernels) or run on GPU/TPU.")
+  assert preflight.lapack_warning(_lstm_system(), num_pairs=1) is None  # unbatched: safe
