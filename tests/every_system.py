@@ -1,0 +1,89 @@
+"""Runs ``init`` + one ``estimate`` of every estimator, with 2 and then 4 antithetic pairs, on the
+systems named on the command line, exactly as ``meta-train train`` builds them.
+
+    python -m tests.every_system lorenz digits_mlp/adam cifar10_resnet
+
+A name is a registered task (``tasks.TASKS``) or an inner task with a learned optimizer
+(``INNER/LOPT``; ``INNER`` alone means ``INNER/mlp``). Inner tasks keep their default model and
+run with a horizon of 8 steps and windows of 4, except ``cifar10_resnet``: one stage of width 8,
+batches of 1, a horizon of 4 and windows of 2 (the full ResNet-8 costs minutes per combination
+on 2 cores; ``tests/test_preflight.py`` checks the full model's programs), on a random dataset in
+the ``cifar-10-batches-py`` format (there is no CIFAR-10 to be had offline). Each combination prints
+``start NAME ESTIMATOR PAIRS`` before it and ``done NAME ESTIMATOR PAIRS SECONDS`` after it, so a
+caller that runs this with a time limit can tell which one hung (``tests/test_no_hangs.py``); a
+combination the configuration refuses (FullES on a system that never resets) prints ``skip ...``
+with the error.
+"""
+
+from __future__ import annotations
+
+import pickle
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+
+import tasks
+from lopt_meta.errors import ConfigError
+from meta_train import config as config_lib
+from meta_train import estimators
+
+UNROLL_LENGTH = 4
+INNER_HORIZON = 8
+PAIRS = (2, 4)
+
+
+def fake_cifar10(root: Path, per_file: int = 50) -> str:
+  """A random dataset in the layout of ``cifar-10-batches-py`` under ``root``; returns ``root``."""
+  folder = root / "cifar-10-batches-py"
+  folder.mkdir(parents=True, exist_ok=True)
+  rng = np.random.default_rng(0)
+  for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+    batch = {b"data": rng.integers(0, 256, (per_file, 3072), dtype=np.uint8),
+             b"labels": [int(x) for x in rng.integers(0, 10, per_file)]}
+    with open(folder / name, "wb") as f:
+      pickle.dump(batch, f)
+  return str(root)
+
+
+def configs(name: str, estimator: str, pairs: int, scratch: Path) -> config_lib.TrainConfig:
+  """The run configuration of one combination (see the module docstring)."""
+  task, _, lopt = name.partition("/")
+  W, T = (UNROLL_LENGTH // 2, INNER_HORIZON // 2) if task == "cifar10_resnet" else (
+      UNROLL_LENGTH, INNER_HORIZON)
+  settings = {"task": task, "estimator": estimator, "num_particles": 2 * pairs, "sigma": 0.01,
+              "unroll_length": W}
+  if estimator == "gpes":
+    settings["K"] = 2 * W
+  if task in tasks.INNER_TASKS:
+    settings.update(horizon=T, lopt=lopt or "mlp")
+  if task == "cifar10_resnet":
+    settings.update(data_dir=fake_cifar10(scratch), task_option={"batch_size": "1", "widths": "[8]"})
+  return config_lib.TrainConfig.from_dict(settings)
+
+
+def main(names: list[str]) -> None:
+  with tempfile.TemporaryDirectory() as scratch:
+    for name in names:
+      for estimator in estimators.ESTIMATORS:
+        for pairs in PAIRS:
+          try:
+            system, est = config_lib.validate(configs(name, estimator, pairs, Path(scratch)))
+          except ConfigError as e:  # e.g. full_es on a system that never resets
+            print(f"skip {name} {estimator} {pairs}: {e}", flush=True)
+            continue
+          print(f"start {name} {estimator} {pairs}", flush=True)
+          start = time.perf_counter()
+          ws = est.init(jax.random.key(0), system.theta0)
+          grad, ws, metrics = est.estimate(jax.random.key(1), system.theta0, ws)
+          jax.block_until_ready((grad, ws, metrics))
+          if jax.tree.structure(grad) != jax.tree.structure(system.theta0):
+            raise AssertionError(f"{name} {estimator}: the estimate is not shaped like theta")
+          print(f"done {name} {estimator} {pairs} {time.perf_counter() - start:.1f}", flush=True)
+
+
+if __name__ == "__main__":
+  main(sys.argv[1:])
