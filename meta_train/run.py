@@ -219,13 +219,13 @@ def _loop(config, run_dir, system, estimator, trainer, state, *, meta, resumed):
     else:
       print(line, file=sys.stderr, flush=True)
 
-  hazard = preflight.lapack_warning(system, getattr(estimator, "num_pairs",
-                                                    estimator.num_particles))
-  if hazard is not None:
-    write(hazard)
   watchdog = Watchdog(write, grace_s=c_run.stop_grace_s, stall_min_s=c_run.stall_warning_s)
   watchdog.start()
   try:
+    hazard = preflight.lapack_warning(system, getattr(estimator, "num_pairs",
+                                                      estimator.num_particles))
+    if hazard is not None:
+      write(hazard)
     if state is None:
       print(f"meta-train: {estimator!r} on {system.name!r}, {total} outer steps -> {run_dir}",
             flush=True)

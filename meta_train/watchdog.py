@@ -115,11 +115,18 @@ class Watchdog:
 
   @contextlib.contextmanager
   def phase(self, where: str, steps: int = 0) -> Iterator[None]:
-    """The loop is ``where`` (e.g. "running outer steps 41..50"), running ``steps`` outer steps."""
+    """The loop is ``where`` (e.g. "running outer steps 41..50"), running ``steps`` outer steps;
+    after the block, it is between phases."""
+    self._enter(where, steps)
+    try:
+      yield
+    finally:
+      self._enter(f"between phases (after {where})", 0)
+
+  def _enter(self, where: str, steps: int) -> None:
     with self._lock:
       self._where, self._since, self._steps = where, time.monotonic(), steps
       self._next_warning = None
-    yield
 
   def completed(self, steps: int, seconds: float) -> None:
     """``steps`` outer steps completed in ``seconds``."""
