@@ -17,6 +17,7 @@ with the error.
 
 from __future__ import annotations
 
+import os
 import pickle
 import sys
 import tempfile
@@ -26,14 +27,28 @@ from pathlib import Path
 import jax
 import numpy as np
 
+import lopt_meta
 import tasks
 from lopt_meta.errors import ConfigError
 from meta_train import config as config_lib
 from meta_train import estimators
+from tasks import data
 
 UNROLL_LENGTH = 4
 INNER_HORIZON = 8
 PAIRS = (2, 4)
+
+# Every registered task (inner tasks with the default learned optimizer), and every learned
+# optimizer on one inner task.
+NAMES = (sorted(tasks.TASKS) + [f"{t}/mlp" for t in sorted(tasks.INNER_TASKS)]
+         + [f"digits_mlp/{o}" for o in sorted(lopt_meta.OPTIMIZERS) if o != "mlp"])
+
+
+def runnable(name: str) -> bool:
+  """Whether ``name``'s data is here: FashionMNIST is Debian's dataset-fashion-mnist, which CI
+  installs (so there, a missing dataset is a failure, not a skip)."""
+  return not name.startswith("fashion_mnist") or (
+      data.DEBIAN_FASHION_MNIST.is_dir() or bool(os.environ.get("CI")))
 
 
 def fake_cifar10(root: Path, per_file: int = 50) -> str:
@@ -49,11 +64,13 @@ def fake_cifar10(root: Path, per_file: int = 50) -> str:
   return str(root)
 
 
-def configs(name: str, estimator: str, pairs: int, scratch: Path) -> config_lib.TrainConfig:
-  """The run configuration of one combination (see the module docstring)."""
+def configs(name: str, estimator: str, pairs: int, scratch: Path, *,
+            full_model: bool = False) -> config_lib.TrainConfig:
+  """The run configuration of one combination (see the module docstring; ``full_model``: the
+  registered ``cifar10_resnet`` as it is)."""
   task, _, lopt = name.partition("/")
-  W, T = (UNROLL_LENGTH // 2, INNER_HORIZON // 2) if task == "cifar10_resnet" else (
-      UNROLL_LENGTH, INNER_HORIZON)
+  small = task == "cifar10_resnet" and not full_model
+  W, T = (UNROLL_LENGTH // 2, INNER_HORIZON // 2) if small else (UNROLL_LENGTH, INNER_HORIZON)
   settings = {"task": task, "estimator": estimator, "num_particles": 2 * pairs, "sigma": 0.01,
               "unroll_length": W}
   if estimator == "gpes":
@@ -61,7 +78,9 @@ def configs(name: str, estimator: str, pairs: int, scratch: Path) -> config_lib.
   if task in tasks.INNER_TASKS:
     settings.update(horizon=T, lopt=lopt or "mlp")
   if task == "cifar10_resnet":
-    settings.update(data_dir=fake_cifar10(scratch), task_option={"batch_size": "1", "widths": "[8]"})
+    settings["data_dir"] = fake_cifar10(scratch)
+  if small:
+    settings["task_option"] = {"batch_size": "1", "widths": "[8]"}
   return config_lib.TrainConfig.from_dict(settings)
 
 

@@ -23,16 +23,12 @@ import jax
 import pytest
 
 import lopt_meta
-import tasks
 from meta_train import estimators
-from tasks import data
+from tests.every_system import NAMES, runnable
 
 ROOT = Path(__file__).resolve().parent.parent
 LIMIT_S = 180.0  # per combination (about 20 s at most here), compilation included
 
-# One inner task trains every learned optimizer; every inner task is trained by the default one.
-NAMES = (sorted(tasks.TASKS) + [f"{t}/mlp" for t in sorted(tasks.INNER_TASKS)]
-         + [f"digits_mlp/{o}" for o in sorted(lopt_meta.OPTIMIZERS) if o != "mlp"])
 SLOWEST_FIRST = ("cifar10_resnet/mlp", "lstm_copy/mlp")  # so that the two workers finish together
 # Refused before any compute (a `skip` line with the error): FullES needs episodes that end, and
 # a fixed optimizer has no meta-parameters.
@@ -87,19 +83,13 @@ def run_system(name: str) -> Outcome:
                  seconds=time.monotonic() - start)
 
 
-def _runnable(name: str) -> bool:
-  """FashionMNIST is Debian's dataset-fashion-mnist, which CI installs (missing there: a failure)."""
-  return not name.startswith("fashion_mnist") or (
-      data.DEBIAN_FASHION_MNIST.is_dir() or bool(os.environ.get("CI")))
-
-
 @pytest.fixture(scope="module")
 def outcomes(request):
   """The outcomes of the selected systems, two subprocesses at a time (each test waits for its
   own)."""
   selected = {item.callspec.params["name"] for item in request.session.items
               if getattr(item, "originalname", None) == "test_init_and_estimate_finish"}
-  order = sorted((n for n in NAMES if n in selected and _runnable(n)),
+  order = sorted((n for n in NAMES if n in selected and runnable(n)),
                  key=lambda n: n not in SLOWEST_FIRST)
   with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
     yield {name: pool.submit(run_system, name) for name in order}
@@ -108,7 +98,7 @@ def outcomes(request):
 @pytest.mark.parametrize("name", NAMES)
 def test_init_and_estimate_finish(name, outcomes):
   """With 2 and with 4 pairs, for every estimator (see the module docstring)."""
-  if not _runnable(name):
+  if not runnable(name):
     pytest.skip("Debian's dataset-fashion-mnist is not installed here (CI installs it)")
   outcome = outcomes[name].result()
   print(f"{name}: {outcome.seconds:.0f} s")
