@@ -55,6 +55,8 @@ class Resume:
   """The new total number of outer steps (default: the run's configured number)."""
   wandb: Literal["online", "offline", "disabled"] | None = None
   """Weights & Biases mode for this session (default: the run's)."""
+  stop_grace_s: float | None = None
+  """After SIGINT/SIGTERM, end without saving if the compiled step has not returned after this many seconds (default: the run's)."""
 
 
 @dataclasses.dataclass
@@ -120,7 +122,8 @@ def run_command(command) -> int:
   if isinstance(command, Train):
     run_lib.train(command.config, overwrite=command.overwrite)
   elif isinstance(command, Resume):
-    run_lib.resume(command.run_dir, outer_steps=command.outer_steps, wandb=command.wandb)
+    run_lib.resume(command.run_dir, outer_steps=command.outer_steps, wandb=command.wandb,
+                   stop_grace_s=command.stop_grace_s)
   elif isinstance(command, Eval):
     _eval(command)
   elif isinstance(command, Export):

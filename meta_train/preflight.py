@@ -23,7 +23,8 @@ _LAPACK_CALL = re.compile(r"custom_call @(lapack_\w+)")
 
 def lapack_calls(system: UnrolledSystem, num_pairs: int = 2) -> dict[str, list[str]]:
   """The LAPACK custom calls (e.g. ``lapack_sgeqrf_ffi``) of ``system.init`` and ``system.step``
-  vmapped over ``num_pairs``, lowered for the default backend: ``{"init": [...], "step": [...]}``."""
+  vmapped over ``num_pairs``, lowered for the default backend (nothing is compiled):
+  ``{"init": [...], "step": [...]}``."""
   bound = system.bound()
   keys = jax.random.split(jax.random.key(0), num_pairs)
   init = jax.jit(jax.vmap(bound.init)).lower(keys)

@@ -163,14 +163,16 @@ def train(config: config_lib.TrainConfig, *, overwrite: bool = False) -> tuple[T
 
 
 def resume(run_dir: str | os.PathLike, *, outer_steps: int | None = None,
-           wandb: str | None = None) -> tuple[TrainState, Path]:
+           wandb: str | None = None, stop_grace_s: float | None = None) -> tuple[TrainState, Path]:
   """Continues the run in ``run_dir`` from its latest readable checkpoint to ``outer_steps`` in
-  total (default: the configured number)."""
+  total (default: the configured number); ``wandb`` and ``stop_grace_s`` replace the run's."""
   run_dir = Path(run_dir)
   config = read_config(run_dir)
   outer = config.outer if outer_steps is None else dataclasses.replace(
       config.outer, outer_steps=outer_steps)
   run = config.run if wandb is None else dataclasses.replace(config.run, wandb=wandb)
+  if stop_grace_s is not None:
+    run = dataclasses.replace(run, stop_grace_s=stop_grace_s)
   config = dataclasses.replace(config, outer=outer, run=dataclasses.replace(run, out=run_dir))
   system, estimator, trainer = _build(config)
   checkpoints = Checkpoints(run_dir)

@@ -24,7 +24,8 @@ ROOT = Path(__file__).resolve().parent.parent
 def watchdog_factory():
   """Builds started watchdogs whose ``exit`` records the status; SIGINT/SIGTERM get harmless
   Python handlers meanwhile (the run loop installs its own)."""
-  made, previous = [], {s: signal.signal(s, lambda *_: None) for s in (signal.SIGINT, signal.SIGTERM)}
+  made = []
+  previous = {s: signal.signal(s, lambda *_: None) for s in (signal.SIGINT, signal.SIGTERM)}
 
   def make(**options):
     lines, exits = [], []
@@ -181,8 +182,15 @@ def test_a_run_stuck_in_its_compiled_step_ends_on_a_signal_and_resumes(
   metrics = (out / "metrics.jsonl").read_text()
   assert metrics == stuck_metrics and all(json.loads(l) for l in metrics.splitlines())
   block.unlink()
-  resumed = subprocess.run(command + ["resume", str(out), "--outer-steps", str(latest + 3)],
+  resumed = subprocess.run(command + ["resume", str(out), "--outer-steps", str(latest + 3),
+                                      "--stop-grace-s", "5"],
                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
   assert resumed.returncode == 0, resumed.stdout + resumed.stderr
   assert f"resuming {out} at outer step {latest} -> {latest + 3}" in resumed.stdout
   assert str(latest + 3) in _checkpoint_steps(out)
+  assert json.loads((out / "config.json").read_text())["run"]["stop_grace_s"] == 5.0
+  refused = subprocess.run(command + ["resume", str(out), "--stop-grace-s", "-1"], cwd=ROOT,
+                           env=env, capture_output=True, text=True, timeout=300)
+  assert refused.returncode == 2
+  assert refused.stderr == ("meta-train: error: stop_grace_s: must be a positive finite number; "
+                            "got -1.0\n")
