@@ -37,7 +37,7 @@ from meta_train.checkpointing import Checkpoints
 from meta_train.logs import RunLog, read_metrics
 from meta_train.progress import Progress
 from meta_train.trainer import Trainer, TrainState, outer_optimizer, summarize
-from meta_train.watchdog import Watchdog
+from meta_train.watchdog import EXIT_CODES, Watchdog
 
 RUN_FILES = ("config.json", "metrics.jsonl", "checkpoints", "unreadable_checkpoints", "wandb",
              "wandb_id")
@@ -193,23 +193,10 @@ def resume(run_dir: str | os.PathLike, *, outer_steps: int | None = None,
 def _loop(config, run_dir, system, estimator, trainer, state, *, meta, resumed):
   c_run, total = config.run, config.outer.outer_steps
   evaluate = evaluation.Evaluator(config, system) if c_run.eval_every else None
-  theta_size = sum(np.size(x) for x in jax.tree.leaves(system.theta0))
   log = RunLog(run_dir, config.to_dict(), mode=c_run.wandb, name=run_dir.name, resume=resumed)
   checkpoints = Checkpoints(run_dir, max_to_keep=c_run.keep_checkpoints)
   stop = {"signal": None}
-  previous = {}
-
-  def on_signal(signum, frame):  # the loop stops at its next check; a second signal: the watchdog
-    del frame
-    if stop["signal"] is None:
-      stop["signal"] = signum
-
-  for signum in (signal.SIGINT, signal.SIGTERM):
-    try:
-      previous[signum] = signal.signal(signum, on_signal)
-    except ValueError:  # not the main thread: no signal handling
-      pass
-
+  previous = _catch_signals(stop)
   start = time.perf_counter()
   elapsed0 = float(meta.get("elapsed_s", 0.0))
   total_unroll = int(meta.get("total_unroll_steps", 0))
@@ -231,18 +218,8 @@ def _loop(config, run_dir, system, estimator, trainer, state, *, meta, resumed):
     if state is None:
       print(f"meta-train: {estimator!r} on {system.name!r}, {total} outer steps -> {run_dir}",
             flush=True)
-      with watchdog.phase("initializing the workers (compilation and burn-in)"):
-        state = trainer.init(jax.random.key(c_run.seed), system.theta0)
-        total_unroll = estimator.burn_in_steps(state.workers)
-      if evaluate is not None:
-        with watchdog.phase("evaluating theta at step 0"):
-          record = {"step": 0, "time_s": time.perf_counter() - start, **evaluate(state.theta),
-                    **evaluate.baseline()}
-        if theta_size <= 32:
-          record["theta"] = _jsonable(state.theta)
-        with watchdog.writing():
-          log.write(record)
-        print(_eval_line(0, record), flush=True)
+      state, total_unroll = _start(system, estimator, trainer, c_run.seed, evaluate, log,
+                                   watchdog, start)
     else:
       watchdog.last_checkpoint = int(state.step)
       log.event("resume", step=int(state.step))
@@ -253,34 +230,20 @@ def _loop(config, run_dir, system, estimator, trainer, state, *, meta, resumed):
     pending, window_start, window_time = [], done, time.perf_counter()
     compiled = set()  # chunk lengths run before (a new length compiles: its time is not counted)
     while done < total:
-      boundaries = [total, _next(done, c_run.log_every), _next(done, c_run.checkpoint_every)]
-      if evaluate is not None:
-        boundaries.append(_next(done, c_run.eval_every))
-      n = min(boundaries) - done
-      with watchdog.phase(f"running outer steps {done + 1}..{done + n}", steps=n):
-        chunk_start = time.perf_counter()
-        state, metrics = trainer.run(state, n)
-        pending.append(jax.device_get(metrics))
-      if n in compiled:
-        watchdog.completed(n, time.perf_counter() - chunk_start)
-      compiled.add(n)
+      everies = [c_run.log_every, c_run.checkpoint_every] + ([c_run.eval_every] if evaluate else [])
+      n = min([total] + [_next(done, every) for every in everies]) - done
+      state, metrics = _run_chunk(trainer, state, done, n, watchdog, compiled)
+      pending.append(metrics)
       total_unroll += int(np.sum(pending[-1]["unroll_steps"]))
       done += n
       now = time.perf_counter()
       stopping = stop["signal"] is not None
       evaluating = evaluate is not None and (done % c_run.eval_every == 0 or done == total)
       if done % c_run.log_every == 0 or done == total or evaluating or stopping:
-        # One record per log window: per-step metrics of all its chunks reduced together.
-        record = summarize({k: np.concatenate([np.atleast_1d(m[k]) for m in pending])
-                            for k in pending[0]})
-        window = now - window_time
-        record.update(step=done, time_s=elapsed0 + now - start,
-                      outer_steps_per_s=(done - window_start) / window,
-                      unroll_steps_per_s=record["unroll_steps"] / window,
-                      total_unroll_steps=total_unroll)
+        record = _window_record(pending, done=done, window_start=window_start,
+                                window_s=now - window_time, time_s=elapsed0 + now - start,
+                                total_unroll=total_unroll, theta=state.theta)
         first, pending, window_start = window_start + 1, [], done
-        if theta_size <= 32:
-          record["theta"] = _jsonable(state.theta)
         if evaluating:
           with watchdog.phase(f"evaluating theta at step {done}"):
             record.update(evaluate(state.theta))
@@ -302,7 +265,7 @@ def _loop(config, run_dir, system, estimator, trainer, state, *, meta, resumed):
       if stopping:
         with watchdog.writing():
           log.event("interrupted", step=done, signal=int(stop["signal"]))
-        raise Interrupted(130 if stop["signal"] == signal.SIGINT else 143, done)
+        raise Interrupted(EXIT_CODES[stop["signal"]], done)
     return state, run_dir
   finally:
     with watchdog.phase("closing the run (logs, checkpoints)"):
@@ -313,6 +276,72 @@ def _loop(config, run_dir, system, estimator, trainer, state, *, meta, resumed):
     watchdog.stop()
     for signum, handler in previous.items():
       signal.signal(signum, handler)
+
+
+def _catch_signals(stop: dict[str, Any]) -> dict[int, Any]:
+  """Handlers for SIGINT and SIGTERM that record the first signal in ``stop["signal"]`` (the
+  loop stops at its next check; a second signal is the watchdog's); returns the previous ones.
+  Outside the main thread nothing is installed."""
+  def on_signal(signum, frame):
+    del frame
+    if stop["signal"] is None:
+      stop["signal"] = signum
+
+  previous = {}
+  for signum in (signal.SIGINT, signal.SIGTERM):
+    try:
+      previous[signum] = signal.signal(signum, on_signal)
+    except ValueError:  # not the main thread: no signal handling
+      pass
+  return previous
+
+
+def _run_chunk(trainer, state, done, n, watchdog, compiled):
+  """Outer steps ``done + 1 .. done + n``; returns the state and the metrics on the host. The
+  chunk's time goes to the watchdog unless its length is new (``compiled``), i.e. compiled."""
+  with watchdog.phase(f"running outer steps {done + 1}..{done + n}", steps=n):
+    chunk_start = time.perf_counter()
+    state, metrics = trainer.run(state, n)
+    metrics = jax.device_get(metrics)
+  if n in compiled:
+    watchdog.completed(n, time.perf_counter() - chunk_start)
+  compiled.add(n)
+  return state, metrics
+
+
+def _start(system, estimator, trainer, seed, evaluate, log, watchdog, start):
+  """A fresh run's workers (burned in) and, with evaluation on, its step-0 record; returns
+  ``(state, burn-in trajectory steps)``."""
+  with watchdog.phase("initializing the workers (compilation and burn-in)"):
+    state = trainer.init(jax.random.key(seed), system.theta0)
+    burn_in = estimator.burn_in_steps(state.workers)
+  if evaluate is not None:
+    with watchdog.phase("evaluating theta at step 0"):
+      record = {"step": 0, "time_s": time.perf_counter() - start, **evaluate(state.theta),
+                **evaluate.baseline()}
+    _add_theta(record, state.theta)
+    with watchdog.writing():
+      log.write(record)
+    print(_eval_line(0, record), flush=True)
+  return state, burn_in
+
+
+def _window_record(pending, *, done, window_start, window_s, time_s, total_unroll, theta):
+  """One record per log window: the per-step metrics of all its chunks reduced together, with
+  the rates over the window's ``window_s`` seconds."""
+  record = summarize({k: np.concatenate([np.atleast_1d(m[k]) for m in pending])
+                      for k in pending[0]})
+  record.update(step=done, time_s=time_s, outer_steps_per_s=(done - window_start) / window_s,
+                unroll_steps_per_s=record["unroll_steps"] / window_s,
+                total_unroll_steps=total_unroll)
+  _add_theta(record, theta)
+  return record
+
+
+def _add_theta(record: dict[str, Any], theta) -> None:
+  """Logs theta itself when it is small (at most 32 numbers)."""
+  if sum(np.size(x) for x in jax.tree.leaves(theta)) <= 32:
+    record["theta"] = _jsonable(theta)
 
 
 def _next(done: int, every: int) -> int:

@@ -133,7 +133,7 @@ class Watchdog:
     with self._lock:
       if steps > 0:
         self._per_step.append(seconds / steps)
-  
+
   @contextlib.contextmanager
   def writing(self) -> Iterator[None]:
     """The loop writes to disk: the process is not ended until it is done."""
