@@ -110,12 +110,15 @@ class Evaluator:
     return self._baseline_result
 
   def __call__(self, theta) -> dict[str, Any]:
-    """``eval_loss`` (mean over steps and episodes), ``eval_final_loss``, ``eval_curve`` and, for
+    """``eval_loss`` (mean over steps and episodes), ``eval_final_loss``, ``eval_curve``, for
+    policy learning ``eval_return`` (the mean episode return, ``-T * eval_loss``) and, for
     learned optimizers, ``eval_vs_adam`` (eval_loss over the baseline's) and the outer-validation
     loss after each step (``eval_outer_valid_loss``, ``eval_outer_valid_final_loss``)."""
     curve = np.asarray(self._curve(theta, self.key, self.system.data))
     out = {"eval_loss": float(np.nanmean(curve)), "eval_final_loss": float(curve[-1]),
            "eval_curve": subsample(curve)}
+    if self.system.loss_is_negative_reward:
+      out["eval_return"] = -float(np.nansum(curve))  # the mean over episodes of sum_t reward_t
     if self.inner:
       base = self.baseline()["adam_loss"]
       out["eval_vs_adam"] = out["eval_loss"] / base if base > 0 else math.nan

@@ -2,7 +2,8 @@
 
 Four panels: the meta-loss against outer steps, against wall time and against inner (trajectory)
 steps, and the last evaluation's per-step loss curve of each run beside its baseline (Adam's best
-learning rate, for learned optimizers).
+learning rate, for learned optimizers). For policy learning two more: the evaluation's mean
+episode return against environment steps and against wall time.
 
 The logged meta-loss is a mean over a few windows of few particles, so it carries a periodic
 component: step-unlocked workers pass through the phases of their episodes with period
@@ -43,7 +44,8 @@ def plot_runs(run_dirs: Sequence[str | Path], out: str | Path) -> Path:
       raise ConfigError("run_dir", f"{run_dir} has no logged meta-loss yet")
     runs.append((run_dir.name, records, _smoothing(run_dir, records)))
 
-  fig, axes = plt.subplots(2, 2, figsize=(12, 8.5))
+  returns = any("eval_return" in r for _, records, _ in runs for r in records)
+  fig, axes = plt.subplots(3 if returns else 2, 2, figsize=(12, 12.5 if returns else 8.5))
   panels = [(axes[0, 0], "step", "outer step"), (axes[0, 1], "time_s", "wall time (s)"),
             (axes[1, 0], "total_unroll_steps", "inner steps (all particles)")]
   for ax, key, label in panels:
@@ -86,12 +88,31 @@ def plot_runs(run_dirs: Sequence[str | Path], out: str | Path) -> Path:
   ax.grid(alpha=0.3)
   if drew:
     ax.legend(fontsize="small")
+  if returns:
+    _draw_returns(axes[2], runs)
   fig.tight_layout()
   out = Path(out)
   out.parent.mkdir(parents=True, exist_ok=True)
   fig.savefig(out, dpi=100)
   plt.close(fig)
   return out
+
+
+def _draw_returns(axes, runs) -> None:
+  """Policy learning: the evaluation's mean episode return against environment steps (every
+  particle, burn-in included) and against wall time."""
+  for ax, key, label in ((axes[0], "total_unroll_steps",
+                          "environment steps (all particles, burn-in included)"),
+                         (axes[1], "time_s", "wall time (s)")):
+    for name, records, _ in runs:
+      points = np.asarray([(r[key], r["eval_return"]) for r in records
+                           if "eval_return" in r and key in r], dtype=float)
+      if len(points):
+        ax.plot(points[:, 0], points[:, 1], marker="o", markersize=3, label=name)
+    ax.set_xlabel(label)
+    ax.set_ylabel("evaluation return (mean over episodes)")
+    ax.grid(alpha=0.3)
+  axes[0].legend(fontsize="small")
 
 
 def _smoothing(run_dir: Path, records) -> int:

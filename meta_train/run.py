@@ -200,6 +200,7 @@ def _loop(config, run_dir, system, estimator, trainer, state, *, meta, resumed):
   start = time.perf_counter()
   elapsed0 = float(meta.get("elapsed_s", 0.0))
   total_unroll = int(meta.get("total_unroll_steps", 0))
+  burn_in = int(meta.get("burn_in_steps", 0))
   progress = None
 
   def write(line):
@@ -218,8 +219,9 @@ def _loop(config, run_dir, system, estimator, trainer, state, *, meta, resumed):
     if state is None:
       print(f"meta-train: {estimator!r} on {system.name!r}, {total} outer steps -> {run_dir}",
             flush=True)
-      state, total_unroll = _start(system, estimator, trainer, c_run.seed, evaluate, log,
-                                   watchdog, start)
+      state, burn_in = _start(system, estimator, trainer, c_run.seed, evaluate, log,
+                              watchdog, start)
+      total_unroll = burn_in
     else:
       watchdog.last_checkpoint = int(state.step)
       log.event("resume", step=int(state.step))
@@ -243,6 +245,7 @@ def _loop(config, run_dir, system, estimator, trainer, state, *, meta, resumed):
         record = _window_record(pending, done=done, window_start=window_start,
                                 window_s=now - window_time, time_s=elapsed0 + now - start,
                                 total_unroll=total_unroll, theta=state.theta)
+        record["burn_in_steps"] = burn_in
         first, pending, window_start = window_start + 1, [], done
         if evaluating:
           with watchdog.phase(f"evaluating theta at step {done}"):
@@ -260,6 +263,7 @@ def _loop(config, run_dir, system, estimator, trainer, state, *, meta, resumed):
         with watchdog.phase(f"saving checkpoint {done}"), watchdog.writing():
           checkpoints.save(done, state, {"step": done, "elapsed_s": elapsed0 + now - start,
                                          "total_unroll_steps": total_unroll,
+                                         "burn_in_steps": burn_in,
                                          "config": config.to_dict()})
         watchdog.last_checkpoint = done
       if stopping:
@@ -317,8 +321,8 @@ def _start(system, estimator, trainer, seed, evaluate, log, watchdog, start):
     burn_in = estimator.burn_in_steps(state.workers)
   if evaluate is not None:
     with watchdog.phase("evaluating theta at step 0"):
-      record = {"step": 0, "time_s": time.perf_counter() - start, **evaluate(state.theta),
-                **evaluate.baseline()}
+      record = {"step": 0, "time_s": time.perf_counter() - start, "total_unroll_steps": burn_in,
+                "burn_in_steps": burn_in, **evaluate(state.theta), **evaluate.baseline()}
     _add_theta(record, state.theta)
     with watchdog.writing():
       log.write(record)
@@ -358,6 +362,8 @@ def _jsonable(x):
 
 def _eval_line(step: int | None, record: dict[str, Any]) -> str:
   line = f"eval_loss {record['eval_loss']:.6g}"
+  if "eval_return" in record:
+    line += f" (return {record['eval_return']:.6g})"
   if "adam_loss" in record:
     line += f" (Adam lr {record['adam_lr']:g}: {record['adam_loss']:.6g})"
   elif "eval_vs_adam" in record:

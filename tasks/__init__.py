@@ -15,6 +15,7 @@ into an unrolled system over the optimizer's meta-parameters).
 from tasks.base import PRNGKey, State, Theta, UnrolledSystem
 from tasks.dynamical import influence_balancing, lorenz, toy2d
 from tasks.inner import INNER_TASKS, InnerTask, get_inner_task
+from tasks.policy_learning import gym_mujoco, policy_system
 from tasks.lopt_system import META_LOSSES, TRUNCATIONS, learned_optimizer_system
 from tasks.registry import TASKS, get, override_names, register
 
@@ -22,6 +23,7 @@ __all__ = [
     "PRNGKey", "State", "Theta", "UnrolledSystem",
     "TASKS", "get", "override_names", "register",
     "influence_balancing", "lorenz", "toy2d",
+    "gym_mujoco", "policy_system",
     "INNER_TASKS", "InnerTask", "get_inner_task",
     "META_LOSSES", "TRUNCATIONS", "learned_optimizer_system",
 ]

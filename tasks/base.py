@@ -53,6 +53,8 @@ class UnrolledSystem:
       (read from a fresh episode's state; at most ``horizon``), or ``None`` for always ``T``.
     min_horizon: the shortest possible episode (default: ``horizon``); a truncation window of an
       online estimator may not be longer.
+    loss_is_negative_reward: the per-step loss is minus a reward (policy learning): evaluations
+      also report the mean episode return ``-sum_t L_t``.
   """
 
   init: Callable[..., State]
@@ -63,6 +65,7 @@ class UnrolledSystem:
   data: Any = None
   episode_length: Callable[[State], jax.Array] | None = None
   min_horizon: int | None = None
+  loss_is_negative_reward: bool = False
 
   def __post_init__(self):
     if not callable(self.init):

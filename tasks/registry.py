@@ -2,7 +2,7 @@
 
 >>> import tasks
 >>> sorted(tasks.TASKS)
-['influence_balancing', 'lorenz', 'toy2d']
+['halfcheetah', 'hopper', 'influence_balancing', 'lorenz', 'swimmer', 'toy2d', 'walker2d']
 >>> tasks.get("lorenz", horizon=500).horizon
 500
 """
@@ -13,13 +13,17 @@ import inspect
 from collections.abc import Callable
 
 from lopt_meta.errors import ConfigError, build_named, unknown_name
-from tasks import dynamical
+from tasks import dynamical, policy_learning
 from tasks.base import UnrolledSystem
 
 TASKS: dict[str, Callable[..., UnrolledSystem]] = {
     "toy2d": dynamical.toy2d,
     "influence_balancing": dynamical.influence_balancing,
     "lorenz": dynamical.lorenz,
+    "swimmer": policy_learning.swimmer,
+    "halfcheetah": policy_learning.halfcheetah,
+    "hopper": policy_learning.hopper,
+    "walker2d": policy_learning.walker2d,
 }
 
 
