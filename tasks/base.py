@@ -55,6 +55,8 @@ class UnrolledSystem:
       online estimator may not be longer.
     loss_is_negative_reward: the per-step loss is minus a reward (policy learning): evaluations
       also report the mean episode return ``-sum_t L_t``.
+    differentiable: whether ``step`` can be differentiated in theta (truncated backprop needs
+      it; a system that calls out of JAX, e.g. MuJoCo's C engine, cannot).
   """
 
   init: Callable[..., State]
@@ -66,6 +68,7 @@ class UnrolledSystem:
   episode_length: Callable[[State], jax.Array] | None = None
   min_horizon: int | None = None
   loss_is_negative_reward: bool = False
+  differentiable: bool = True
 
   def __post_init__(self):
     if not callable(self.init):

@@ -15,8 +15,11 @@ supported.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib
+import io
+import sys
 from typing import Any
 
 from lopt_meta.errors import ConfigError
@@ -31,6 +34,10 @@ def require(module: str):
   """Imports ``module`` (mujoco, gymnasium, mujoco.mjx) or raises a ConfigError saying how to
   install the RL extra."""
   try:
+    if module == "mujoco.mjx" and module not in sys.modules:
+      # mjx prints a line per optional GPU backend (warp) it does not find: not our user's concern
+      with contextlib.redirect_stdout(io.StringIO()):
+        return importlib.import_module(module)
     return importlib.import_module(module)
   except ImportError as e:
     raise ConfigError("task", f"policy-learning tasks need {module!r} ({e}); install it with: "

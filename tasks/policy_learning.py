@@ -102,7 +102,8 @@ def policy_system(spec: Locomotion, *, policy: str = "linear", hidden: int = 30,
     spec: the environment (:func:`tasks.locomotion.from_gymnasium`).
     policy: ``"linear"`` (no bias) or ``"mlp"`` (one hidden ReLU layer of ``hidden`` units).
     init_scale: see :func:`policy_module` (0: zeros).
-    backend: ``"mujoco"`` (C engine, host callback) or ``"mjx"`` (JAX-native).
+    backend: ``"mujoco"`` (C engine, host callback: not differentiable, so ES estimators only) or
+      ``"mjx"`` (JAX-native; truncated backprop works through it).
     horizon: ``T``, environment steps per episode.
     obs_norm: normalise observations by running statistics of the particle's own episode so far
       (updated with each observation before it is used); off by default, as the paper.
@@ -153,7 +154,8 @@ def policy_system(spec: Locomotion, *, policy: str = "linear", hidden: int = 30,
     return new, jnp.where(done, 0.0, -out.reward)
 
   return UnrolledSystem(init=init, step=step, horizon=horizon, theta0=theta0,
-                        name=name or spec.gym_id, loss_is_negative_reward=True)
+                        name=name or spec.gym_id, loss_is_negative_reward=True,
+                        differentiable=backend == "mjx")
 
 
 def gym_mujoco(env: str, *, policy: str = "linear", hidden: int = 30, init_scale: float = 0.0,
@@ -178,3 +180,5 @@ swimmer = functools.partial(gym_mujoco, "Swimmer-v5", name="swimmer")
 halfcheetah = functools.partial(gym_mujoco, "HalfCheetah-v5", init_scale=0.03, name="halfcheetah")
 hopper = functools.partial(gym_mujoco, "Hopper-v5", name="hopper")
 walker2d = functools.partial(gym_mujoco, "Walker2d-v5", name="walker2d")
+REGISTERED = {"swimmer": swimmer, "halfcheetah": halfcheetah, "hopper": hopper,
+              "walker2d": walker2d}

@@ -20,10 +20,7 @@ TASKS: dict[str, Callable[..., UnrolledSystem]] = {
     "toy2d": dynamical.toy2d,
     "influence_balancing": dynamical.influence_balancing,
     "lorenz": dynamical.lorenz,
-    "swimmer": policy_learning.swimmer,
-    "halfcheetah": policy_learning.halfcheetah,
-    "hopper": policy_learning.hopper,
-    "walker2d": policy_learning.walker2d,
+    **policy_learning.REGISTERED,
 }
 
 

@@ -24,6 +24,7 @@ import pytest
 
 import lopt_meta
 from meta_train import estimators
+from tasks import policy_learning
 from tests.every_system import NAMES, runnable
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -43,6 +44,8 @@ def refusal(name: str, estimator: str) -> str | None:
     return f"lopt: {lopt!r} has no meta-parameters"
   if task == "influence_balancing" and estimator == "full_es":
     return "estimator: full_es needs a finite horizon"
+  if task in policy_learning.REGISTERED and estimator == "tbptt":  # MuJoCo's C engine
+    return "estimator: tbptt backpropagates through the steps"
   return None
 
 

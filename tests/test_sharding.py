@@ -1,5 +1,6 @@
 """Several devices: 4 simulated CPU devices give the same estimates as one."""
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -29,6 +30,12 @@ SCRIPT = textwrap.dedent("""
         "tbptt_lorenz": (lorenz, lambda d: TBPTT(lorenz, num_particles=8, unroll_length=10, devices=d)),
         "nres_lopt": (lopt, lambda d: NRES(lopt, num_particles=8, sigma=0.01, unroll_length=5, devices=d)),
     }
+    try:  # the MuJoCo host callback, once per step per device (the RL extra is installed in CI)
+        swimmer = tasks.get("swimmer", horizon=20)
+        cases["nres_swimmer"] = (swimmer, lambda d: NRES(swimmer, num_particles=8, sigma=0.3, unroll_length=5, devices=d))
+        cases["full_es_swimmer"] = (swimmer, lambda d: FullES(swimmer, num_particles=8, sigma=0.3, devices=d))
+    except lopt_meta.ConfigError:
+        pass
     out = {"devices": len(jax.devices())}
     for name, (system, make) in cases.items():
         many, one = make(None), make(jax.devices()[:1])
@@ -51,6 +58,8 @@ def test_four_devices_give_the_single_device_estimate():
   import json
   out = json.loads(result.stdout.strip().splitlines()[-1])
   assert out["devices"] == 4
+  if importlib.util.find_spec("mujoco") is not None:
+    assert "nres_swimmer" in out and "full_es_swimmer" in out
   for name, r in out.items():
     if name == "devices":
       continue

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 
+from lopt_meta.errors import ConfigError
 from meta_train import sharding, workers
 from meta_train import tree as tree_lib
 from meta_train.estimators import maths
@@ -38,6 +39,10 @@ class TBPTT(Estimator):
   def __init__(self, system, *, num_particles: int, unroll_length: int, lockstep: bool = False,
                devices: Sequence[jax.Device] | None = None):
     self.system = check_system(system)
+    if not self.system.differentiable:
+      raise ConfigError("estimator", f"tbptt backpropagates through the steps, and the steps of "
+                        f"{self.system.name!r} are not differentiable; use an ES estimator "
+                        f"(nres, pes, gpes, full_es, truncated_es)")
     self.num_particles = check_num_particles(num_particles, antithetic=False)
     self.unroll_length = check_unroll_length(unroll_length, self.system)
     self.lockstep = bool(lockstep)
