@@ -49,22 +49,23 @@ class LinearPolicy(nn.Module):
 
 
 class MLPPolicy(nn.Module):
-  """``a = W2 relu(W1 obs + b1) + b2`` with ``hidden`` units."""
+  """``a = W2 relu(W1 obs + b1) + b2`` with ``hidden`` units (``W1`` LeCun normal)."""
   action_dim: int
   hidden: int = 30
-  kernel_init: Callable = nn.initializers.lecun_normal()
+  output_init: Callable = nn.initializers.zeros
 
   @nn.compact
   def __call__(self, obs):
-    h = nn.relu(nn.Dense(self.hidden, kernel_init=self.kernel_init)(obs))
-    return nn.Dense(self.action_dim, kernel_init=self.kernel_init)(h)
+    h = nn.relu(nn.Dense(self.hidden)(obs))
+    return nn.Dense(self.action_dim, kernel_init=self.output_init)(h)
 
 
 def policy_module(policy: str, action_dim: int, *, hidden: int = 30,
                   init_scale: float = 0.0) -> nn.Module:
-  """The policy ``"linear"`` or ``"mlp"``. ``init_scale`` 0 initialises the (last) weights at
-  zero; a positive value draws them from a fan-in truncated normal of variance scale
-  ``init_scale`` (``variance_scaling(init_scale, "fan_in", "truncated_normal")``)."""
+  """The policy ``"linear"`` or ``"mlp"``. ``init_scale`` 0 initialises the weights of the
+  output layer at zero (the policy starts at the zero action); a positive value draws them from
+  a fan-in truncated normal of variance scale ``init_scale`` (``variance_scaling(init_scale,
+  "fan_in", "truncated_normal")``). The MLP's hidden layer is LeCun normal."""
   if policy not in POLICIES:
     raise unknown_name("policy", policy, POLICIES)
   if not (isinstance(init_scale, (int, float)) and init_scale >= 0 and math.isfinite(init_scale)):
@@ -75,8 +76,7 @@ def policy_module(policy: str, action_dim: int, *, hidden: int = 30,
     return LinearPolicy(action_dim, kernel_init=init)
   if isinstance(hidden, bool) or not isinstance(hidden, int) or hidden < 1:
     raise ConfigError("hidden", f"must be a positive int; got {hidden!r}")
-  return MLPPolicy(action_dim, hidden=hidden,
-                   kernel_init=init if init_scale else nn.initializers.lecun_normal())
+  return MLPPolicy(action_dim, hidden=hidden, output_init=init)
 
 
 def _normalizer_update(stats: dict[str, jax.Array], obs: jax.Array) -> dict[str, jax.Array]:

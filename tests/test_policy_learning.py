@@ -211,6 +211,8 @@ def test_policies():
   mlp = tasks.get("swimmer", policy="mlp", hidden=30)
   assert jax.tree.map(jnp.shape, mlp.theta0) == {
       "Dense_0": {"kernel": (8, 30), "bias": (30,)}, "Dense_1": {"kernel": (30, 2), "bias": (2,)}}
+  assert np.all(np.asarray(mlp.theta0["Dense_1"]["kernel"]) == 0)  # starts at the zero action
+  assert float(jnp.std(mlp.theta0["Dense_0"]["kernel"])) > 0.1
   # actions are clipped to the control range: a huge policy still gives finite, bounded losses
   big = jax.tree.map(lambda w: 1e3 * jnp.ones_like(w), linear.theta0)
   losses = jax.jit(lambda k: linear.episode_losses(big, k, 5))(jax.random.key(0))
