@@ -86,7 +86,7 @@ class _Common:
     self.obs_dim = self.nq - spec.skipped_qpos + self.nv
     self.ctrl_range = np.asarray(self.model.actuator_ctrlrange, np.float32)  # [nu, 2]
 
-  def qpos_qvel(self, rows, xp=np):
+  def qpos_qvel(self, rows):
     s = self.layout.slices
     return rows[..., s["qpos"]], rows[..., s["qvel"]]
 
