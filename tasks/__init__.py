@@ -1,6 +1,7 @@
 """Inner problems as unrolled systems, and their registries.
 
-``TASKS`` holds unrolled systems (the papers' dynamical systems); ``INNER_TASKS`` holds training
+``TASKS`` holds unrolled systems (the papers' dynamical systems, policy learning, hyperparameter
+optimization); ``INNER_TASKS`` holds training
 problems for learned optimizers (``learned_optimizer_system`` turns one, with a learned optimizer,
 into an unrolled system over the optimizer's meta-parameters).
 
@@ -15,6 +16,9 @@ into an unrolled system over the optimizer's meta-parameters).
 from tasks.base import PRNGKey, State, Theta, UnrolledSystem
 from tasks.dynamical import influence_balancing, lorenz, toy2d
 from tasks.inner import INNER_TASKS, InnerTask, get_inner_task
+from tasks.hparam_tuning import lr_decay_schedule, many_hparams
+from tasks.hyperparameters import (Fraction, Logit, LogUniform, Uniform, hparam_system,
+                                   optax_system)
 from tasks.policy_learning import gym_mujoco, policy_system
 from tasks.lopt_system import META_LOSSES, TRUNCATIONS, learned_optimizer_system
 from tasks.registry import TASKS, get, override_names, register
@@ -24,6 +28,8 @@ __all__ = [
     "TASKS", "get", "override_names", "register",
     "influence_balancing", "lorenz", "toy2d",
     "gym_mujoco", "policy_system",
+    "Fraction", "Logit", "LogUniform", "Uniform", "hparam_system", "optax_system",
+    "lr_decay_schedule", "many_hparams",
     "INNER_TASKS", "InnerTask", "get_inner_task",
     "META_LOSSES", "TRUNCATIONS", "learned_optimizer_system",
 ]

@@ -2,7 +2,8 @@
 
 >>> import tasks
 >>> sorted(tasks.TASKS)
-['halfcheetah', 'hopper', 'influence_balancing', 'lorenz', 'swimmer', 'toy2d', 'walker2d']
+['halfcheetah', 'hopper', 'influence_balancing', 'lorenz', 'lr_decay_schedule', 'many_hparams',
+ 'swimmer', 'toy2d', 'walker2d']
 >>> tasks.get("lorenz", horizon=500).horizon
 500
 """
@@ -13,7 +14,7 @@ import inspect
 from collections.abc import Callable
 
 from lopt_meta.errors import ConfigError, build_named, unknown_name
-from tasks import dynamical, policy_learning
+from tasks import dynamical, hparam_tuning, policy_learning
 from tasks.base import UnrolledSystem
 
 TASKS: dict[str, Callable[..., UnrolledSystem]] = {
@@ -21,6 +22,7 @@ TASKS: dict[str, Callable[..., UnrolledSystem]] = {
     "influence_balancing": dynamical.influence_balancing,
     "lorenz": dynamical.lorenz,
     **policy_learning.REGISTERED,
+    **hparam_tuning.REGISTERED,
 }
 
 

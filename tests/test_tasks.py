@@ -11,14 +11,16 @@ from meta_train.estimators import NRES
 
 def test_registry_lists_the_papers_systems():
   assert sorted(tasks.TASKS) == ["halfcheetah", "hopper", "influence_balancing", "lorenz",
-                                 "swimmer", "toy2d", "walker2d"]
+                                 "lr_decay_schedule", "many_hparams", "swimmer", "toy2d",
+                                 "walker2d"]
 
 
 def test_unknown_task_lists_valid_names():
   with pytest.raises(ValueError) as err:
     tasks.get("lorenz63")
   assert str(err.value) == ("task: unknown task 'lorenz63'; valid: halfcheetah, hopper, "
-                            "influence_balancing, lorenz, swimmer, toy2d, walker2d")
+                            "influence_balancing, lorenz, lr_decay_schedule, many_hparams, swimmer, "
+                            "toy2d, walker2d")
 
 
 def test_unknown_override_lists_valid_options():

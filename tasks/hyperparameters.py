@@ -1,0 +1,367 @@
+"""Hyperparameter optimization as an unrolled system: theta is a dict of unconstrained values.
+
+ES-Single paper, section 4.2 and appendix C (https://arxiv.org/abs/2304.12180). A declaration maps
+each hyperparameter's name to a transform, which says how an unconstrained real ``u = theta[name]``
+becomes the hyperparameter and from which range the initial value is drawn::
+
+    space = {"lr": LogUniform(1e-4, 1e-2),      # exp(u); u uniform in (ln 1e-4, ln 1e-2)
+             "momentum": Logit(0.01, 0.9),      # sigmoid(u); u uniform in (logit 0.01, logit 0.9)
+             "width_1": Fraction(0.2, 0.8)}     # sigmoid(u): the fraction of a layer's units kept
+
+The transforms run inside the step, so the system is an ordinary :class:`UnrolledSystem`: every
+estimator, step-unlocking (``lockstep=False``, "breakstep") or lockstep training, checkpointing
+and the ``meta-train`` command work unchanged. Two ways to build one:
+
+* :func:`hparam_system` takes any training loop: ``init(key) -> state`` and
+  ``train_step(hparams, state, key) -> (state, loss)``, where ``hparams`` is the dict of
+  constrained values and ``loss`` the step's meta-loss.
+* :func:`optax_system` takes an optax optimizer factory ``make_optimizer(hparams)`` and an
+  :class:`tasks.InnerTask` (a Flax model and its data) and writes the loop itself.
+
+The system's ``space`` field holds the declaration: :func:`constrain` maps a theta to the
+hyperparameters (what ``meta-train export`` writes), :func:`sample` draws initial values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from lopt_meta.errors import ConfigError
+from tasks.base import UnrolledSystem
+from tasks.inner import InnerTask
+
+Space = Mapping[str, "Transform"]
+META_LOSSES = ("train", "valid", "telescoping")
+
+
+# ---------------------------------------------------------------------------------------------
+# Transforms
+# ---------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Transform:
+  """A hyperparameter's map from the unconstrained ``u`` and its initial range ``(low, high)``
+  in the hyperparameter's own (constrained) units."""
+  low: float
+  high: float
+
+  def forward(self, u: jax.Array) -> jax.Array:
+    """The hyperparameter for the unconstrained value ``u`` (any shape)."""
+    raise NotImplementedError
+
+  def inverse(self, x):
+    """The unconstrained value of hyperparameter ``x`` (``forward``'s inverse)."""
+    raise NotImplementedError
+
+  def problem(self) -> str | None:
+    """Why the range is invalid, or ``None``."""
+    if not (isinstance(self.low, (int, float)) and isinstance(self.high, (int, float))
+            and math.isfinite(self.low) and math.isfinite(self.high)):
+      return f"needs finite numbers low, high; got low={self.low!r}, high={self.high!r}"
+    if not self.low < self.high:
+      return f"needs low < high; got low={self.low!r}, high={self.high!r}"
+    return None
+
+  @property
+  def bounds(self) -> tuple[float, float]:
+    """The initial range in unconstrained units: ``(inverse(low), inverse(high))``."""
+    return float(self.inverse(self.low)), float(self.inverse(self.high))
+
+
+@dataclasses.dataclass(frozen=True)
+class Uniform(Transform):
+  """The identity: the hyperparameter is ``u``, drawn uniformly in ``(low, high)``."""
+
+  def forward(self, u):
+    return u
+
+  def inverse(self, x):
+    return x
+
+
+@dataclasses.dataclass(frozen=True)
+class LogUniform(Transform):
+  """``exp(u)``, for positive scales (learning rates); drawn log-uniformly in ``(low, high)``."""
+
+  def forward(self, u):
+    return jnp.exp(u)
+
+  def inverse(self, x):
+    return math.log(x) if isinstance(x, (int, float)) else jnp.log(x)
+
+  def problem(self):
+    if (problem := super().problem()) is not None:
+      return problem
+    if self.low <= 0:
+      return f"is a log scale and needs 0 < low < high; got low={self.low!r}, high={self.high!r}"
+    return None
+
+
+@dataclasses.dataclass(frozen=True)
+class Logit(Transform):
+  """``sigmoid(u)``, for values in (0, 1) (momenta); drawn uniformly in logit space between
+  ``logit(low)`` and ``logit(high)``."""
+
+  def forward(self, u):
+    return jax.nn.sigmoid(u)
+
+  def inverse(self, x):
+    if isinstance(x, (int, float)):
+      return math.log(x) - math.log1p(-x)
+    return jnp.log(x) - jnp.log1p(-x)
+
+  def problem(self):
+    if (problem := super().problem()) is not None:
+      return problem
+    if not (0 < self.low and self.high < 1):
+      return f"maps to (0, 1) and needs 0 < low < high < 1; got low={self.low!r}, high={self.high!r}"
+    return None
+
+
+@dataclasses.dataclass(frozen=True)
+class Fraction(Logit):
+  """``sigmoid(u)``: the fraction of a layer's units that nested dropout keeps
+  (:func:`units_kept`); drawn uniformly in logit space between ``logit(low)`` and ``logit(high)``."""
+
+
+def units_kept(fraction: jax.Array, max_units: int) -> jax.Array:
+  """``round(fraction * max_units)`` clipped to ``[1, max_units]`` (int32): the number of units
+  a layer of ``max_units`` keeps (rounding half to even, as Python's ``round``)."""
+  kept = jnp.round(jnp.asarray(fraction, jnp.float32) * max_units)
+  return jnp.clip(kept, 1, max_units).astype(jnp.int32)
+
+
+def nested_dropout_mask(fraction: jax.Array, max_units: int) -> jax.Array:
+  """``float32 [max_units]``: 1 for the first :func:`units_kept` units, 0 past them (nested
+  dropout with a deterministic cut: the layer behaves as one of that width)."""
+  return (jnp.arange(max_units) < units_kept(fraction, max_units)).astype(jnp.float32)
+
+
+# ---------------------------------------------------------------------------------------------
+# Spaces
+# ---------------------------------------------------------------------------------------------
+
+def check_space(space: Space) -> None:
+  """Raises ConfigError for an empty declaration, a name that is not a non-empty string, an
+  entry that is not a transform, or a bad range (the error names the hyperparameter)."""
+  if not isinstance(space, Mapping) or not space:
+    raise ConfigError("space", "declare at least one hyperparameter, e.g. "
+                      "{'lr': LogUniform(1e-4, 1e-2)}")
+  for name, transform in space.items():
+    if not isinstance(name, str) or not name:
+      raise ConfigError("space", f"hyperparameter names are non-empty strings; got {name!r}")
+    if not isinstance(transform, Transform):
+      raise ConfigError(name, "must be a transform (Uniform, LogUniform, Logit or Fraction); "
+                        f"got {type(transform).__name__}")
+    if (problem := transform.problem()) is not None:
+      raise ConfigError(name, f"{type(transform).__name__} {problem}")
+
+
+def _check_names(field: str, space: Space, values: Mapping[str, Any]) -> None:
+  if not isinstance(values, Mapping):
+    raise ConfigError(field, f"must be a dict of hyperparameters; got {type(values).__name__}")
+  for name in values:
+    if name not in space:
+      raise ConfigError(field, f"unknown hyperparameter {name!r}; declared: {', '.join(space)}")
+  missing = [name for name in space if name not in values]
+  if missing:
+    raise ConfigError(field, f"missing hyperparameter(s) {', '.join(map(repr, missing))}; "
+                      f"declared: {', '.join(space)}")
+
+
+def constrain(space: Space, theta: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
+  """The hyperparameters ``{name: transform.forward(theta[name])}`` (traceable)."""
+  _check_names("theta", space, theta)
+  return {name: space[name].forward(theta[name]) for name in space}
+
+
+def unconstrain(space: Space, hparams: Mapping[str, Any]) -> dict[str, jax.Array]:
+  """theta for the hyperparameters ``hparams`` (float32 scalars): :func:`constrain`'s inverse."""
+  check_space(space)
+  _check_names("hparams", space, hparams)
+  return {name: jnp.float32(space[name].inverse(hparams[name])) for name in space}
+
+
+def centre(space: Space) -> dict[str, jax.Array]:
+  """theta at the middle of every initial range, in unconstrained units (float32 scalars)."""
+  check_space(space)
+  return {name: jnp.float32(sum(t.bounds) / 2) for name, t in space.items()}
+
+
+def sample(space: Space, key: jax.Array) -> dict[str, jax.Array]:
+  """theta drawn uniformly from the initial ranges in unconstrained units (float32 scalars; one
+  independent key per name, in declaration order)."""
+  check_space(space)
+  keys = jax.random.split(key, len(space))
+  return {name: jax.random.uniform(k, (), jnp.float32, *t.bounds)
+          for k, (name, t) in zip(keys, space.items())}
+
+
+def initial_theta(space: Space, theta0: Mapping[str, float] | None = None,
+                  init_seed: int | None = None) -> dict[str, jax.Array]:
+  """theta to start from: ``theta0`` (hyperparameter values, constrained) if given, else a draw
+  from the initial ranges with ``init_seed``, else the ranges' centre."""
+  check_space(space)
+  if theta0 is not None and init_seed is not None:
+    raise ConfigError("init_seed", "give theta0 (the starting hyperparameters) or init_seed "
+                      "(draw them), not both")
+  if theta0 is not None:
+    return unconstrain(space, theta0)
+  if init_seed is not None:
+    if isinstance(init_seed, bool) or not isinstance(init_seed, int):
+      raise ConfigError("init_seed", f"must be an int; got {init_seed!r}")
+    return sample(space, jax.random.key(init_seed))
+  return centre(space)
+
+
+def to_json(space: Space, theta: Mapping[str, Any], path: str | Path | None = None,
+            **metadata) -> dict[str, Any]:
+  """``{"hyperparameters": {name: float}, "theta": {name: float}, **metadata}``: the tuned
+  hyperparameters (constrained) and theta; written to ``path`` as JSON if given."""
+  hparams = constrain(space, theta)
+  out = {"hyperparameters": {k: float(v) for k, v in hparams.items()},
+         "theta": {k: float(theta[k]) for k in space},
+         "transforms": {k: {"kind": type(t).__name__, "low": t.low, "high": t.high}
+                        for k, t in space.items()},
+         **metadata}
+  if path is not None:
+    Path(path).write_text(json.dumps(out, indent=2) + "\n")
+  return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Systems
+# ---------------------------------------------------------------------------------------------
+
+def hparam_system(space: Space, init: Callable[..., Any], train_step: Callable[..., Any], *,
+                  horizon: int, theta0: Mapping[str, float] | None = None,
+                  init_seed: int | None = None, name: str = "hparams",
+                  data: Any = None) -> UnrolledSystem:
+  """The unrolled system that tunes the hyperparameters of a training loop.
+
+  Args:
+    space: ``{name: transform}``, the hyperparameters and their transforms.
+    init: ``init(key) -> state`` (``init(key, data)`` if ``data`` is given): a fresh inner run.
+    train_step: ``train_step(hparams, state, key) -> (state, loss)`` (``..., key, data)``):
+      one inner step at the constrained hyperparameters ``hparams`` (a dict of scalars);
+      ``loss`` is the step's meta-loss ``L_t`` (a float scalar: the episode's mean is minimized).
+    horizon: ``T``, inner steps per run.
+    theta0: starting hyperparameters (constrained values); default: drawn with ``init_seed``,
+      or the centre of the ranges.
+    init_seed: seed of the draw of the starting hyperparameters.
+    name: the system's name.
+    data: arrays the functions read (datasets), passed as an argument to compiled code.
+  """
+  check_space(space)
+  theta_start = initial_theta(space, theta0, init_seed)
+  if data is None:
+    def step(theta, state, key):
+      return train_step(constrain(space, theta), state, key)
+  else:
+    def step(theta, state, key, data):
+      return train_step(constrain(space, theta), state, key, data)
+  return UnrolledSystem(init=init, step=step, horizon=horizon, theta0=theta_start, name=name,
+                        data=data, space=dict(space))
+
+
+class OptaxState(NamedTuple):
+  """One inner run of :func:`optax_system`."""
+  params: Any
+  opt_state: Any
+  task_state: Any
+  fixed_key: jax.Array  # uint32 [2]: the key of the episode's fixed batch (telescoping)
+  previous: jax.Array  # shape=(), dtype=float32: the last loss on the fixed batch (telescoping)
+
+
+def optax_system(space: Space, make_optimizer: Callable[[dict[str, jax.Array]],
+                                                        optax.GradientTransformation],
+                 task: InnerTask, *, horizon: int, meta_loss: str = "train",
+                 fixed_batch_size: int = 1000, theta0: Mapping[str, float] | None = None,
+                 init_seed: int | None = None, name: str | None = None) -> UnrolledSystem:
+  """The unrolled system that tunes the hyperparameters of ``make_optimizer`` on ``task``.
+
+  Each step draws the task's next training batch, takes the gradient of the task's loss at the
+  current parameters and applies ``make_optimizer(hparams).update`` (the optimizer is rebuilt
+  from the traced hyperparameters every step; its state is made once per run, at the ranges'
+  centre, so its structure and initial values must not depend on the hyperparameters, as holds
+  for optax's optimizers and schedules). The per-step meta-loss ``L_t``, after the task's
+  normalizer (clipped to ``[0, 1.5 ln classes]``, NaN to the bound, so a diverging run costs a
+  bounded loss):
+
+  * ``"train"``: the training loss of the step's batch, at the parameters before the update;
+  * ``"valid"``: the loss of the updated parameters on a random ``outer_valid`` batch (the
+    ``many_hparams`` meta-objective: the sum of validation losses);
+  * ``"telescoping"``: ``l_t - l_{t-1}`` with ``l_t`` the loss of the updated parameters on a
+    batch of ``fixed_batch_size`` training examples drawn at the start of the run and kept,
+    and ``l_{-1} = 0``: the episode's sum is the final loss ``l_{T-1}`` (ES-Single paper,
+    eq. 6), so the mean objective is the final loss divided by ``T``.
+
+  Args:
+    space: ``{name: transform}``.
+    make_optimizer: ``hparams -> optax.GradientTransformation``.
+    task: an inner task (model, loss and data), e.g. ``tasks.get_inner_task("digits_mlp")``.
+    horizon: ``T``, inner steps per run.
+    meta_loss: one of ``"train"``, ``"valid"``, ``"telescoping"``.
+    fixed_batch_size: examples in the fixed batch of the telescoping meta-loss.
+    theta0, init_seed: the starting hyperparameters (see :func:`hparam_system`).
+    name: the system's name (default ``"<task>/optax"``).
+  """
+  check_space(space)
+  if meta_loss not in META_LOSSES:
+    raise ConfigError("meta_loss", f"unknown meta_loss {meta_loss!r}; valid: {', '.join(META_LOSSES)}")
+  if not isinstance(task, InnerTask):
+    raise ConfigError("task", f"must be an InnerTask (tasks.get_inner_task(...)); got "
+                      f"{type(task).__name__}")
+  if isinstance(fixed_batch_size, bool) or not isinstance(fixed_batch_size, int) or fixed_batch_size < 1:
+    raise ConfigError("fixed_batch_size", f"must be a positive int; got {fixed_batch_size!r}")
+  if not callable(make_optimizer):
+    raise ConfigError("make_optimizer", "must be a function hparams -> optax.GradientTransformation")
+  structure = make_optimizer(constrain(space, centre(space)))
+  if not isinstance(structure, optax.GradientTransformation):
+    raise ConfigError("make_optimizer", "must return an optax.GradientTransformation; got "
+                      f"{type(structure).__name__}")
+
+  def init(key, data):
+    del data
+    k_params, k_state, k_fixed = jax.random.split(key, 3)
+    params = task.init_params(k_params)
+    return OptaxState(params=params, opt_state=structure.init(params),
+                      task_state=task.init_state(k_state), fixed_key=jax.random.key_data(k_fixed),
+                      previous=jnp.zeros((), jnp.float32))
+
+  def train_step(hparams, state, key, data):
+    k_batch, k_valid = jax.random.split(key)
+    batch, task_state = task.train_batch(data, state.task_state, k_batch)
+    loss, grads = jax.value_and_grad(task.loss)(state.params, batch)
+    updates, opt_state = make_optimizer(hparams).update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    task_state = task.update_state(task_state, loss)
+    previous = state.previous
+    if meta_loss == "train":
+      meta = task.normalize(loss)
+    elif meta_loss == "valid":
+      meta = task.normalize(task.loss(params, task.eval_batch(data, "outer_valid", k_valid)))
+    else:
+      fixed = task.eval_batch(data, "train", jax.random.wrap_key_data(state.fixed_key),
+                              batch_size=fixed_batch_size)
+      current = task.normalize(task.loss(params, fixed))
+      meta, previous = current - state.previous, current
+    return OptaxState(params=params, opt_state=opt_state, task_state=task_state,
+                      fixed_key=state.fixed_key, previous=previous), meta
+
+  name = name or f"{task.name}/optax"
+  if task.data is None:  # a task that makes its own data
+    return hparam_system(space, lambda key: init(key, None),
+                         lambda hparams, state, key: train_step(hparams, state, key, None),
+                         horizon=horizon, theta0=theta0, init_seed=init_seed, name=name)
+  return hparam_system(space, init, train_step, horizon=horizon, theta0=theta0,
+                       init_seed=init_seed, name=name, data=task.data)
