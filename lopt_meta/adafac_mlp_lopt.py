@@ -49,6 +49,7 @@ import jax.numpy as jnp
 
 from lopt_meta import features
 from lopt_meta.base import LearnedOptimizer
+from lopt_meta.prng import as_typed_key
 from lopt_meta.mlp_lopt import PerParameterMLP, per_parameter_steps
 
 NUM_FEATURES = 28
@@ -158,7 +159,8 @@ class AdafacMLPLOpt(LearnedOptimizer):
 
   def init_theta(self, key):
     x = jnp.zeros((1, NUM_FEATURES), jnp.float32)
-    net = self.network.init(key, x, jnp.zeros(len(features.TIMESCALES), jnp.float32))["params"]
+    timescales = jnp.zeros(len(features.TIMESCALES), jnp.float32)
+    net = self.network.init(as_typed_key(key), x, timescales)["params"]
     return {"network": net,
             "momentum_decays": jnp.zeros(3, jnp.float32),
             "rms_decays": jnp.zeros(1, jnp.float32),

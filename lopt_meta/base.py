@@ -36,7 +36,8 @@ class LearnedOptimizer(abc.ABC):
 
   @abc.abstractmethod
   def init_theta(self, key: jax.Array) -> PyTree:
-    """Initial meta-parameters (a pytree of float32 arrays)."""
+    """Initial meta-parameters (a pytree of float32 arrays); ``key``: a typed key or a raw
+    ``uint32[2]`` one (:func:`lopt_meta.prng.as_typed_key`), the same seed giving the same theta."""
 
   @abc.abstractmethod
   def init(self, params: PyTree) -> PyTree:

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import optax
 
 from lopt_meta.base import LearnedOptimizer
+from lopt_meta.prng import as_typed_key
 
 
 class _Fixed(LearnedOptimizer):
@@ -27,7 +28,7 @@ class _Fixed(LearnedOptimizer):
     raise NotImplementedError
 
   def init_theta(self, key):
-    del key
+    as_typed_key(key)  # checked like every key; theta does not depend on it
     return {}
 
   def init(self, params):
@@ -90,7 +91,7 @@ class HyperAdam(_AdamHyperparameters, LearnedOptimizer):
   name = "hyper_adam"
 
   def init_theta(self, key):
-    del key
+    as_typed_key(key)  # checked like every key; theta does not depend on it
     f = lambda v: jnp.asarray(v, jnp.float32)
     return {"log_lr": f(math.log(self.learning_rate)), "logit_b1": f(_logit(self.b1)),
             "logit_b2": f(_logit(self.b2)), "log_eps": f(math.log(self.eps))}
@@ -135,7 +136,7 @@ class LRScheduleSGDM(LearnedOptimizer):
             "learning_rate": self.learning_rate, "momentum": self.momentum}
 
   def init_theta(self, key):
-    del key
+    as_typed_key(key)  # checked like every key; theta does not depend on it
     return jnp.full((self.num_knots,), math.log(self.learning_rate), jnp.float32)
 
   def init(self, params):

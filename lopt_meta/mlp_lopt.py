@@ -31,6 +31,7 @@ import jax.numpy as jnp
 
 from lopt_meta import features, kernels
 from lopt_meta.base import LearnedOptimizer
+from lopt_meta.prng import as_typed_key
 
 MOMENTUM_DECAYS = (0.1, 0.5, 0.9, 0.99, 0.999, 0.9999)
 
@@ -132,7 +133,8 @@ class MLPLOpt(LearnedOptimizer):
 
   def init_theta(self, key):
     x = jnp.zeros((1, self.num_features), jnp.float32)
-    return self.network.init(key, x, jnp.zeros(len(features.TIMESCALES), jnp.float32))["params"]
+    timescales = jnp.zeros(len(features.TIMESCALES), jnp.float32)
+    return self.network.init(as_typed_key(key), x, timescales)["params"]
 
   def init(self, params):
     n = features.FlatLayout.of(params).total

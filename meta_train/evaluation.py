@@ -19,6 +19,7 @@ import numpy as np
 import optax
 
 import lopt_meta
+from lopt_meta.prng import as_typed_key
 from meta_train import config as config_lib
 from tasks.base import UnrolledSystem
 
@@ -26,10 +27,11 @@ CURVE_POINTS = 100
 
 
 def _curve_fn(system: UnrolledSystem, num_episodes: int, num_steps: int):
-  """``f(theta, key, data) -> [num_steps]``: per-step losses averaged over episodes."""
+  """``f(theta, key, data) -> [num_steps]``: per-step losses averaged over episodes (``key``:
+  typed or a raw ``uint32[2]`` key, the same bits)."""
   def curve(theta, key, data):
     bound = system.bind(data)
-    keys = jax.random.split(key, num_episodes)
+    keys = jax.random.split(as_typed_key(key), num_episodes)
     losses = jax.vmap(lambda k: bound.episode_losses(theta, k, num_steps))(keys)
     return jnp.nanmean(losses, axis=0)
   return jax.jit(curve)

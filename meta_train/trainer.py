@@ -20,6 +20,7 @@ import numpy as np
 import optax
 from flax import struct
 
+from lopt_meta.prng import as_typed_key
 from meta_train import keys as keys_lib
 from meta_train import tree as tree_lib
 from meta_train.estimators import Estimator
@@ -67,7 +68,9 @@ class Trainer:
     self._run = jax.jit(self._run_impl, static_argnums=2)
 
   def init(self, key: jax.Array, theta: PyTree) -> TrainState:
-    worker_key, key = jax.random.split(key)
+    """The state at step 0; ``key``: a typed key or a raw ``uint32[2]`` one (the same seed gives
+    the same run; the state carries a typed key either way)."""
+    worker_key, key = jax.random.split(as_typed_key(key))
     theta = jax.tree.map(jnp.asarray, theta)
     return TrainState(step=jnp.zeros((), jnp.int32), theta=theta,
                       opt_state=self.optimizer.init(theta),
@@ -75,6 +78,7 @@ class Trainer:
 
   def run(self, state: TrainState, num_steps: int) -> tuple[TrainState, dict[str, jax.Array]]:
     """Runs ``num_steps`` outer steps; returns the new state and per-step metrics ``[num_steps]``."""
+    state = state.replace(key=as_typed_key(state.key, "state.key"))
     return self._run(state, self.estimator.system.data, num_steps)
 
   def _outer_step(self, data, state: TrainState, _):

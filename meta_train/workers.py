@@ -17,7 +17,8 @@ Conventions (see DESIGN §2 and §6):
 * Randomness. Window key -> ``jax.random.split(key, P)`` pair keys -> at the window's step ``j``
   ``fold_in(pair_key, 3 j + c)`` for the reset (c=0), noise (c=1) and step (c=2) keys. All
   branches of a pair use the same keys: the same initial state, the same data, common random
-  numbers. (Computed by :mod:`meta_train.keys`: bit-identical to ``jax.random``, fused.)
+  numbers. (Computed by :mod:`meta_train.keys`: bit-identical to ``jax.random``, fused.) Every
+  function here takes a typed key or a raw ``uint32[2]`` one and hands the system typed keys.
 * Credit. Each pair carries ``credit``: the noise now in use (NRES, TES) or the sum of the
   episode's noise blocks so far (PES, GPES_K). ``dl = L+_t - L-_t`` (formed per step) is summed
   per pair while the credit is constant and multiplied by it once: the same sum as per step, at
@@ -63,6 +64,7 @@ from flax import struct
 from jax.flatten_util import ravel_pytree
 from jax.sharding import Mesh
 
+from lopt_meta.prng import as_typed_key
 from meta_train import keys as keys_lib
 from meta_train import sharding
 from meta_train import tree as tree_lib
@@ -158,7 +160,7 @@ def init_workers(system: UnrolledSystem, theta: PyTree, key: jax.Array, num_pair
                  num_branches: int, *, with_noise: bool, accumulate: bool) -> WorkerState:
   """Fresh workers at ``t = 0`` (their first step will start an episode). States are real initial
   states (so shapes and dtypes are those of the running system); noise is zero until drawn."""
-  states = jax.vmap(system.init)(jax.random.split(key, num_pairs))
+  states = jax.vmap(system.init)(jax.random.split(as_typed_key(key), num_pairs))
   length = jax.vmap(system.length_of)(states)
   states = tree_lib.expand_axis(states, 1, num_branches)
   zeros = jax.tree.map(lambda x: jnp.zeros((num_pairs,) + jnp.shape(x), jnp.result_type(x)), theta)
@@ -275,6 +277,7 @@ def run_window(system: UnrolledSystem, theta: PyTree, ws: WorkerState, key: jax.
                      f"({system.shortest_episode} steps)")
   if theta_per_pair and schedule is not None:
     raise ValueError("theta_per_pair is for noise-free rollouts (truncated backprop)")
+  key = as_typed_key(key)  # a trace-time check: typed keys reach the system either way
   pair_keys = _materialize(keys_lib.split(key, ws.t.shape[0]))  # global: with or without a mesh
   local = functools.partial(_run_window_local, system, num_steps=num_steps, signs=signs,
                             sigma=sigma, schedule=schedule, theta_per_pair=theta_per_pair,
@@ -565,6 +568,7 @@ def burn_in(system: UnrolledSystem, theta: PyTree, ws: WorkerState, key: jax.Arr
   windows: about ``T`` batched steps, once."""
   W = window_length
   num_windows = -(-(system.horizon - 1) // W) if system.horizon is not None else 0
+  key = as_typed_key(key)
   if num_windows == 0:
     return ws
 
@@ -589,6 +593,7 @@ def unlock_positions(system: UnrolledSystem, key: jax.Array, num_pairs: int,
   length) ``tau`` is uniform on ``[0, T)``.
   """
   T, W = system.horizon, window_length
+  key = as_typed_key(key)
   if T % W == 0 and system.episode_length is None and system.min_horizon is None:
     return W * jax.random.randint(key, (num_pairs,), 0, T // W, dtype=jnp.int32)
   return jax.random.randint(key, (num_pairs,), 0, T, dtype=jnp.int32)
@@ -600,6 +605,7 @@ def step_unlock(system: UnrolledSystem, theta: PyTree, ws: WorkerState, key: jax
   """Burns each pair in to a random position of its episode (:func:`unlock_positions`) by
   really running it there (:func:`burn_in`; up to ``T - 1`` batched steps, once). For a system
   with no horizon it does nothing: every pair starts at step 0."""
+  key = as_typed_key(key)
   if system.horizon is None or system.horizon == 1:
     return ws
   pos_key, run_key = jax.random.split(key)

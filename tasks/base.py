@@ -12,9 +12,11 @@ is two pure functions and a horizon::
 ``init(key)`` makes a fresh episode's state; ``step(theta, state, key)`` advances one step and returns
 that step's scalar loss. The key carries the step's randomness (which data batch, which initial
 condition): the estimators give both particles of an antithetic pair the same keys, so everything
-random is shared and only theta differs. ``horizon`` is ``T``, the length of an episode, or ``None``
-for a system that never resets (an infinite episode). Both functions must be traceable by JAX
-(``jit``, ``vmap``, ``scan``); the state can be any pytree of arrays.
+random is shared and only theta differs. The estimators and the methods here take a typed key or
+a raw ``uint32[2]`` one (:func:`lopt_meta.prng.as_typed_key`) and hand the functions typed keys.
+``horizon`` is ``T``, the length of an episode, or ``None`` for a system that never resets (an
+infinite episode). Both functions must be traceable by JAX (``jit``, ``vmap``, ``scan``); the
+state can be any pytree of arrays.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import jax
 import jax.numpy as jnp
 
 from lopt_meta.errors import ConfigError
+from lopt_meta.prng import as_typed_key
 
 PRNGKey = jax.Array
 Theta = Any  # a pytree of float arrays: the meta-parameters
@@ -120,12 +123,13 @@ class UnrolledSystem:
     Args:
       theta: the meta-parameters.
       state: the state to start from.
-      keys: ``[num_steps]`` PRNG keys, one per step.
+      keys: ``[num_steps]`` PRNG keys, one per step: typed, or raw ``uint32[num_steps, 2]``.
 
     Returns:
       ``(final_state, losses)`` with ``losses: [num_steps]``.
     """
     step = self.bound().step
+    keys = as_typed_key(keys, "keys", batch_ndim=1)
 
     def body(s, k):
       s, loss = step(theta, s, k)
@@ -138,7 +142,7 @@ class UnrolledSystem:
     num_steps = self.horizon if num_steps is None else num_steps
     if num_steps is None:
       raise ConfigError("num_steps", f"system {self.name!r} never resets (horizon=None); pass num_steps")
-    init_key, steps_key = jax.random.split(key)
+    init_key, steps_key = jax.random.split(as_typed_key(key))
     state0 = self.bound().init(init_key)
     _, losses = self.unroll(theta, state0, jax.random.split(steps_key, num_steps))
     if self.episode_length is not None:
@@ -149,6 +153,6 @@ class UnrolledSystem:
                 num_steps: int | None = None) -> jax.Array:
     """The full-unroll objective ``(1/T) sum_t L_t`` at ``theta`` (no smoothing), averaged over
     ``num_episodes`` independent episodes (vmapped). Differentiable in ``theta``."""
-    keys = jax.random.split(key, num_episodes)
+    keys = jax.random.split(as_typed_key(key), num_episodes)
     losses = jax.vmap(lambda k: self.episode_losses(theta, k, num_steps))(keys)
     return jnp.nanmean(losses) if self.episode_length is not None else jnp.mean(losses)

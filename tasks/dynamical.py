@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lopt_meta.errors import ConfigError
+from lopt_meta.prng import as_typed_key
 from tasks.base import UnrolledSystem
 
 
@@ -152,7 +153,7 @@ def lorenz(*, horizon: int = 2000, dt: float = 0.005, a_true: float = 10.0, r_tr
   def init(key):
     xyz = start_xyz
     if init_sigma > 0:  # a static choice: the single-start system draws no random numbers
-      xyz = xyz + init_sigma * jax.random.normal(key, (3,))
+      xyz = xyz + init_sigma * jax.random.normal(as_typed_key(key), (3,))
     return {"xyz": xyz, "xyz_true": xyz}
 
   def step(theta, state, key):

@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import optax
 
 from lopt_meta.errors import ConfigError, build_named
+from lopt_meta.prng import as_typed_key
 from tasks import data as data_lib
 from tasks import initializers
 
@@ -47,7 +48,7 @@ class InnerTask(abc.ABC):
 
   @abc.abstractmethod
   def init_params(self, key: jax.Array) -> PyTree:
-    """Fresh model parameters."""
+    """Fresh model parameters (``key``: typed, or a raw ``uint32[2]`` key with the same bits)."""
 
   @abc.abstractmethod
   def init_state(self, key: jax.Array) -> PyTree:
@@ -159,10 +160,11 @@ class ImageClassification(InnerTask):
     self._example = self.data["train"].images[:1].astype(jnp.float32)
 
   def init_params(self, key):
-    return self.model.init(key, self._example)["params"]
+    return self.model.init(as_typed_key(key), self._example)["params"]
 
   def init_state(self, key):
-    return ImageState(seed=jax.random.key_data(key), position=jnp.zeros((), jnp.int32))
+    return ImageState(seed=jax.random.key_data(as_typed_key(key)),
+                      position=jnp.zeros((), jnp.int32))
 
   def train_batch(self, data, state, key):
     del key
@@ -230,7 +232,8 @@ class CopyTask(InnerTask):
     return 2 * self.max_length + 1
 
   def init_params(self, key):
-    return self.model.init(key, jnp.zeros((1, self.sequence_length), jnp.int32))["params"]
+    return self.model.init(as_typed_key(key),
+                           jnp.zeros((1, self.sequence_length), jnp.int32))["params"]
 
   def init_state(self, key):
     del key

@@ -33,6 +33,7 @@ import optax
 
 from lopt_meta.base import LearnedOptimizer
 from lopt_meta.errors import ConfigError
+from lopt_meta.prng import as_typed_key
 from tasks.base import UnrolledSystem
 from tasks.inner import InnerTask
 
@@ -100,7 +101,7 @@ def learned_optimizer_system(task: InnerTask | Sequence[InnerTask], lopt: Learne
                           for i, t in enumerate(family)], params, key, data)
 
   def init(key, data):
-    k_index, k_len, k_params, k_state, k_eval = jax.random.split(key, 5)
+    k_index, k_len, k_params, k_state, k_eval = jax.random.split(as_typed_key(key), 5)
     index = jax.random.randint(k_index, (), 0, len(family))
     params = switch(index, [lambda k, t=t: t.init_params(k) for t in family], k_params)
     task_state = switch(index, [lambda k, t=t: t.init_state(k) for t in family], k_state)

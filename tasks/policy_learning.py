@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 
 from lopt_meta.errors import ConfigError, unknown_name
+from lopt_meta.prng import as_typed_key
 from tasks import physics as physics_lib
 from tasks.base import UnrolledSystem
 from tasks.locomotion import Locomotion, from_gymnasium
@@ -124,7 +125,7 @@ def policy_system(spec: Locomotion, *, policy: str = "linear", hidden: int = 30,
   scale = spec.reset_noise_scale
 
   def init(key):
-    k_pos, k_vel = jax.random.split(key)
+    k_pos, k_vel = jax.random.split(as_typed_key(key))
     qpos_noise = jax.random.uniform(k_pos, (physics.nq,), minval=-scale, maxval=scale)
     if spec.qvel_noise == "normal":
       qvel_noise = scale * jax.random.normal(k_vel, (physics.nv,))

@@ -7,7 +7,9 @@ Every estimator::
     grad, ws, metrics = est.estimate(key, theta, ws)  # one window: grad has theta's structure
 
 ``init`` and ``estimate`` are pure and jit-compiled once per shape; they can be vmapped, scanned
-and sharded like any JAX function. ``metrics`` is a dict of scalars:
+and sharded like any JAX function. ``key`` is a typed key (``jax.random.key``) or a raw
+``uint32[2]`` one (``jax.random.PRNGKey``): the same seed gives the same results; anything else is
+a ``ConfigError`` naming the argument. ``metrics`` is a dict of scalars:
 
 * ``meta_loss``: mean per-step loss of the window (over valid steps; for ES the mean of both
   particles of each pair, i.e. of the perturbed losses),
@@ -31,6 +33,7 @@ import jax
 import jax.numpy as jnp
 
 from lopt_meta.errors import ConfigError
+from lopt_meta.prng import as_typed_key
 from meta_train import sharding, workers
 from meta_train.estimators import maths
 from meta_train.workers import NoiseSchedule, WorkerState
@@ -102,23 +105,27 @@ class Estimator(abc.ABC):
 
   def __init__(self):
     init_jit, estimate_jit = jax.jit(self.init_fn), jax.jit(self.estimate_fn)
-    self.init = lambda key, theta: init_jit(key, theta, self.system.data)
+    # Keys are made typed before jit: one compilation for both kinds of key.
+    self.init = lambda key, theta: init_jit(as_typed_key(key), theta, self.system.data)
     self.init.__doc__ = "``init(key, theta) -> ws``: jit-compiled, with the system's own data."
-    self.estimate = lambda key, theta, ws: estimate_jit(key, theta, ws, self.system.data)
+    self.estimate = lambda key, theta, ws: estimate_jit(as_typed_key(key), theta, ws,
+                                                        self.system.data)
     self.estimate.__doc__ = ("``estimate(key, theta, ws) -> (grad, ws, metrics)``: jit-compiled, "
                              "with the system's own data.")
 
   def init_fn(self, key: jax.Array, theta: PyTree, data: Any) -> WorkerState:
-    """Pure ``init`` with the system's ``data`` as an argument (for use inside your own jit)."""
+    """Pure ``init`` with the system's ``data`` as an argument (for use inside your own jit).
+    ``key``: a typed key or a raw ``uint32[2]`` one (:func:`lopt_meta.prng.as_typed_key`)."""
     check_theta(theta)
-    return self._with_data(data)._init(key, theta)
+    return self._with_data(data)._init(as_typed_key(key), theta)
 
   def estimate_fn(self, key: jax.Array, theta: PyTree, ws: WorkerState,
                   data: Any) -> tuple[PyTree, WorkerState, Metrics]:
     """Pure ``estimate`` with the system's ``data`` as an argument (for use inside your own jit:
-    the data then reaches the compiled code as an argument, not as a constant)."""
+    the data then reaches the compiled code as an argument, not as a constant). ``key``: a typed
+    key or a raw ``uint32[2]`` one (:func:`lopt_meta.prng.as_typed_key`)."""
     check_theta(theta)
-    return self._with_data(data)._estimate(key, theta, ws)
+    return self._with_data(data)._estimate(as_typed_key(key), theta, ws)
 
   def _with_data(self, data: Any) -> "Estimator":
     """A shallow copy whose system has ``data`` bound (itself, for a system without data)."""
