@@ -13,8 +13,10 @@ else (GPU, TPU) and when the kernel is unavailable it runs the same arithmetic i
 optimizer) come from the reference, through ``jax.custom_jvp``.
 
 The kernel is compiled once per machine, at first use, with the system's C++ compiler (``$CXX``
-or ``c++``) into ``$LOPT_META_CACHE_DIR`` (default ``~/.cache/lopt_meta``). Without a compiler, or
-with ``LOPT_META_KERNELS=0``, the reference is used (one warning says so).
+or ``c++``) into ``$LOPT_META_CACHE_DIR`` (default ``~/.cache/lopt_meta``), and only when JAX's
+default backend is the CPU: on GPU/TPU no compiler is looked for, nothing is built or loaded, and
+the reference runs. With ``LOPT_META_KERNELS=0`` the reference runs too; without a compiler (or
+after a failed build) it runs and one warning says so.
 """
 
 from __future__ import annotations
@@ -75,11 +77,19 @@ def _build() -> Path:
   return library
 
 
-@functools.cache
 def available() -> bool:
-  """Whether the CPU kernels are built and registered (builds them on first call)."""
-  if os.environ.get("LOPT_META_KERNELS", "1") == "0":
+  """Whether the fused CPU kernels are in use: JAX's default backend is the CPU, they are not
+  switched off (``LOPT_META_KERNELS=0``), and they are built and registered (built on the first
+  such call). On any other backend this is False without looking for a compiler."""
+  if os.environ.get("LOPT_META_KERNELS", "1") == "0" or jax.default_backend() != "cpu":
     return False
+  return _load()
+
+
+@functools.cache
+def _load() -> bool:
+  """Builds (or finds in the cache) the kernel library, loads it and registers its FFI targets;
+  False, with one warning, when that fails."""
   with _lock:
     try:
       library = ctypes.CDLL(str(_build()))
@@ -90,7 +100,7 @@ def available() -> bool:
       return True
     except Exception as error:  # no compiler, failed build: the reference still works
       warnings.warn(f"lopt_meta: fused CPU kernel unavailable ({error}); using the plain JAX "
-                    "per-parameter MLP (slower on CPU)", stacklevel=2)
+                    "per-parameter MLP (slower on CPU)", stacklevel=3)
       return False
 
 
