@@ -7,7 +7,8 @@
     meta-train export RUN_DIR --out lopt.npz                  # the learned optimizer, for optax
     meta-train plot RUN_DIR [RUN_DIR ...] --out runs.png
 
-Flags come from the typed configuration in :mod:`meta_train.config` (parsed by ``tyro``). Bad
+Flags come from the typed configuration in :mod:`meta_train.config` (parsed by ``tyro``, which is
+imported when a command line is parsed, not with this module). Bad
 input ends with one line ``meta-train: error: FIELD: ...`` and exit status 2, before any compute
 and without touching what is already saved. A run stopped by SIGINT/SIGTERM saves a checkpoint
 and exits with 130/143.
@@ -22,10 +23,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Literal
 
-import tyro
-
 from lopt_meta.errors import ConfigError
 from meta_train import config as config_lib
+from meta_train.config import _tyro  # the annotations below are evaluated by tyro only
 
 EXIT_USAGE = 2
 
@@ -39,7 +39,7 @@ class Train:
   """
 
   config: config_lib.TrainConfig = dataclasses.field(default_factory=config_lib.TrainConfig)
-  config_file: Annotated[Path | None, tyro.conf.arg(
+  config_file: Annotated[Path | None, _tyro().conf.arg(
       name="config", help="A YAML or JSON file of settings (nested as in a run's config.json, or "
       "flat by field name); flags override it.")] = None
   overwrite: bool = False
@@ -50,7 +50,7 @@ class Train:
 class Resume:
   """Continue a run from its latest readable checkpoint, exactly as if it had not stopped."""
 
-  run_dir: tyro.conf.Positional[Path]
+  run_dir: _tyro().conf.Positional[Path]
   outer_steps: int | None = None
   """The new total number of outer steps (default: the run's configured number)."""
   wandb: Literal["online", "offline", "disabled"] | None = None
@@ -64,7 +64,7 @@ class Eval:
   """Evaluate a run's theta (latest checkpoint): full-horizon loss on fixed fresh episodes and,
   for learned optimizers, the Adam baseline. Prints a table and a JSON line; changes nothing."""
 
-  run_dir: tyro.conf.Positional[Path]
+  run_dir: _tyro().conf.Positional[Path]
   step: int | None = None
   """Evaluate this checkpoint step instead of the latest."""
   episodes: int | None = None
@@ -76,7 +76,7 @@ class Export:
   """Write a run's learned optimizer (architecture + theta, no pickles) to one file; load it with
   lopt_meta.load_optimizer(PATH) as an optax transformation."""
 
-  run_dir: tyro.conf.Positional[Path]
+  run_dir: _tyro().conf.Positional[Path]
   out: Path
   """The file to write (a .npz)."""
   step: int | None = None
@@ -90,7 +90,7 @@ class Plot:
   """Plot runs: meta-loss against outer steps, wall time and inner steps, and the evaluation
   curves of the learned optimizer beside the baseline, to a PNG."""
 
-  run_dirs: tyro.conf.Positional[tuple[Path, ...]]
+  run_dirs: _tyro().conf.Positional[tuple[Path, ...]]
   out: Path
   """The PNG to write."""
 
@@ -113,6 +113,7 @@ def _parse(name: str, args: list[str]):
   default = None
   if name == "train" and (path := _config_path(args)) is not None:
     default = Train(config=config_lib.TrainConfig.from_file(path), config_file=Path(path))
+  tyro = _tyro()
   return tyro.cli(kind, args=args, default=default, prog=f"meta-train {name}",
                   config=(tyro.conf.OmitArgPrefixes,))
 
@@ -178,6 +179,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
   try:
     if not argv or argv[0] not in COMMANDS:  # top-level help, or an unknown command
+      tyro = _tyro()
       tyro.extras.subcommand_cli_from_dict(
           COMMANDS, prog="meta-train", args=argv, config=(tyro.conf.OmitArgPrefixes,),
           description="Meta-train learned optimizers and other unrolled systems with online ES.")

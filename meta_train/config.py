@@ -4,6 +4,9 @@ The ``meta-train`` command builds its flags from these classes (with ``tyro``; t
 is its name with dashes, e.g. ``num_particles`` -> ``--num-particles``), and a run folder stores
 the whole tree as ``config.json``. :func:`validate` checks everything that can be checked before
 any compute and raises :class:`lopt_meta.ConfigError` naming the field.
+
+Importing this module does not import tyro: the annotations are strings (PEP 563) that only the
+command evaluates, and the flag help in them imports tyro then (:func:`_tyro`).
 """
 
 from __future__ import annotations
@@ -16,7 +19,6 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import jax
-import tyro
 import yaml
 
 import lopt_meta
@@ -25,6 +27,13 @@ from lopt_meta.errors import ConfigError, unknown_name
 from meta_train import estimators
 
 OUTER_OPTIMIZERS = ("adam", "sgd")
+
+
+def _tyro():
+  """The ``tyro`` module, imported when the ``meta-train`` command evaluates the annotations of
+  these classes (tyro is needed for the command only)."""
+  import tyro
+  return tyro
 
 
 def _task_names() -> list[str]:
@@ -45,13 +54,13 @@ def _yaml_values(pairs: dict[str, str]) -> dict[str, Any]:
 class TaskConfig:
   """The inner problem: an unrolled system, or an inner task trained by a learned optimizer."""
 
-  task: Annotated[str, tyro.conf.arg(
+  task: Annotated[str, _tyro().conf.arg(
       help=f"Registered task, one of: {', '.join(_task_names())}.")] = "toy2d"
   task_option: dict[str, str] = dataclasses.field(default_factory=dict)
   """Task overrides as NAME VALUE pairs (values read as YAML scalars), e.g. --task-option hidden_sizes [64]."""
   horizon: int | None = None
   """T, steps per episode (inner training steps for a learned optimizer; default: the task's own, 1000 for inner tasks)."""
-  lopt: Annotated[str | None, tyro.conf.arg(
+  lopt: Annotated[str | None, _tyro().conf.arg(
       help=f"Learned optimizer for inner tasks, one of: {', '.join(sorted(lopt_meta.OPTIMIZERS))} "
            "(default mlp).")] = None
   lopt_option: dict[str, str] = dataclasses.field(default_factory=dict)
@@ -81,7 +90,7 @@ class TaskConfig:
 class EstimatorConfig:
   """The gradient estimator (N counts particles: N/2 antithetic pairs)."""
 
-  estimator: Annotated[str, tyro.conf.arg(
+  estimator: Annotated[str, _tyro().conf.arg(
       help=f"Gradient estimator, one of: {', '.join(estimators.ESTIMATORS)}.")] = "nres"
   num_particles: int = 100
   """N, the number of particles (even for ES: N/2 antithetic pairs)."""

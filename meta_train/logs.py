@@ -5,12 +5,14 @@ a resumed run appends to it (a ``{"event": "resume", ...}`` line marks the place
 the last record of each step, see :func:`read_metrics`). W&B (``wandb``) runs ``online``,
 ``offline`` (files under ``RUN_DIR/wandb``; ``wandb sync`` uploads them later) or ``disabled``;
 by default ``online`` when an API key is configured (``WANDB_API_KEY`` or ``~/.netrc``) and
-``offline`` otherwise, so a fresh machine with no network works. A resumed run continues the same
+``offline`` otherwise, so a fresh machine with no network works; ``disabled`` when wandb is not
+installed (it is imported only here, when a run starts logging). A resumed run continues the same
 W&B run (its id is kept in ``RUN_DIR/wandb_id``).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import secrets
 import string
@@ -21,12 +23,25 @@ from typing import Any
 
 import numpy as np
 
+from lopt_meta.errors import ConfigError
+
 WANDB_MODES = ("online", "offline", "disabled")
 PROJECT = "lopt-meta"
 
 
+def wandb_installed() -> bool:
+  """Whether the ``wandb`` package can be imported (looked up without importing it)."""
+  try:
+    return importlib.util.find_spec("wandb") is not None
+  except (ImportError, ValueError):
+    return False
+
+
 def default_wandb_mode() -> str:
-  """``online`` if a W&B API key is configured, else ``offline``."""
+  """``disabled`` if wandb is not installed; else ``online`` if a W&B API key is configured, else
+  ``offline``."""
+  if not wandb_installed():
+    return "disabled"
   if os.environ.get("WANDB_API_KEY"):
     return "online"
   try:
@@ -65,8 +80,11 @@ class RunLog:
   def __init__(self, run_dir: Path, config: dict[str, Any], *, mode: str | None, name: str,
                resume: bool = False):
     self.run_dir = Path(run_dir)
-    self._file = open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8")
     self.mode = mode or default_wandb_mode()
+    if self.mode != "disabled" and not wandb_installed():
+      raise ConfigError("wandb", f"--wandb {self.mode} needs the wandb package, which is not "
+                        "installed (pip install wandb, or --wandb disabled)")
+    self._file = open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8")
     self.wandb = None
     if self.mode != "disabled":
       import wandb  # imported only when used: slow, and it starts a service process
