@@ -60,6 +60,9 @@ class UnrolledSystem:
       also report the mean episode return ``-sum_t L_t``.
     differentiable: whether ``step`` can be differentiated in theta (truncated backprop needs
       it; a system that calls out of JAX, e.g. MuJoCo's C engine, cannot).
+    space: for hyperparameter optimization, the declaration ``{name: transform}`` that maps theta
+      (unconstrained values) to the hyperparameters (:mod:`tasks.hyperparameters`); ``None``
+      for other systems.
   """
 
   init: Callable[..., State]
@@ -72,6 +75,7 @@ class UnrolledSystem:
   min_horizon: int | None = None
   loss_is_negative_reward: bool = False
   differentiable: bool = True
+  space: Any = None
 
   def __post_init__(self):
     if not callable(self.init):

@@ -66,7 +66,7 @@ def lr_decay_schedule(*, horizon: int = 5000, Q: float | None = None, meta_loss:
                       momentum: float = 0.9, batch_size: int = 100,
                       hidden_sizes: Sequence[int] = (100, 100), dataset: str = "fashion_mnist",
                       image_size: int | None = None, data_dir: str | None = None,
-                      fixed_batch_size: int = 1000, lr: float = 10 ** -2.5, decay: float = 10.0,
+                      fixed_batch_size: int = 1000, lr: float = 1e-2, decay: float = 10.0,
                       init_seed: int | None = None) -> UnrolledSystem:
   """Tune the initial learning rate and the decay exponent of SGD with momentum.
 

@@ -184,10 +184,12 @@ def constrain(space: Space, theta: Mapping[str, jax.Array]) -> dict[str, jax.Arr
   return {name: space[name].forward(theta[name]) for name in space}
 
 
-def unconstrain(space: Space, hparams: Mapping[str, Any]) -> dict[str, jax.Array]:
-  """theta for the hyperparameters ``hparams`` (float32 scalars): :func:`constrain`'s inverse."""
+def unconstrain(space: Space, hparams: Mapping[str, Any], *,
+                field: str = "hparams") -> dict[str, jax.Array]:
+  """theta for the hyperparameters ``hparams`` (float32 scalars): :func:`constrain`'s inverse
+  (errors name ``field``)."""
   check_space(space)
-  _check_names("hparams", space, hparams)
+  _check_names(field, space, hparams)
   return {name: jnp.float32(space[name].inverse(hparams[name])) for name in space}
 
 
@@ -215,7 +217,7 @@ def initial_theta(space: Space, theta0: Mapping[str, float] | None = None,
     raise ConfigError("init_seed", "give theta0 (the starting hyperparameters) or init_seed "
                       "(draw them), not both")
   if theta0 is not None:
-    return unconstrain(space, theta0)
+    return unconstrain(space, theta0, field="theta0")
   if init_seed is not None:
     if isinstance(init_seed, bool) or not isinstance(init_seed, int):
       raise ConfigError("init_seed", f"must be an int; got {init_seed!r}")

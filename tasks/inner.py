@@ -59,8 +59,10 @@ class InnerTask(abc.ABC):
     """The next training batch and the advanced task state."""
 
   @abc.abstractmethod
-  def eval_batch(self, data: Any, split: str, key: jax.Array) -> PyTree:
-    """A random batch of ``split`` (``inner_valid``, ``outer_valid``, ``test`` or ``train``)."""
+  def eval_batch(self, data: Any, split: str, key: jax.Array, *,
+                 batch_size: int | None = None) -> PyTree:
+    """A random batch of ``split`` (``inner_valid``, ``outer_valid``, ``test`` or ``train``) of
+    ``batch_size`` examples (default: the task's)."""
 
   @abc.abstractmethod
   def loss(self, params: PyTree, batch: PyTree) -> jax.Array:
@@ -172,8 +174,9 @@ class ImageClassification(InnerTask):
     idx = data_lib.epoch_indices(split, state.seed, state.position, self.batch_size)
     return data_lib.gather(split, idx), state._replace(position=state.position + self.batch_size)
 
-  def eval_batch(self, data, split, key):
-    return data_lib.gather(data[split], data_lib.random_indices(data[split], key, self.batch_size))
+  def eval_batch(self, data, split, key, *, batch_size=None):
+    size = self.batch_size if batch_size is None else batch_size
+    return data_lib.gather(data[split], data_lib.random_indices(data[split], key, size))
 
   def loss(self, params, batch):
     logits = self.model.apply({"params": params}, batch["image"])
@@ -240,10 +243,11 @@ class CopyTask(InnerTask):
     return CopyState(length=jnp.asarray(self.start_length, jnp.int32),
                      average_loss=jnp.asarray(math.log(2.0), jnp.float32))
 
-  def _batch(self, key, longest):
+  def _batch(self, key, longest, batch_size=None):
+    size = self.batch_size if batch_size is None else batch_size
     k_len, k_bits = jax.random.split(key)
-    lengths = jax.random.randint(k_len, (self.batch_size,), jnp.maximum(1, longest - 5), longest + 1)
-    bits = jax.random.bernoulli(k_bits, 0.5, (self.batch_size, self.max_length)).astype(jnp.int32)
+    lengths = jax.random.randint(k_len, (size,), jnp.maximum(1, longest - 5), longest + 1)
+    bits = jax.random.bernoulli(k_bits, 0.5, (size, self.max_length)).astype(jnp.int32)
     pos = jnp.arange(self.sequence_length)[None, :]
     L = lengths[:, None]
     read = pos < L
@@ -257,9 +261,9 @@ class CopyTask(InnerTask):
     del data
     return self._batch(key, state.length), state
 
-  def eval_batch(self, data, split, key):
+  def eval_batch(self, data, split, key, *, batch_size=None):
     del data, split
-    return self._batch(key, jnp.asarray(self.max_length, jnp.int32))
+    return self._batch(key, jnp.asarray(self.max_length, jnp.int32), batch_size)
 
   def loss(self, params, batch):
     logits = self.model.apply({"params": params}, batch["tokens"])
