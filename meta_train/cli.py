@@ -6,6 +6,7 @@
     meta-train eval RUN_DIR                                   # evaluate the latest checkpoint
     meta-train export RUN_DIR --out lopt.npz                  # the learned optimizer, for optax
     meta-train plot RUN_DIR [RUN_DIR ...] --out runs.png
+    meta-train search --task many_hparams --budget 60000 --out checkpoints/random  # a baseline
 
 Flags come from the typed configuration in :mod:`meta_train.config` (parsed by ``tyro``, which is
 imported when a command line is parsed, not with this module). Bad
@@ -74,11 +75,12 @@ class Eval:
 @dataclasses.dataclass
 class Export:
   """Write a run's learned optimizer (architecture + theta, no pickles) to one file; load it with
-  lopt_meta.load_optimizer(PATH) as an optax transformation."""
+  lopt_meta.load_optimizer(PATH) as an optax transformation. For a hyperparameter task, write
+  the tuned hyperparameters as JSON (constrained values and theta)."""
 
   run_dir: _tyro().conf.Positional[Path]
   out: Path
-  """The file to write (a .npz)."""
+  """The file to write (a .npz; .json for hyperparameters)."""
   step: int | None = None
   """Export this checkpoint step instead of the latest."""
   overwrite: bool = False
@@ -92,10 +94,36 @@ class Plot:
 
   run_dirs: _tyro().conf.Positional[tuple[Path, ...]]
   out: Path
-  """The PNG to write."""
+  """The PNG to write (hyperparameter runs and searches: best so far against compute, and with
+  --landscape the grid's heatmap with the runs' theta trajectories)."""
+  landscape: Path | None = None
+  """A grid written by 'meta-train search --method grid' (.npz), drawn under the runs' theta."""
 
 
-COMMANDS = {"train": Train, "resume": Resume, "eval": Eval, "export": Export, "plot": Plot}
+@dataclasses.dataclass
+class Search:
+  """Random or grid search over a hyperparameter task's declared ranges (the baselines beside the
+  estimators), compute counted as runs count it: inner steps of every trial."""
+
+  task: config_lib.TaskConfig = dataclasses.field(default_factory=config_lib.TaskConfig)
+  method: Literal["random", "grid"] = "random"
+  """random: draw trials from the initial ranges; grid: a grid over one or two hyperparameters."""
+  budget: int | None = None
+  """Random search: inner steps to spend (e.g. an estimator run's total_unroll_steps)."""
+  points: dict[str, int] = dataclasses.field(default_factory=dict)
+  """Grid search: NAME COUNT pairs, e.g. --points lr 15 decay 15."""
+  episodes: int = 1
+  """Inner runs per trial or grid point."""
+  seed: int = 0
+  """Seed of the trials' draws and inner runs."""
+  out: Path = Path("checkpoints/search")
+  """Random search: a folder (config.json, metrics.jsonl); grid search: a .npz file."""
+  overwrite: bool = False
+  """Replace what is at --out."""
+
+
+COMMANDS = {"train": Train, "resume": Resume, "eval": Eval, "export": Export, "plot": Plot,
+            "search": Search}
 
 
 def _config_path(args: Sequence[str]) -> str | None:
@@ -130,9 +158,55 @@ def run_command(command) -> int:
   elif isinstance(command, Export):
     _export(command)
   elif isinstance(command, Plot):
-    from meta_train.plots import plot_runs
-    print(f"meta-train: wrote {plot_runs(command.run_dirs, command.out)}")
+    _plot(command)
+  elif isinstance(command, Search):
+    _search(command)
   return 0
+
+
+def _plot(command: Plot) -> None:
+  from meta_train import hpo_plots, search
+  from meta_train.plots import plot_runs
+  runs = [d for d in command.run_dirs if not search.read_config(d)]
+  hpo = command.landscape is not None or any(hpo_plots.is_hpo(d) for d in command.run_dirs)
+  out = Path(command.out)
+  if runs:
+    print(f"meta-train: wrote {plot_runs(runs, out)}")
+  if hpo:
+    if runs:
+      out = out.with_name(f"{out.stem}-hpo{out.suffix}")
+    print(f"meta-train: wrote {hpo_plots.plot_hpo(command.run_dirs, out, command.landscape)}")
+
+
+def _search(command: Search) -> None:
+  import jax
+  import numpy as np
+
+  from meta_train import search
+  config = config_lib.TrainConfig(task=command.task)
+  out = Path(command.out)
+  if command.method == "random" and command.budget is None:
+    raise ConfigError("budget", "random search needs --budget (inner steps to spend)")
+  if command.method == "grid" and not command.points:
+    raise ConfigError("points", "grid search needs --points NAME COUNT [NAME COUNT]")
+  if command.method == "grid" and out.suffix != ".npz":
+    raise ConfigError("out", f"grid search writes a .npz file; got {out}")
+  if out.exists() and not command.overwrite:
+    raise ConfigError("out", f"{out} exists; choose another --out or pass --overwrite")
+  system = config_lib.build_system(config)
+  key = jax.random.key(command.seed)
+  if command.method == "random":
+    result = search.random_search(system, budget=command.budget, key=key,
+                                  episodes=command.episodes)
+    search.write_random(result, out, task=config.to_dict()["task"], budget=command.budget,
+                        episodes=command.episodes, seed=command.seed)
+    print(f"meta-train: {len(result.objective)} trials, best {result.best_so_far[-1]:.6g} "
+          f"({result.compute[-1]} inner steps) -> {out}")
+  else:
+    result = search.grid_search(system, points=command.points, key=key, episodes=command.episodes)
+    search.write_grid(result, out)
+    print(f"meta-train: grid {'x'.join(str(len(v)) for v in result.axes.values())}, best "
+          f"{np.nanmin(result.objective):.6g} at {result.best_theta} -> {out}")
 
 
 def _eval(command: Eval) -> None:
@@ -160,12 +234,12 @@ def _export(command: Export) -> None:
   import lopt_meta
   from meta_train import run as run_lib
   config = run_lib.read_config(command.run_dir)
-  if not config.task.is_inner:
-    raise ConfigError("run_dir", f"{command.run_dir} trained theta of {config.task.task!r}, not a "
-                      "learned optimizer; nothing to export")
   out = Path(command.out)
   if out.exists() and not command.overwrite:
     raise ConfigError("out", f"{out} exists; choose another --out or pass --overwrite")
+  if not config.task.is_inner:
+    _export_hyperparameters(command, config, out)
+    return
   loaded = run_lib.load_run(command.run_dir, command.step)
   lopt = lopt_meta.get_optimizer(config.task.lopt or "mlp", **config.task.lopt_options())
   lopt_meta.save_optimizer(out, lopt, loaded.theta, metadata={
@@ -173,6 +247,26 @@ def _export(command: Export) -> None:
       "estimator": config.estimator.estimator})
   print(f"meta-train: wrote {out} ({lopt.name}, outer step {loaded.step}); load it with "
         f"lopt_meta.load_optimizer({str(out)!r})")
+
+
+def _export_hyperparameters(command: Export, config, out: Path) -> None:
+  """A hyperparameter run's tuned hyperparameters as JSON (constrained values and theta)."""
+  from meta_train import run as run_lib
+  from tasks import hyperparameters
+  system = config_lib.build_system(config)
+  if system.space is None:
+    raise ConfigError("run_dir", f"{command.run_dir} trained theta of {config.task.task!r}, "
+                      "neither a learned optimizer nor hyperparameters; nothing to export")
+  if out.suffix != ".json":
+    raise ConfigError("out", f"hyperparameters are written as JSON; got {out}")
+  loaded = run_lib.load_run(command.run_dir, command.step)
+  extra = {}
+  if config.task.task == "lr_decay_schedule":
+    extra["Q"] = float(config.task.options().get("Q") or system.horizon)
+  hyperparameters.to_json(system.space, loaded.theta, out, run_dir=str(command.run_dir),
+                          step=loaded.step, task=config.task.task,
+                          estimator=config.estimator.estimator, **extra)
+  print(f"meta-train: wrote {out} (hyperparameters of outer step {loaded.step})")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -244,13 +244,18 @@ def build_system(config: TrainConfig, *, for_evaluation: bool = False,
   """
   t = config.task
   if t.task in tasks.TASKS:
+    takes = tasks.override_names(t.task)  # a task that reads data, or has meta-losses, takes them
     for field, value in (("lopt", t.lopt), ("meta_loss", t.meta_loss != "train" or None),
                          ("truncation", t.truncation != "constant" or None),
                          ("min_horizon", t.min_horizon), ("data_dir", t.data_dir)):
-      if value is not None:
+      if value is not None and field not in takes:
         raise ConfigError(field, f"applies to inner tasks ({', '.join(sorted(tasks.INNER_TASKS))}), "
                           f"not to {t.task!r}")
     options = t.options()
+    if t.data_dir is not None:
+      options["data_dir"] = t.data_dir
+    if t.meta_loss != "train":
+      options["meta_loss"] = t.meta_loss
     if t.horizon is not None:
       if "horizon" not in tasks.override_names(t.task):
         raise ConfigError("horizon", f"task {t.task!r} has a fixed horizon")
