@@ -1,0 +1,209 @@
+"""What an accelerator machine (jax, flax, optax and orbax only; a GPU/TPU backend) needs.
+
+* The packages import without the optional ones (tyro, wandb, tensorflow-datasets, mujoco,
+  gymnasium), and importing them does not import those where they are installed.
+* With the fused CPU kernel off (``LOPT_META_KERNELS=0``, what every non-CPU backend runs), the
+  estimators run in plain JAX and give the kernel path's estimates to float tolerance.
+* When JAX's default backend is not the CPU, no compiler is looked for, nothing is built or
+  loaded, and the learned optimizers run in plain JAX (simulated: the backend query answers
+  ``"gpu"`` and every way to a compiler raises).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+import lopt_meta
+import tasks
+from lopt_meta import kernels
+from meta_train.estimators import NRES, PES, FullES
+
+ROOT = Path(__file__).resolve().parents[1]
+OPTIONAL = ("tyro", "wandb", "tensorflow_datasets", "tensorflow", "mujoco", "gymnasium")
+
+
+def _python(code: str, *, env: dict[str, str] | None = None, timeout: float = 300) -> str:
+  """Runs ``code`` in a fresh interpreter in the repository root; returns its last stdout line."""
+  result = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=ROOT,
+                          env=dict(os.environ, **(env or {})), capture_output=True, text=True,
+                          timeout=timeout)
+  assert result.returncode == 0, result.stderr[-4000:]
+  return result.stdout.strip().splitlines()[-1]
+
+
+def test_every_module_imports_without_the_optional_packages():
+  """``sys.modules[name] = None`` is what a missing package looks like to ``import`` (an
+  ImportError) and to ``importlib.util.find_spec`` (None)."""
+  line = _python(f"""
+      import importlib, json, pkgutil, sys
+      for name in {OPTIONAL!r}:
+        sys.modules[name] = None
+      import lopt_meta, tasks, meta_train, benchmarks
+      failed = {{}}
+      for package in (lopt_meta, tasks, meta_train, benchmarks):
+        for info in pkgutil.walk_packages(package.__path__, package.__name__ + "."):
+          try:
+            importlib.import_module(info.name)
+          except Exception as error:
+            failed[info.name] = repr(error)
+      from meta_train import logs
+      print(json.dumps({{"failed": failed, "wandb_mode": logs.default_wandb_mode(),
+                         "accelerator": "benchmarks.accelerator" in sys.modules,
+                         "throughput": "benchmarks.throughput" in sys.modules}}))
+      """)
+  result = json.loads(line)
+  assert result["failed"] == {}
+  assert result["accelerator"] and result["throughput"]
+  assert result["wandb_mode"] == "disabled"  # a run without wandb logs to metrics.jsonl only
+
+
+def test_importing_the_packages_leaves_the_optional_packages_alone():
+  line = _python(f"""
+      import json, sys
+      import lopt_meta, tasks, meta_train
+      import meta_train.cli, meta_train.config, meta_train.run, meta_train.evaluation
+      import benchmarks.throughput, benchmarks.accelerator
+      optional = {OPTIONAL + ("matplotlib",)!r}
+      print(json.dumps(sorted({{m.split(".")[0] for m in sys.modules}} & set(optional))))
+      """)
+  assert json.loads(line) == []
+
+
+def test_the_run_log_names_a_missing_wandb(tmp_path, monkeypatch):
+  from meta_train import logs
+  monkeypatch.setitem(sys.modules, "wandb", None)
+  assert logs.default_wandb_mode() == "disabled"
+  with pytest.raises(lopt_meta.ConfigError, match=r"^wandb: --wandb offline needs the wandb "
+                     r"package, which is not installed"):
+    logs.RunLog(tmp_path, {}, mode="offline", name="x")
+  log = logs.RunLog(tmp_path, {}, mode=None, name="x")
+  log.write({"step": 1, "meta_loss": 0.5})
+  log.close()
+  assert logs.read_metrics(tmp_path) == [{"step": 1, "meta_loss": 0.5}]
+
+
+# --- The kernel off: the same estimates in plain JAX ------------------------------------------
+
+HORIZON, WINDOW, PARTICLES, SIGMA = 8, 4, 8, 0.01
+CASES = {  # name: (learned optimizer, estimator class, options)
+    "mlp-nres": ("mlp", NRES, {"unroll_length": WINDOW}),
+    "mlp-pes": ("mlp", PES, {"unroll_length": WINDOW}),
+    "mlp-full_es": ("mlp", FullES, {}),
+    "adafac-nres": ("adafac", NRES, {"unroll_length": WINDOW}),
+}
+
+
+def _estimate(case: str):
+  """Two estimates (burn-in included for the online estimators) of a small learned-optimizer
+  system on digits, built afresh (so traced afresh) under the current kernel setting."""
+  lopt_name, cls, options = CASES[case]
+  task = tasks.get_inner_task("digits_mlp", batch_size=16, hidden_sizes=(8,))
+  system = tasks.learned_optimizer_system(task, lopt_meta.get_optimizer(lopt_name),
+                                          horizon=HORIZON)
+  est = cls(system, num_particles=PARTICLES, sigma=SIGMA, **options)
+  ws = est.init(jax.random.key(0), system.theta0)
+  grads = []
+  for i in (1, 2):
+    grad, ws, metrics = est.estimate(jax.random.key(i), system.theta0, ws)
+    grads.append(np.concatenate([np.ravel(x) for x in jax.tree.leaves(grad)]))
+  return np.stack(grads), float(metrics["meta_loss"])
+
+
+def _assert_same_estimates(got, want, rtol=1e-3):
+  """ES estimates divide loss differences by sigma: float reassociation in the per-parameter MLP
+  (about 1e-7 relative) reaches them at about 1e-5 of their scale."""
+  (g, loss), (w, want_loss) = got, want
+  assert np.all(np.isfinite(g))
+  np.testing.assert_allclose(g, w, rtol=0, atol=rtol * np.max(np.abs(w)))
+  assert loss == pytest.approx(want_loss, rel=1e-5)
+
+
+class _Calls:
+  """Counts the traces of the fused operations that take the kernel and the plain-JAX branch
+  (each call of ``per_parameter_mlp`` and ``mlp_lopt_update`` asks ``_use_kernel`` once)."""
+
+  def __init__(self, monkeypatch):
+    self.kernel = self.plain = 0
+    use_kernel = kernels._use_kernel
+
+    def counting(*args):
+      chosen = use_kernel(*args)
+      if chosen:
+        self.kernel += 1
+      else:
+        self.plain += 1
+      return chosen
+
+    monkeypatch.setattr(kernels, "_use_kernel", counting)
+
+
+_KERNEL_RESULTS: dict[str, tuple[np.ndarray, float]] = {}
+
+
+def _kernel_path(case: str, monkeypatch) -> tuple[np.ndarray, float]:
+  if not kernels.available():
+    pytest.skip("the fused CPU kernel is unavailable here: there is no kernel path to compare with")
+  if case not in _KERNEL_RESULTS:
+    with monkeypatch.context() as patch:
+      calls = _Calls(patch)
+      _KERNEL_RESULTS[case] = _estimate(case)
+    assert calls.kernel > 0 and calls.plain == 0
+  return _KERNEL_RESULTS[case]
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_the_plain_path_gives_the_kernel_paths_estimates(case, monkeypatch):
+  want = _kernel_path(case, monkeypatch)
+  monkeypatch.setenv("LOPT_META_KERNELS", "0")
+  assert not kernels.available()
+  calls = _Calls(monkeypatch)
+  got = _estimate(case)
+  assert calls.plain > 0 and calls.kernel == 0
+  _assert_same_estimates(got, want)
+
+
+def test_no_compiler_is_looked_for_when_the_backend_is_not_the_cpu(monkeypatch):
+  """A fresh process whose backend query answers "gpu": importing and running the learned
+  optimizers (both fused operations, and an NRES estimate) looks for no compiler, starts no
+  process, loads no library, warns nothing, and gives the kernel path's estimate."""
+  want = _kernel_path("mlp-nres", monkeypatch)
+  line = _python(f"""
+      import ctypes, json, shutil, subprocess, warnings
+      import jax
+
+      jax.devices()
+      jax.default_backend = lambda: "gpu"
+
+      def refuse(*args, **kwargs):
+        raise AssertionError(f"a compiler or library was looked for: {{args[:1]}}")
+
+      shutil.which = subprocess.run = subprocess.Popen = ctypes.CDLL = refuse
+
+      import jax.numpy as jnp
+      from lopt_meta import kernels
+      from tests import test_accelerator_ready as t
+
+      with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert not kernels.available()
+        x = jnp.ones((2, 5, 8))
+        step = kernels.per_parameter_mlp(x, jnp.zeros(32), jnp.full((8, 32), 0.1), jnp.eye(32),
+                                         jnp.zeros(32), jnp.ones((32, 2)), jnp.zeros(2),
+                                         exp_mult=1e-3, step_mult=1e-3)
+        assert step.shape == (2, 5)
+        grads, loss = t._estimate("mlp-nres")
+      assert not [w for w in caught if "lopt_meta" in str(w.message)], caught
+      assert kernels._load.cache_info().misses == 0  # nothing was built or loaded
+      print(json.dumps({{"grads": grads.tolist(), "loss": loss}}))
+      """, env={"JAX_PLATFORMS": "cpu"})
+  got = json.loads(line)
+  _assert_same_estimates((np.asarray(got["grads"], np.float32), got["loss"]), want)
