@@ -163,7 +163,8 @@ def test_export_of_a_run_without_a_learned_optimizer(tmp_path, capsys):
   assert cli.main(BASE + ["--outer-steps", "10", "--out", str(out), "--wandb", "disabled"]) == 0
   capsys.readouterr()
   _one_line_error(capsys, ["export", str(out), "--out", str(tmp_path / "x.npz")],
-                  f"run_dir: {out} trained theta of 'toy2d', not a learned optimizer; nothing to export")
+                  f"run_dir: {out} trained theta of 'toy2d', neither a learned optimizer nor "
+                  "hyperparameters; nothing to export")
 
 
 def test_config_file_with_overrides(tmp_path):
