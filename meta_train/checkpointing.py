@@ -6,7 +6,9 @@ noise, PES accumulators, positions, episode lengths, data positions, and the PRN
 JSON item with the config, the outer step and the elapsed time. Saves are synchronous and
 atomic (Orbax writes to a temporary folder and renames it when complete), so a process killed
 mid-save leaves the previous checkpoints untouched; old checkpoints are deleted only after a
-newer one is complete (keep the last ``max_to_keep``).
+newer one is complete (keep the last ``max_to_keep``). With several processes
+(:mod:`meta_train.distributed`) every process saves and restores together, each its own shards of
+the arrays that span processes, in a folder they all see.
 
 Restoring reads the latest checkpoint with an abstract target (shapes and dtypes of a fresh
 state, so that types survive); if it cannot be read (half written, corrupted), that is reported
@@ -55,9 +57,14 @@ def from_saveable(tree: PyTree, like: PyTree) -> PyTree:
   return jax.tree.map(lambda x, l: jax.random.wrap_key_data(x) if _is_key(l) else x, tree, like)
 
 
-def _abstract(tree: PyTree) -> PyTree:
-  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), tree)
+def _abstract(tree: PyTree, shardings: PyTree | None = None) -> PyTree:
+  """The restore target: shapes and dtypes of ``tree``, placed by ``shardings`` (a tree of the
+  same structure; default: everything on the first device, for a single process)."""
+  if shardings is None:
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), tree)
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree,
+                      shardings)
 
 
 class Checkpoints:
@@ -82,8 +89,11 @@ class Checkpoints:
         force=True)
     self.manager.wait_until_finished()
 
-  def restore(self, like: PyTree, step: int | None = None) -> tuple[PyTree, dict[str, Any], int]:
-    """The state of checkpoint ``step`` (default: the latest readable one), shaped as ``like``.
+  def restore(self, like: PyTree, step: int | None = None, *,
+              shardings: PyTree | None = None) -> tuple[PyTree, dict[str, Any], int]:
+    """The state of checkpoint ``step`` (default: the latest readable one), shaped as ``like``
+    and placed by ``shardings`` (a tree like ``like``; needed when the arrays span processes,
+    where every process restores its own shards).
 
     Returns:
       ``(state, meta, step)``.
@@ -94,7 +104,7 @@ class Checkpoints:
     steps = self.steps() if step is None else [step]
     if not steps:
       raise CheckpointError(f"no checkpoint in {self.directory}")
-    abstract = _abstract(to_saveable(like))
+    abstract = _abstract(to_saveable(like), shardings)
     errors = []
     self.unreadable = []
     for s in reversed(steps):

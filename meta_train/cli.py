@@ -3,6 +3,7 @@
     meta-train train --task digits_mlp --lopt mlp --estimator nres --num-particles 32 ...
     meta-train train --config run.yaml --num-particles 8      # a file, then flag overrides
     meta-train resume RUN_DIR --outer-steps 20000             # continue to 20000 steps in total
+    meta-train train ... --coordinator-address HOST:PORT --num-processes 2 --process-id 0  # one run, several processes
     meta-train eval RUN_DIR                                   # evaluate the latest checkpoint
     meta-train export RUN_DIR --out lopt.npz                  # the learned optimizer, for optax
     meta-train plot RUN_DIR [RUN_DIR ...] --out runs.png
@@ -27,6 +28,7 @@ from typing import Annotated, Literal
 from lopt_meta.errors import ConfigError
 from meta_train import config as config_lib
 from meta_train.config import _tyro  # the annotations below are evaluated by tyro only
+from meta_train.distributed import Distributed
 
 EXIT_USAGE = 2
 
@@ -45,6 +47,7 @@ class Train:
       "flat by field name); flags override it.")] = None
   overwrite: bool = False
   """Replace a run already in the run folder (its checkpoints and metrics are deleted)."""
+  distributed: Distributed = dataclasses.field(default_factory=Distributed)
 
 
 @dataclasses.dataclass
@@ -58,6 +61,7 @@ class Resume:
   """Weights & Biases mode for this session (default: the run's)."""
   stop_grace_s: float | None = None
   """After SIGINT/SIGTERM, end without saving if the compiled step has not returned after this many seconds (default: the run's)."""
+  distributed: Distributed = dataclasses.field(default_factory=Distributed)
 
 
 @dataclasses.dataclass
@@ -147,6 +151,9 @@ def _parse(name: str, args: list[str]):
 
 
 def run_command(command) -> int:
+  if isinstance(command, (Train, Resume)):
+    from meta_train import distributed  # joins the other processes before any other JAX call
+    distributed.initialize(command.distributed)
   from meta_train import run as run_lib  # imports JAX: keep --help fast
   if isinstance(command, Train):
     run_lib.train(command.config, overwrite=command.overwrite)

@@ -13,6 +13,12 @@ Watchdog` covers what the loop cannot see while it waits for compiled code: a se
 phase still running ``stop_grace_s`` after the signal (a compiled step that never returns), ends
 the process at once with the same status, without saving and never in the middle of a write; and
 a chunk of outer steps that runs far longer than the recent ones prints a warning.
+
+Several processes (:mod:`meta_train.distributed`) run the same loop: process 0 alone prepares the
+folder and writes ``config.json``, ``metrics.jsonl``, the progress display and W&B; all of them
+save and restore the checkpoints, which record the number of processes (a run resumes with the
+same number, or stops with one error before compute). They agree at every chunk's end whether
+to stop, so that a signal to any of them stops all of them at the same outer step.
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ import numpy as np
 
 from lopt_meta.errors import ConfigError
 from meta_train import config as config_lib
-from meta_train import evaluation, preflight
+from meta_train import distributed, evaluation, preflight
 from meta_train.checkpointing import Checkpoints
 from meta_train.logs import RunLog, read_metrics
 from meta_train.progress import Progress
@@ -97,6 +103,21 @@ def _abstract_state(trainer: Trainer, system) -> TrainState:
   return jax.eval_shape(trainer.init, jax.random.key(0), system.theta0)
 
 
+def _state_shardings(like: TrainState, estimator):
+  """Where each array of the state lives when the run spans processes: the workers' pairs axis
+  split over the estimator's mesh, everything else (theta, optimizer state, key) replicated."""
+  from jax.sharding import Mesh, NamedSharding, PartitionSpec
+  from meta_train import sharding
+  mesh = getattr(estimator, "mesh", None)
+  if mesh is None:
+    mesh = Mesh(np.asarray(jax.devices()), (sharding.AXIS,))
+  replicated = NamedSharding(mesh, PartitionSpec())
+  split = NamedSharding(mesh, sharding.SHARDED)
+  out = jax.tree.map(lambda _: replicated, like)
+  return out.replace(workers=jax.tree.map(lambda x: split if x.ndim else replicated,
+                                          like.workers))
+
+
 def load_run(run_dir: str | os.PathLike, step: int | None = None) -> LoadedRun:
   """The run in ``run_dir`` at its latest readable checkpoint (or at ``step``).
 
@@ -157,7 +178,10 @@ def train(config: config_lib.TrainConfig, *, overwrite: bool = False) -> tuple[T
     Interrupted: stopped by a signal (a checkpoint was saved).
   """
   system, estimator, trainer = _build(config)
-  run_dir = prepare_run_dir(config, overwrite=overwrite)
+  distributed.check_same(config.to_dict())
+  distributed.on_process_0(lambda: prepare_run_dir(config, overwrite=overwrite),
+                           "the run folder check")
+  run_dir = config.run_dir()
   state = None
   return _loop(config, run_dir, system, estimator, trainer, state, meta={}, resumed=False)
 
@@ -175,25 +199,39 @@ def resume(run_dir: str | os.PathLike, *, outer_steps: int | None = None,
     run = dataclasses.replace(run, stop_grace_s=stop_grace_s)
   config = dataclasses.replace(config, outer=outer, run=dataclasses.replace(run, out=run_dir))
   system, estimator, trainer = _build(config)
+  distributed.check_same(config.to_dict())
+  like = _abstract_state(trainer, system)
+  several = jax.process_count() > 1
   checkpoints = Checkpoints(run_dir)
   try:
-    state, meta, step = checkpoints.restore(_abstract_state(trainer, system))
+    state, meta, step = checkpoints.restore(
+        like, shardings=_state_shardings(like, estimator) if several else None)
+    saved_by = int(meta.get("num_processes", 1))
+    if saved_by != jax.process_count():
+      raise ConfigError("num_processes", f"checkpoint {step} of {run_dir} was saved by {saved_by} "
+                        f"process(es); resume it with --num-processes {saved_by} (this session "
+                        f"has {jax.process_count()})")
     if step < config.outer.outer_steps:
-      checkpoints.set_aside([s for s in checkpoints.unreadable if s > step])
+      distributed.on_process_0(
+          lambda: checkpoints.set_aside([s for s in checkpoints.unreadable if s > step]),
+          "setting aside unreadable checkpoints")
   finally:
     checkpoints.close()
   if step >= config.outer.outer_steps:
-    print(f"meta-train: {run_dir} is already at outer step {step} (asked for "
-          f"{config.outer.outer_steps}); nothing to do", flush=True)
+    distributed.say(f"meta-train: {run_dir} is already at outer step {step} (asked for "
+                    f"{config.outer.outer_steps}); nothing to do")
     return state, run_dir
-  _write_json(run_dir / "config.json", config.to_dict())
+  if distributed.is_writer():
+    _write_json(run_dir / "config.json", config.to_dict())
   return _loop(config, run_dir, system, estimator, trainer, state, meta=meta, resumed=True)
 
 
 def _loop(config, run_dir, system, estimator, trainer, state, *, meta, resumed):
   c_run, total = config.run, config.outer.outer_steps
   evaluate = evaluation.Evaluator(config, system) if c_run.eval_every else None
-  log = RunLog(run_dir, config.to_dict(), mode=c_run.wandb, name=run_dir.name, resume=resumed)
+  writer = distributed.is_writer()
+  log = (RunLog(run_dir, config.to_dict(), mode=c_run.wandb, name=run_dir.name, resume=resumed)
+         if writer else _NoLog())
   checkpoints = Checkpoints(run_dir, max_to_keep=c_run.keep_checkpoints)
   stop = {"signal": None}
   previous = _catch_signals(stop)
@@ -204,31 +242,34 @@ def _loop(config, run_dir, system, estimator, trainer, state, *, meta, resumed):
   progress = None
 
   def write(line):
-    if progress is not None:
+    if progress is not None and writer:
       progress.write(line)
-    else:
-      print(line, file=sys.stderr, flush=True)
+    else:  # other processes print their own warnings, marked
+      prefix = "" if writer else f"[process {jax.process_index()}] "
+      print(prefix + line, file=sys.stderr, flush=True)
 
   watchdog = Watchdog(write, grace_s=c_run.stop_grace_s, stall_min_s=c_run.stall_warning_s)
   watchdog.start()
   try:
     hazard = preflight.lapack_warning(system, getattr(estimator, "num_pairs",
                                                       estimator.num_particles))
-    if hazard is not None:
+    if hazard is not None and writer:
       write(hazard)
     if state is None:
-      print(f"meta-train: {estimator!r} on {system.name!r}, {total} outer steps -> {run_dir}",
-            flush=True)
+      distributed.say(f"meta-train: {estimator!r} on {system.name!r}, {total} outer steps -> "
+                      f"{run_dir}" + (f" ({jax.process_count()} processes, {jax.device_count()} "
+                                      "devices)" if jax.process_count() > 1 else ""))
       state, burn_in = _start(system, estimator, trainer, c_run.seed, evaluate, log,
                               watchdog, start)
       total_unroll = burn_in
     else:
       watchdog.last_checkpoint = int(state.step)
       log.event("resume", step=int(state.step))
-      print(f"meta-train: resuming {run_dir} at outer step {int(state.step)} -> {total}",
-            flush=True)
+      distributed.say(f"meta-train: resuming {run_dir} at outer step {int(state.step)} -> "
+                      f"{total}")
     done = int(state.step)
-    progress = Progress(total, done)
+    progress = Progress(total, done) if writer else Progress(total, done, stream=_DevNull(),
+                                                             bar=False)
     pending, window_start, window_time = [], done, time.perf_counter()
     compiled = set()  # chunk lengths run before (a new length compiles: its time is not counted)
     while done < total:
@@ -240,6 +281,8 @@ def _loop(config, run_dir, system, estimator, trainer, state, *, meta, resumed):
       done += n
       now = time.perf_counter()
       stopping = stop["signal"] is not None
+      if jax.process_count() > 1:  # a signal to any process stops all at this step
+        stopping = distributed.any_process(stopping)
       evaluating = evaluate is not None and (done % c_run.eval_every == 0 or done == total)
       if done % c_run.log_every == 0 or done == total or evaluating or stopping:
         record = _window_record(pending, done=done, window_start=window_start,
@@ -249,9 +292,9 @@ def _loop(config, run_dir, system, estimator, trainer, state, *, meta, resumed):
         first, pending, window_start = window_start + 1, [], done
         if evaluating:
           with watchdog.phase(f"evaluating theta at step {done}"):
-            record.update(evaluate(state.theta))
+            record.update(evaluate(_local(state.theta)))
           progress.note(done, _eval_line(done, record))
-        if record["nonfinite"] or record["skipped_updates"]:
+        if writer and (record["nonfinite"] or record["skipped_updates"]):
           progress.write(f"meta-train: steps {first}..{done}: masked "
                          f"{record['nonfinite']} non-finite losses, skipped "
                          f"{record['skipped_updates']} non-finite updates")
@@ -264,12 +307,13 @@ def _loop(config, run_dir, system, estimator, trainer, state, *, meta, resumed):
           checkpoints.save(done, state, {"step": done, "elapsed_s": elapsed0 + now - start,
                                          "total_unroll_steps": total_unroll,
                                          "burn_in_steps": burn_in,
+                                         "num_processes": jax.process_count(),
                                          "config": config.to_dict()})
         watchdog.last_checkpoint = done
       if stopping:
         with watchdog.writing():
           log.event("interrupted", step=done, signal=int(stop["signal"]))
-        raise Interrupted(EXIT_CODES[stop["signal"]], done)
+        raise Interrupted(EXIT_CODES[stop["signal"] or signal.SIGTERM], done)
     return state, run_dir
   finally:
     with watchdog.phase("closing the run (logs, checkpoints)"):
@@ -306,7 +350,7 @@ def _run_chunk(trainer, state, done, n, watchdog, compiled):
   with watchdog.phase(f"running outer steps {done + 1}..{done + n}", steps=n):
     chunk_start = time.perf_counter()
     state, metrics = trainer.run(state, n)
-    metrics = jax.device_get(metrics)
+    metrics = distributed.to_host(metrics) if jax.process_count() > 1 else jax.device_get(metrics)
   if n in compiled:
     watchdog.completed(n, time.perf_counter() - chunk_start)
   compiled.add(n)
@@ -322,11 +366,11 @@ def _start(system, estimator, trainer, seed, evaluate, log, watchdog, start):
   if evaluate is not None:
     with watchdog.phase("evaluating theta at step 0"):
       record = {"step": 0, "time_s": time.perf_counter() - start, "total_unroll_steps": burn_in,
-                "burn_in_steps": burn_in, **evaluate(state.theta), **evaluate.baseline()}
-    _add_theta(record, state.theta)
+                "burn_in_steps": burn_in, **evaluate(_local(state.theta)), **evaluate.baseline()}
+    _add_theta(record, _local(state.theta))
     with watchdog.writing():
       log.write(record)
-    print(_eval_line(0, record), flush=True)
+    distributed.say(_eval_line(0, record))
   return state, burn_in
 
 
@@ -338,8 +382,40 @@ def _window_record(pending, *, done, window_start, window_s, time_s, total_unrol
   record.update(step=done, time_s=time_s, outer_steps_per_s=(done - window_start) / window_s,
                 unroll_steps_per_s=record["unroll_steps"] / window_s,
                 total_unroll_steps=total_unroll)
-  _add_theta(record, theta)
+  _add_theta(record, _local(theta))
   return record
+
+
+def _local(tree):
+  """``tree`` readable by this process alone (a copy on the host when the run spans processes;
+  theta is replicated, so every process holds all of it)."""
+  return distributed.to_host(tree) if jax.process_count() > 1 else tree
+
+
+class _NoLog:
+  """The run log of a process other than 0: writes nothing."""
+
+  def write(self, record):
+    del record
+
+  def event(self, name, **fields):
+    del name, fields
+
+  def close(self):
+    pass
+
+
+class _DevNull:
+  """A stream that drops what is written (the progress display of processes other than 0)."""
+
+  def write(self, text):
+    return len(text)
+
+  def flush(self):
+    pass
+
+  def isatty(self):
+    return False
 
 
 def _add_theta(record: dict[str, Any], theta) -> None:

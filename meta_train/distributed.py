@@ -1,0 +1,255 @@
+"""Several processes, one run: JAX's multi-controller runtime (``jax.distributed``).
+
+Every process runs the same program. :func:`initialize` joins them before any other JAX call:
+with ``--coordinator-address HOST:PORT --num-processes N --process-id I`` given, or, with none
+of them, from a cluster environment that ``jax.distributed.initialize()`` recognizes (SLURM,
+Open MPI, Cloud TPU, Kubernetes) when that environment starts more than one process. A plain
+single-process run is never joined to anything. On the CPU the collectives go through gloo.
+
+After it, ``jax.devices()`` lists the devices of every process: the pairs axis is sharded over
+all of them (:mod:`meta_train.sharding`), theta is replicated, and the estimate is the
+single-process one up to float summation order. Process 0 writes ``metrics.jsonl``, the
+progress display and W&B (:func:`is_writer`); every process takes part in Orbax saves and
+restores. A process that dies is noticed by the others through the coordination service's
+heartbeats (``heartbeat_timeout_s``), which end them with JAX's error; a coordinator that cannot
+be reached ends ``initialize`` after ``init_timeout_s``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import os
+import re
+import sys
+from typing import Any
+
+from lopt_meta.errors import ConfigError
+
+#: Environments that ``jax.distributed.initialize()`` detects by itself, by a variable each sets.
+CLUSTER_VARIABLES = {"SLURM": "SLURM_NTASKS", "Open MPI": "OMPI_COMM_WORLD_SIZE"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Distributed:
+  """The processes of this run (all given, or none: then a cluster environment is used)."""
+  coordinator_address: str | None = None
+  """HOST:PORT where process 0 listens for the others (the same on every process)."""
+  num_processes: int | None = None
+  """How many processes the run has (one per host, or one per accelerator)."""
+  process_id: int | None = None
+  """This process's index, 0..num_processes-1 (0 writes the logs)."""
+  init_timeout_s: int = 120
+  """Give up joining the others after this many seconds."""
+  heartbeat_timeout_s: int = 30
+  """A process silent for this many seconds is taken as dead, and the others stop."""
+
+  @property
+  def given(self) -> bool:
+    return any(v is not None for v in (self.coordinator_address, self.num_processes,
+                                       self.process_id))
+
+
+def check(settings: Distributed) -> None:
+  """Raises ConfigError for settings that cannot start a run (before anything starts)."""
+  values = (settings.coordinator_address, settings.num_processes, settings.process_id)
+  if settings.given and any(v is None for v in values):
+    missing = [name for name, v in zip(("coordinator_address", "num_processes", "process_id"),
+                                       values) if v is None]
+    raise ConfigError(missing[0], "several processes need --coordinator-address HOST:PORT, "
+                      f"--num-processes N and --process-id I together; missing: "
+                      f"{', '.join('--' + m.replace('_', '-') for m in missing)}")
+  if not settings.given:
+    return
+  address = settings.coordinator_address
+  match = re.fullmatch(r"(\[[0-9a-fA-F:.]+\]|[^:\s]+):(\d+)", address or "")
+  if match is None or not 0 < int(match.group(2)) < 65536:
+    raise ConfigError("coordinator_address", f"must be HOST:PORT with a port in 1..65535 "
+                      f"(e.g. 10.0.0.1:1234); got {address!r}")
+  n, i = settings.num_processes, settings.process_id
+  if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+    raise ConfigError("num_processes", f"must be a positive int; got {n!r}")
+  if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < n:
+    raise ConfigError("process_id", f"must be one of 0..{n - 1} (--num-processes {n}); got {i!r}")
+  for field in ("init_timeout_s", "heartbeat_timeout_s"):
+    value = getattr(settings, field)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+      raise ConfigError(field, f"must be a positive int (seconds); got {value!r}")
+
+
+def _cluster_processes() -> int:
+  """The number of processes a recognized cluster environment started (1 if none)."""
+  for variable in CLUSTER_VARIABLES.values():
+    value = os.environ.get(variable, "")
+    if value.isdigit():
+      return int(value)
+  return 1
+
+
+def initialize(settings: Distributed | None = None) -> bool:
+  """Joins this process to the others of its run; returns whether it did (False: one process).
+
+  Call it before any other JAX call. Given flags are used as they are; without them, a cluster
+  environment that started more than one process (SLURM ``srun``, Open MPI ``mpirun``) is
+  joined by ``jax.distributed.initialize()``'s own detection. Nothing happens otherwise.
+
+  Raises:
+    ConfigError: inconsistent flags, JAX already started, or the coordinator not reachable
+      within ``init_timeout_s``.
+  """
+  import jax
+  from jax._src import distributed as jax_distributed  # whether it already ran
+  settings = settings or Distributed()
+  check(settings)
+  if jax_distributed.global_state.client is not None:
+    return jax.process_count() > 1
+  if not settings.given and _cluster_processes() <= 1:
+    return False
+  from jax._src import xla_bridge
+  if xla_bridge.backends_are_initialized():
+    raise ConfigError("coordinator_address", "JAX had already started in this process; several "
+                      "processes must be joined before any other JAX call")
+  if _cpu_only():
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  kwargs: dict[str, Any] = {"initialization_timeout": settings.init_timeout_s,
+                            "heartbeat_timeout_seconds": settings.heartbeat_timeout_s,
+                            "shutdown_timeout_seconds": max(settings.heartbeat_timeout_s, 10)}
+  if settings.given:
+    kwargs.update(coordinator_address=settings.coordinator_address,
+                  num_processes=settings.num_processes, process_id=settings.process_id)
+  where = settings.coordinator_address or "the cluster's coordinator"
+  try:
+    jax.distributed.initialize(**kwargs)
+  except Exception as e:  # noqa: BLE001 - JAX raises several kinds; one clear message
+    reason = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+    raise ConfigError("coordinator_address", f"could not join the run's processes at {where} "
+                      f"within {settings.init_timeout_s} s ({reason}); start every process with "
+                      "the same --coordinator-address (process 0 listens there) and "
+                      "--num-processes, each with its own --process-id") from None
+  return True
+
+
+def _cpu_only() -> bool:
+  """Whether JAX will run on the CPU (asked without starting a backend)."""
+  import jax
+  platforms = (jax.config.jax_platforms or os.environ.get("JAX_PLATFORMS") or "").lower()
+  if platforms:
+    return platforms.split(",")[0].strip() == "cpu"
+  import importlib.util
+  return not any(importlib.util.find_spec(name) is not None
+                 for name in ("jax_cuda12_plugin", "jax_cuda13_plugin", "jax_rocm60_plugin",
+                              "libtpu", "jax_rocm7_plugin"))
+
+
+def process_index() -> int:
+  import jax
+  return jax.process_index()
+
+
+def process_count() -> int:
+  import jax
+  return jax.process_count()
+
+
+def is_writer() -> bool:
+  """Whether this process writes the run's logs (process 0; the only one in a plain run)."""
+  return process_index() == 0
+
+
+def say(line: str, *, file=None) -> None:
+  """Prints ``line`` on process 0 only."""
+  if is_writer():
+    print(line, file=file or sys.stdout, flush=True)
+
+
+#: How long a process waits for the others at a point where they all meet (seconds).
+WAIT_S = 300
+_rounds = itertools.count()
+
+
+def _client():
+  from jax._src import distributed as jax_distributed
+  return jax_distributed.global_state.client
+
+
+def exchange(value: str, *, what: str = "the other processes") -> list[str]:
+  """Every process's ``value``, in process order (through the coordination service's key-value
+  store; every process calls this at the same points). A process that does not arrive within
+  ``WAIT_S`` seconds ends the wait with an error naming ``what``."""
+  if process_count() == 1:
+    return [value]
+  client, n = _client(), next(_rounds)
+  client.key_value_set(f"lopt_meta/{n}/{process_index()}", value)
+  values = []
+  for i in range(process_count()):
+    try:
+      values.append(client.blocking_key_value_get(f"lopt_meta/{n}/{i}", WAIT_S * 1000))
+    except Exception as e:  # noqa: BLE001 - the runtime's errors have no common type
+      raise RuntimeError(f"meta-train: process {i} did not reach {what} within {WAIT_S} s "
+                         f"({str(e).splitlines()[0][:200] if str(e) else type(e).__name__}); "
+                         "it has probably died; resume the run from its last checkpoint") from None
+  return values
+
+
+def any_process(flag: bool, *, what: str = "the end of a chunk of outer steps") -> bool:
+  """Whether ``flag`` is true on any process (all processes call it together)."""
+  return any(v == "1" for v in exchange("1" if flag else "0", what=what))
+
+
+def on_process_0(fn, what: str):
+  """Runs ``fn()`` on process 0 only; a ConfigError it raises is raised on every process (so all
+  of them stop with the same message). Returns ``fn()``'s result on process 0, else None."""
+  result, error = None, ""
+  if is_writer():
+    try:
+      result = fn()
+    except ConfigError as e:
+      error = json.dumps([e.field, str(e)[len(e.field) + 2:]])
+  first = exchange(error, what=what)[0]
+  if first:
+    field, message = json.loads(first)
+    raise ConfigError(field, message)
+  return result
+
+
+def check_same(config: dict[str, Any]) -> None:
+  """Raises ConfigError (on every process) unless all processes run the same configuration."""
+  if process_count() == 1:
+    return
+  mine = json.dumps(config, sort_keys=True)
+  values = exchange(mine, what="the configuration check")
+  for i, value in enumerate(values):
+    if value != values[0]:
+      theirs, first = _flat(json.loads(value)), _flat(json.loads(values[0]))
+      fields = sorted(k for k in set(theirs) | set(first) if theirs.get(k) != first.get(k))
+      raise ConfigError(fields[0] if fields else "config",
+                        f"process {i} was started with a different configuration than process 0 "
+                        f"(differs in: {', '.join(fields)}); start every process with the same "
+                        "settings")
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, dict) and k in ("task", "estimator", "outer", "run"):
+      out.update(_flat(v, ""))
+    else:
+      out[prefix + k] = json.dumps(v, sort_keys=True)
+  return out
+
+
+def to_host(tree):
+  """``tree``'s arrays as numpy on every process: local and replicated arrays are read where they
+  are, arrays sharded over several processes are gathered (a collective: every process calls it)."""
+  import jax
+  import numpy as np
+  from jax.experimental import multihost_utils
+
+  def fetch(x):
+    if not isinstance(x, jax.Array) or x.is_fully_addressable:
+      return np.asarray(x)
+    if x.is_fully_replicated:
+      return np.asarray(x.addressable_data(0))
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+  return jax.tree.map(fetch, tree)
