@@ -76,10 +76,9 @@ def draw_best_so_far(ax, run_dirs: Sequence[str | Path]) -> dict[str, dict[str, 
   return summary
 
 
-def _axis(run_dir_config: dict, name: str):
+def _axis(kinds: dict[str, str], name: str):
   """``(scale, label)`` for a hyperparameter axis: log10 for log-scale ones."""
-  kind = run_dir_config.get(name, "")
-  if kind == "LogUniform":
+  if kinds.get(name) == "LogUniform":
     return 1 / math.log(10), f"log10 {name}"
   return 1.0, f"{name} (unconstrained)"
 
