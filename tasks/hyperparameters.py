@@ -284,6 +284,26 @@ class OptaxState(NamedTuple):
   previous: jax.Array  # shape=(), dtype=float32: the last loss on the fixed batch (telescoping)
 
 
+def _check_optax_arguments(space, make_optimizer, task, meta_loss, fixed_batch_size):
+  """Raises ConfigError for a bad argument of :func:`optax_system`; returns the optimizer at the
+  ranges' centre (whose ``init`` makes every run's optimizer state)."""
+  check_space(space)
+  if meta_loss not in META_LOSSES:
+    raise ConfigError("meta_loss", f"unknown meta_loss {meta_loss!r}; valid: {', '.join(META_LOSSES)}")
+  if not isinstance(task, InnerTask):
+    raise ConfigError("task", f"must be an InnerTask (tasks.get_inner_task(...)); got "
+                      f"{type(task).__name__}")
+  if isinstance(fixed_batch_size, bool) or not isinstance(fixed_batch_size, int) or fixed_batch_size < 1:
+    raise ConfigError("fixed_batch_size", f"must be a positive int; got {fixed_batch_size!r}")
+  if not callable(make_optimizer):
+    raise ConfigError("make_optimizer", "must be a function hparams -> optax.GradientTransformation")
+  structure = make_optimizer(constrain(space, centre(space)))
+  if not isinstance(structure, optax.GradientTransformation):
+    raise ConfigError("make_optimizer", "must return an optax.GradientTransformation; got "
+                      f"{type(structure).__name__}")
+  return structure
+
+
 def optax_system(space: Space, make_optimizer: Callable[[dict[str, jax.Array]],
                                                         optax.GradientTransformation],
                  task: InnerTask, *, horizon: int, meta_loss: str = "train",
@@ -317,20 +337,7 @@ def optax_system(space: Space, make_optimizer: Callable[[dict[str, jax.Array]],
     theta0, init_seed: the starting hyperparameters (see :func:`hparam_system`).
     name: the system's name (default ``"<task>/optax"``).
   """
-  check_space(space)
-  if meta_loss not in META_LOSSES:
-    raise ConfigError("meta_loss", f"unknown meta_loss {meta_loss!r}; valid: {', '.join(META_LOSSES)}")
-  if not isinstance(task, InnerTask):
-    raise ConfigError("task", f"must be an InnerTask (tasks.get_inner_task(...)); got "
-                      f"{type(task).__name__}")
-  if isinstance(fixed_batch_size, bool) or not isinstance(fixed_batch_size, int) or fixed_batch_size < 1:
-    raise ConfigError("fixed_batch_size", f"must be a positive int; got {fixed_batch_size!r}")
-  if not callable(make_optimizer):
-    raise ConfigError("make_optimizer", "must be a function hparams -> optax.GradientTransformation")
-  structure = make_optimizer(constrain(space, centre(space)))
-  if not isinstance(structure, optax.GradientTransformation):
-    raise ConfigError("make_optimizer", "must return an optax.GradientTransformation; got "
-                      f"{type(structure).__name__}")
+  structure = _check_optax_arguments(space, make_optimizer, task, meta_loss, fixed_batch_size)
 
   def init(key, data):
     del data
