@@ -27,6 +27,7 @@ import numpy as np
 from lopt_meta.errors import ConfigError
 from meta_train import search
 from meta_train.logs import read_metrics
+from meta_train.plots import save_figure
 
 
 def best_so_far(run_dir: str | Path) -> tuple[np.ndarray, np.ndarray]:
@@ -129,12 +130,7 @@ def plot_hpo(run_dirs: Sequence[str | Path], out: str | Path,
   if grid is not None:
     draw_landscape(axes[0, 1], grid, [d for d in run_dirs if not search.read_config(d)],
                    kinds=_kinds(run_dirs))
-  fig.tight_layout()
-  out = Path(out)
-  out.parent.mkdir(parents=True, exist_ok=True)
-  fig.savefig(out, dpi=100)
-  plt.close(fig)
-  return out
+  return save_figure(fig, out)
 
 
 def _kinds(run_dirs) -> dict[str, str]:

@@ -90,6 +90,12 @@ def plot_runs(run_dirs: Sequence[str | Path], out: str | Path) -> Path:
     ax.legend(fontsize="small")
   if returns:
     _draw_returns(axes[2], runs)
+  return save_figure(fig, out)
+
+
+def save_figure(fig, out: str | Path) -> Path:
+  """Lays out ``fig``, writes it to the PNG ``out`` (making its folder) and closes it."""
+  import matplotlib.pyplot as plt
   fig.tight_layout()
   out = Path(out)
   out.parent.mkdir(parents=True, exist_ok=True)

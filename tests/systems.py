@@ -147,3 +147,17 @@ def lookup(table_size: int = 1_000_000) -> tasks.UnrolledSystem:
 
   return tasks.UnrolledSystem(init=init, step=step, horizon=20, data={"table": table},
                               theta0=jnp.zeros(4, jnp.float32), name="lookup")
+
+
+def every_estimator(system: tasks.UnrolledSystem, N: int = 8, W: int = 3) -> dict:
+  """One of each registered estimator on ``system``: ``N`` particles (TBPTT: ``N - 1``), windows
+  of ``W`` (GPES: noise blocks of 2 steps), sigma 0.1."""
+  from meta_train.estimators import GPES, NRES, PES, TBPTT, FullES, TruncatedES
+  return {
+      "nres": NRES(system, num_particles=N, sigma=0.1, unroll_length=W),
+      "pes": PES(system, num_particles=N, sigma=0.1, unroll_length=W),
+      "gpes": GPES(system, num_particles=N, sigma=0.1, unroll_length=W, K=2),
+      "full_es": FullES(system, num_particles=N, sigma=0.1),
+      "tes": TruncatedES(system, num_particles=N, sigma=0.1, unroll_length=W),
+      "tbptt": TBPTT(system, num_particles=N - 1, unroll_length=W),
+  }

@@ -14,7 +14,7 @@ import tasks
 from lopt_meta.errors import ConfigError
 from lopt_meta.prng import as_typed_key
 from meta_train import evaluation, keys
-from meta_train.estimators import ESTIMATORS, GPES, NRES, PES, TBPTT, FullES, TruncatedES
+from meta_train.estimators import ESTIMATORS, NRES
 from meta_train.trainer import Trainer
 from tests import systems
 
@@ -125,15 +125,7 @@ def _typed_only(system):
 
 
 def _estimators(system, W):
-  N = 6
-  return {
-      "nres": NRES(system, num_particles=N, sigma=0.1, unroll_length=W),
-      "pes": PES(system, num_particles=N, sigma=0.1, unroll_length=W),
-      "gpes": GPES(system, num_particles=N, sigma=0.1, unroll_length=W, K=2),
-      "full_es": FullES(system, num_particles=N, sigma=0.1),
-      "tes": TruncatedES(system, num_particles=N, sigma=0.1, unroll_length=W),
-      "tbptt": TBPTT(system, num_particles=N - 1, unroll_length=W),
-  }
+  return systems.every_estimator(system, N=6, W=W)
 
 
 def test_as_typed_key_wraps_raw_keys_to_the_same_bits():

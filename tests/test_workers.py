@@ -15,15 +15,7 @@ from tests import systems
 KEY = jax.random.key(0)
 
 
-def _all(system, N=8, W=3):
-  return {
-      "nres": NRES(system, num_particles=N, sigma=0.1, unroll_length=W),
-      "pes": PES(system, num_particles=N, sigma=0.1, unroll_length=W),
-      "gpes": GPES(system, num_particles=N, sigma=0.1, unroll_length=W, K=2),
-      "full_es": FullES(system, num_particles=N, sigma=0.1),
-      "tes": TruncatedES(system, num_particles=N, sigma=0.1, unroll_length=W),
-      "tbptt": TBPTT(system, num_particles=N - 1, unroll_length=W),
-  }
+_all = systems.every_estimator
 
 
 def test_every_registered_estimator_is_covered():
