@@ -154,12 +154,20 @@ def run_command(command) -> int:
   if isinstance(command, (Train, Resume)):
     from meta_train import distributed  # joins the other processes before any other JAX call
     distributed.initialize(command.distributed)
-  from meta_train import run as run_lib  # imports JAX: keep --help fast
-  if isinstance(command, Train):
-    run_lib.train(command.config, overwrite=command.overwrite)
-  elif isinstance(command, Resume):
-    run_lib.resume(command.run_dir, outer_steps=command.outer_steps, wandb=command.wandb,
-                   stop_grace_s=command.stop_grace_s)
+    from meta_train import run as run_lib
+    try:
+      if isinstance(command, Train):
+        run_lib.train(command.config, overwrite=command.overwrite)
+      else:
+        run_lib.resume(command.run_dir, outer_steps=command.outer_steps, wandb=command.wandb,
+                       stop_grace_s=command.stop_grace_s)
+    except (ConfigError, run_lib.Interrupted):  # every process stops the same way
+      distributed.finish(finished=True)
+      raise
+    except BaseException:
+      distributed.finish(finished=False)
+      raise
+    distributed.finish(finished=True)
   elif isinstance(command, Eval):
     _eval(command)
   elif isinstance(command, Export):

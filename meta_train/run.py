@@ -310,6 +310,8 @@ def _loop(config, run_dir, system, estimator, trainer, state, *, meta, resumed):
                                          "num_processes": jax.process_count(),
                                          "config": config.to_dict()})
         watchdog.last_checkpoint = done
+        distributed.set_hint(f"the last complete checkpoint is step {done}; continue with "
+                             f"'meta-train resume {run_dir}' on {jax.process_count()} processes")
       if stopping:
         with watchdog.writing():
           log.event("interrupted", step=done, signal=int(stop["signal"]))
