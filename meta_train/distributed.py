@@ -22,6 +22,7 @@ import itertools
 import json
 import os
 import re
+import socket
 import sys
 import threading
 import time
@@ -123,6 +124,17 @@ def initialize(settings: Distributed | None = None) -> bool:
     kwargs.update(coordinator_address=settings.coordinator_address,
                   num_processes=settings.num_processes, process_id=settings.process_id)
   where = settings.coordinator_address or "the cluster's coordinator"
+  if settings.given:  # JAX ends the process without a word when it cannot connect: look first
+    host, port = settings.coordinator_address.rsplit(":", 1)
+    host, port = host.strip("[]"), int(port)
+    if settings.process_id == 0:
+      _check_port_free(port, settings.coordinator_address)
+    else:
+      _wait_for_coordinator(host, port, settings.init_timeout_s, settings.coordinator_address)
+  if settings.given:
+    print(f"meta-train: process {settings.process_id} of {settings.num_processes} joining the run "
+          f"at {settings.coordinator_address} (waiting up to {settings.init_timeout_s} s for the "
+          "others)", file=sys.stderr, flush=True)
   try:
     jax.distributed.initialize(**kwargs)
   except Exception as e:  # noqa: BLE001 - JAX raises several kinds; one clear message
@@ -135,6 +147,35 @@ def initialize(settings: Distributed | None = None) -> bool:
   if jax.process_count() > 1:
     PULSE = Pulse(settings.heartbeat_timeout_s).start()
   return True
+
+
+def _check_port_free(port: int, address: str) -> None:
+  """Raises ConfigError if process 0 cannot listen on ``port`` (another program holds it)."""
+  with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+      s.bind(("", port))
+    except OSError as e:
+      raise ConfigError("coordinator_address", f"process 0 cannot listen on port {port} of "
+                        f"{address} ({e.strerror or e}); choose a free port") from None
+
+
+def _wait_for_coordinator(host: str, port: int, timeout_s: float, address: str) -> None:
+  """Waits until process 0 accepts connections at ``host:port``; raises ConfigError after
+  ``timeout_s`` seconds (a wrong address, or process 0 never started)."""
+  deadline = time.monotonic() + timeout_s
+  reason = "nothing listens there"
+  while True:
+    try:
+      with socket.create_connection((host, port), timeout=2):
+        return
+    except OSError as e:
+      reason = e.strerror or str(e) or type(e).__name__
+    if time.monotonic() >= deadline:
+      raise ConfigError("coordinator_address", f"no coordinator answered at {address} within "
+                        f"{timeout_s:g} s ({reason}); start process 0 (--process-id 0) with the "
+                        "same --coordinator-address, or correct the address") from None
+    time.sleep(0.5)
 
 
 def _cpu_only() -> bool:
