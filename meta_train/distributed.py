@@ -30,8 +30,13 @@ from typing import Any
 
 from lopt_meta.errors import ConfigError
 
-#: Environments that ``jax.distributed.initialize()`` detects by itself, by a variable each sets.
-CLUSTER_VARIABLES = {"SLURM": "SLURM_NTASKS", "Open MPI": "OMPI_COMM_WORLD_SIZE"}
+#: Environments that ``jax.distributed.initialize()`` detects by itself: the variables it needs
+#: there (as its detection reads them), the first of them the number of processes.
+CLUSTER_VARIABLES = {
+    "SLURM": ("SLURM_NTASKS", "SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_PROCID",
+              "SLURM_LOCALID"),
+    "Open MPI": ("OMPI_COMM_WORLD_SIZE", "OMPI_MCA_orte_hnp_uri"),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,9 +88,9 @@ def check(settings: Distributed) -> None:
 
 def _cluster_processes() -> int:
   """The number of processes a recognized cluster environment started (1 if none)."""
-  for variable in CLUSTER_VARIABLES.values():
-    value = os.environ.get(variable, "")
-    if value.isdigit():
+  for variables in CLUSTER_VARIABLES.values():
+    value = os.environ.get(variables[0], "")
+    if value.isdigit() and all(v in os.environ for v in variables):
       return int(value)
   return 1
 

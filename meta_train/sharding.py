@@ -7,10 +7,10 @@ pair keys are drawn globally first, so the estimate equals the single-device one
 summation order, and the sum over pairs becomes an all-reduce. Custom kernels (the fused
 learned-optimizer update) run locally on each device's shard.
 
-Several hosts: start one process per host, call ``jax.distributed.initialize()`` before anything
-else, and run the same program everywhere; ``jax.devices()`` then lists every host's devices,
-the mesh spans them all, and each host loads its own copy of the data. Log and checkpoint from
-``jax.process_index() == 0``.
+Several processes or hosts (:mod:`meta_train.distributed`): every process runs the same program
+after ``jax.distributed.initialize()``; ``jax.devices()`` then lists every process's devices, the
+mesh spans them all, and each process loads its own copy of the data. Process 0 writes the logs;
+every process takes part in each checkpoint save and restore.
 """
 
 from __future__ import annotations

@@ -160,8 +160,6 @@ def test_two_process_run_stops_and_resumes_exactly(tmp_path):
   stopped = max(steps)
   assert 3 <= stopped < 300
   assert "stopped at outer step" in results[0][2]
-  progress = re.compile(r"^step \d+/300:", re.M)
-  assert progress.search(results[0][2]) and not progress.search(results[1][2])  # process 0 only
 
   # one process cannot resume what two saved: one clear error, nothing changed
   single = Processes([meta_train("resume", str(run))], devices=4, logs=tmp_path / "logs2")
@@ -174,6 +172,8 @@ def test_two_process_run_stops_and_resumes_exactly(tmp_path):
 
   results = run_to_end(two(["resume", str(run)], tmp_path / "logs3"))
   assert [rc for rc, _, _ in results] == [0, 0], [err[-2000:] for _, _, err in results]
+  progress = re.compile(r"^step \d+/300:", re.M)
+  assert progress.search(results[0][2]) and not progress.search(results[1][2])  # process 0 only
   results = run_to_end(two(args + ["--out", str(ref)], tmp_path / "logs4"))  # uninterrupted
   assert [rc for rc, _, _ in results] == [0, 0], [err[-2000:] for _, _, err in results]
   assert theta_at(run, 300) == theta_at(ref, 300)  # bitwise: the JSON floats are exact
@@ -188,8 +188,11 @@ def test_two_process_run_stops_and_resumes_exactly(tmp_path):
   assert sorted(p.name for p in run.iterdir()) == ["checkpoints", "config.json", "metrics.jsonl"]
 
 
-def test_killing_one_process_ends_the_other_and_the_run_resumes(tmp_path):
-  run = tmp_path / "run"
+@pytest.mark.parametrize("victim", [1, 0])
+def test_killing_one_process_ends_the_other_and_the_run_resumes(tmp_path, victim):
+  """Process 1 killed: process 0 says which process was lost and where to resume. Process 0 (the
+  coordinator) killed: JAX's runtime ends process 1 at once with its own message."""
+  run, other = tmp_path / "run", 1 - victim
   procs = two(["train", *TOY, "--outer-steps", "100000", "--log-every", "5",
                "--checkpoint-every", "20", "--out", str(run), "--heartbeat-timeout-s", "5"],
               tmp_path / "logs1")
@@ -199,14 +202,17 @@ def test_killing_one_process_ends_the_other_and_the_run_resumes(tmp_path):
                (run / "metrics.jsonl").read_text()):
       assert time.monotonic() < deadline and all(p.poll() is None for p in procs.procs)
       time.sleep(0.2)
-    procs.procs[1].kill()
+    procs.procs[victim].kill()
     killed_at = time.monotonic()
-    procs.procs[0].wait(timeout=60)
+    procs.procs[other].wait(timeout=60)
     took = time.monotonic() - killed_at
-    rc, _, err = procs.wait()[0]
+    rc, _, err = procs.wait()[other]
   finally:
     procs.close()
   assert rc != 0 and took < 60
+  if victim == 0:
+    assert "Terminating process because the JAX distributed service detected fatal errors" in err
+    return
   ours = re.search(r"meta-train: error: process 1 of 2 has not answered for \d+ s \(it died, was "
                    r"killed, or is stuck\); stopping process 0 too \(exit status 3\); the last "
                    r"complete checkpoint is step (\d+); continue with 'meta-train resume", err)
@@ -231,6 +237,21 @@ def test_bad_input_ends_with_one_clear_error(tmp_path):
   assert re.search(r"^meta-train: error: coordinator_address: no coordinator answered at "
                    r"127\.0\.0\.1:\d+ within 3 s", err.strip().splitlines()[-1]), err[-2000:]
   assert not (tmp_path / "a").exists()
+
+  # process 0's port taken by another program
+  with socket.socket() as taken:
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    busy = Processes([meta_train("train", *TOY, "--out", str(tmp_path / "c"),
+                                 "--coordinator-address", f"127.0.0.1:{port}",
+                                 "--num-processes", "2", "--process-id", "0")],
+                     devices=2, logs=tmp_path / "l3")
+    [(rc, _, err)] = run_to_end(busy, timeout=60)
+  assert rc == 2, err[-2000:]
+  assert err.strip().splitlines()[-1] == (
+      f"meta-train: error: coordinator_address: process 0 cannot listen on port {port} of "
+      f"127.0.0.1:{port} (Address already in use); choose a free port")
 
   # processes started with different settings: every process stops with the same error
   results = run_to_end(two(["train", *TOY, "--outer-steps", "5", "--out", str(tmp_path / "b")],
@@ -260,8 +281,17 @@ def test_settings_are_checked_before_anything_starts(settings, message):
 
 
 def test_a_plain_run_is_never_joined_to_anything(monkeypatch):
-  monkeypatch.delenv("SLURM_NTASKS", raising=False)
-  monkeypatch.delenv("OMPI_COMM_WORLD_SIZE", raising=False)
+  for variables in distributed.CLUSTER_VARIABLES.values():
+    for variable in variables:
+      monkeypatch.delenv(variable, raising=False)
   assert distributed.initialize(distributed.Distributed()) is False
-  monkeypatch.setenv("SLURM_NTASKS", "1")  # a one-task SLURM job is a plain run too
+  for variable, value in (("SLURM_NTASKS", "1"), ("SLURM_JOB_ID", "7"),
+                          ("SLURM_STEP_NODELIST", "node1"), ("SLURM_PROCID", "0"),
+                          ("SLURM_LOCALID", "0")):
+    monkeypatch.setenv(variable, value)
+  assert distributed._cluster_processes() == 1  # a one-task SLURM job is a plain run
   assert distributed.initialize(distributed.Distributed()) is False
+  monkeypatch.setenv("SLURM_NTASKS", "2")
+  assert distributed._cluster_processes() == 2  # two tasks: initialize would join them
+  monkeypatch.delenv("SLURM_STEP_NODELIST")  # salloc without srun: not what JAX detects
+  assert distributed._cluster_processes() == 1
