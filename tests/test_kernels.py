@@ -1,6 +1,8 @@
 """The fused CPU kernels agree with their plain-JAX references, under jit, vmap and grad."""
 
+import hashlib
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -134,3 +136,78 @@ def test_kernels_can_be_switched_off():
   result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
   assert result.returncode == 0, result.stderr
   assert result.stdout.strip() == "(2, 5)"
+
+
+def _bitwise_cases():
+  """Fixed inputs that reach every part of the kernels: whole and partial row blocks of every
+  level, the portable path's other hidden sizes, phase 1's vector bodies and tails, a tensor split
+  into several pieces, and a zero last bias (signs of zero)."""
+  rs = np.random.RandomState(0)
+  cases = {}
+  for name, batch, rows, features, (h1, h2) in [("dense_37", (), 37, 8, (32, 32)),
+                                                ("dense_3x64", (3,), 64, 8, (32, 32)),
+                                                ("dense_2x9001", (2,), 9001, 19, (32, 32)),
+                                                ("dense_4x4", (2, 2), 19, 28, (4, 4)),
+                                                ("dense_16x24", (), 5, 12, (16, 24))]:
+    shapes = [batch + (rows, features), batch + (h1,), batch + (features, h1), batch + (h1, h2),
+              batch + (h2,), batch + (h2, 2), batch + (2,)]
+    a = [(rs.randn(*s) * (0.5 if i > 1 else 1.0)).astype(np.float32) for i, s in enumerate(shapes)]
+    if name == "dense_37":
+      a[6][...] = 0.0
+    cases[name] = (kernels.per_parameter_mlp, a, {"exp_mult": 1e-3, "step_mult": 1e-3})
+  for name, batch, offsets, K in [("lopt_72", (4,), OFFSETS, 6),
+                                  ("lopt_30001", (2,), (0, 20000, 20017, 30001), 3),
+                                  ("lopt_3003", (), (0, 5, 3000, 3003), 1)]:
+    R = offsets[-1]
+    g, p = (rs.randn(*batch, R).astype(np.float32) for _ in range(2))
+    m = (rs.randn(*batch, K, R) * 0.3).astype(np.float32)
+    decays = np.broadcast_to(np.float32([0.1, 0.5, 0.9, 0.99, 0.999, 0.9999][:K]), batch + (K,))
+    shapes = [(32,), (K + 2, 32), (32, 32), (32,), (32, 2), (2,)]
+    w = [(rs.randn(*batch, *s) * 0.5).astype(np.float32) for s in shapes]
+    cases[name] = (kernels.mlp_lopt_update, [g, p, m, decays] + w,
+                   {"offsets": offsets, "exp_mult": 1e-2, "step_mult": 1e-3})
+  return cases
+
+
+def _digests():
+  """sha256 (16 hex digits) of every case's outputs, at the level now in use."""
+  digests = {}
+  for name, (fn, args, kw) in _bitwise_cases().items():
+    out = jax.jit(lambda *a, fn=fn, kw=kw: fn(*a, **kw))(*args)
+    data = b"".join(np.asarray(x, np.float32).tobytes() for x in jax.tree.leaves(out))
+    digests[name] = hashlib.sha256(data).hexdigest()[:16]
+  return digests
+
+
+# _digests() at each level, recorded with the kernel as it was before its three paths became one
+# template (commit d69f65c), built by GCC 12.2 on x86-64. Another compiler may round the portable
+# path differently (C++ lets it fuse a * b + c into one FMA), so the test runs with this one only.
+_RECORDED_COMPILER = "(Debian 12.2.0-14+deb12u1) 12.2.0"
+_RECORDED_DIGESTS = {
+    "generic": {
+        "dense_37": "dfa7370c413fb114", "dense_3x64": "0171e2422001d68a",
+        "dense_2x9001": "b75f5b4f0db4dcff", "dense_4x4": "2914d8d435559d36",
+        "dense_16x24": "9ef8c572ee131214", "lopt_72": "46d259f024e58c91",
+        "lopt_30001": "dbf574d87ba8c441", "lopt_3003": "c65592f8e17be544",
+    },
+    "avx2": {
+        "dense_37": "828afe60edc7a266", "dense_3x64": "c80b07bc7dd242cc",
+        "dense_2x9001": "a9ac0eae504805e7", "dense_4x4": "2914d8d435559d36",
+        "dense_16x24": "9ef8c572ee131214", "lopt_72": "08d0f4d0587fc935",
+        "lopt_30001": "9c053ba39ad1be0d", "lopt_3003": "4848802076db4097",
+    },
+    "avx512": {
+        "dense_37": "29c011d70c4d7ecf", "dense_3x64": "679dd00304231660",
+        "dense_2x9001": "f554d9642cd8708d", "dense_4x4": "2914d8d435559d36",
+        "dense_16x24": "9ef8c572ee131214", "lopt_72": "6ba3ce9d7a5a201f",
+        "lopt_30001": "b1269690576e0fa4", "lopt_3003": "7d44c05c0fbcf0bb",
+    },
+}
+
+
+def test_every_level_gives_the_recorded_bits(isa):
+  compiler = shutil.which(os.environ.get("CXX", "c++")) or shutil.which("g++")
+  version = subprocess.run([compiler, "--version"], capture_output=True, text=True).stdout
+  if platform.machine() != "x86_64" or _RECORDED_COMPILER not in version.split("\n")[0]:
+    pytest.skip("the recorded bits are from GCC 12.2 on x86-64")
+  assert _digests() == _RECORDED_DIGESTS[isa]

@@ -15,8 +15,10 @@
 //    m [B, K, R]) and takes each tensor's second moments of [g, p, m'_1..m'_K]; phase 2 folds the
 //    resulting normalizer scales into a per-tensor copy of w1 and feeds the features straight from
 //    g, p and m', so no [R, F] feature matrix is ever written to memory.
-// The AVX-512 and AVX2 + FMA code covers H1 = H2 = 32 (the best the CPU has is chosen at load
-// time); other shapes and other CPUs take a portable loop with the same arithmetic. Python uses these kernels only on CPU, where they are registered.
+// The arithmetic is written once (RowsOf, MomentaOf) over a struct of vector operations; it is
+// compiled for AVX-512 and for AVX2 + FMA (H1 = H2 = 32; the best the CPU has is chosen at load
+// time) and as a portable loop for other shapes and other CPUs. Python uses these kernels only on
+// CPU, where they are registered.
 
 #include <algorithm>
 #include <atomic>
@@ -65,31 +67,136 @@ float Finish(const Net& n, float d, float m) {
   return d * std::exp(m * n.exp_mult) * n.step_mult;
 }
 
-// Portable path: any sizes, one row at a time.
-void RowsGeneric(const Net& n, const Columns& x, int64_t r0, int64_t r1, float* out) {
-  float h1[kMaxHidden], h2[kMaxHidden];
-  for (int64_t r = r0; r < r1; ++r) {
-    for (int64_t j = 0; j < n.hidden1; ++j) h1[j] = n.c[j];
-    for (int64_t k = 0; k < n.features; ++k) {
-      const float xk = x.at(k, r);
-      const float* wk = n.w1 + k * n.hidden1;
-      for (int64_t j = 0; j < n.hidden1; ++j) h1[j] += xk * wk[j];
-    }
-    for (int64_t j = 0; j < n.hidden1; ++j) h1[j] = std::max(h1[j], 0.0f);
-    for (int64_t j = 0; j < n.hidden2; ++j) h2[j] = n.b2[j];
-    for (int64_t k = 0; k < n.hidden1; ++k) {
-      const float hk = h1[k];
-      const float* wk = n.w2 + k * n.hidden2;
-      for (int64_t j = 0; j < n.hidden2; ++j) h2[j] += hk * wk[j];
-    }
-    float d = n.b3[0], m = n.b3[1];
-    for (int64_t k = 0; k < n.hidden2; ++k) {
-      const float hk = std::max(h2[k], 0.0f);
-      d += hk * n.w3[2 * k];
-      m += hk * n.w3[2 * k + 1];
-    }
-    out[r] = Finish(n, d, m);
+// ----- The arithmetic, written once over a vector width --------------------------------------
+// An instruction-set level is a struct of vector operations on kWidth floats: Scalar (one float,
+// the portable path, any sizes), Avx2 (8) and Avx512 (16, both for H1 = H2 = 32). RowsOf and
+// MomentaOf take one. Every rounding is the level's own: Fma rounds once with AVX2 and AVX-512 and
+// twice in the portable path (plain C++, built without FMA), and Dot keeps each level's order of
+// summation, so that every level gives the same bits as before the paths were merged.
+
+struct Scalar {
+  using Reg = float;
+  static constexpr int kWidth = 1;
+  static constexpr int kRows = 1;        // rows per block
+  static constexpr int64_t kHidden = 0;  // the hidden sizes it is written for (0: any)
+  static Reg Load(const float* p) { return *p; }
+  static void Store(float* p, Reg v) { *p = v; }
+  static Reg Set1(float v) { return v; }
+  static Reg Zero() { return 0.0f; }
+  static Reg Fma(Reg a, Reg b, Reg c) { return a * b + c; }
+  static Reg Max(Reg a, Reg b) { return std::max(a, b); }
+  // bias + h . w over `regs` registers, starting from the bias.
+  static float Dot(const Reg* h, const float* w, int64_t regs, float bias) {
+    float s = bias;
+    for (int64_t q = 0; q < regs; ++q) s += h[q] * w[q];
+    return s;
   }
+};
+
+void RowsGeneric(const Net& n, const Columns& x, int64_t r0, int64_t r1, float* out);
+
+// Rows [r0, r1) in blocks of V::kRows rows, each row's activations held in H / kWidth registers
+// through all three layers; the rows left after the last block take the portable path.
+template <class V>
+void RowsOf(const Net& n, const Columns& x, int64_t r0, int64_t r1, float* out) {
+  using Reg = typename V::Reg;
+  constexpr int W = V::kWidth, kRows = V::kRows;
+  constexpr int64_t kMax = V::kHidden ? V::kHidden : kMaxHidden;
+  const int64_t F = n.features;
+  const int64_t H1 = V::kHidden ? V::kHidden : n.hidden1, H2 = V::kHidden ? V::kHidden : n.hidden2;
+  alignas(64) float w3d[kMax], w3m[kMax], h1[kRows][kMax];
+  for (int64_t k = 0; k < H2; ++k) { w3d[k] = n.w3[2 * k]; w3m[k] = n.w3[2 * k + 1]; }
+  int64_t r = r0;
+  for (; r + kRows <= r1; r += kRows) {
+    Reg acc[kRows][kMax / W];
+    for (int i = 0; i < kRows; ++i)  // layer 1: c + x w1
+      for (int64_t q = 0; q < H1 / W; ++q) acc[i][q] = V::Load(n.c + W * q);
+    for (int64_t k = 0; k < F; ++k) {
+      const float* wk = n.w1 + k * H1;
+      const float* col = x.feature[k] + r * x.stride;
+      Reg xv[kRows];
+      for (int i = 0; i < kRows; ++i) xv[i] = V::Set1(col[i * x.stride]);
+      for (int64_t q = 0; q < H1 / W; ++q) {
+        const Reg w = V::Load(wk + W * q);
+        for (int i = 0; i < kRows; ++i) acc[i][q] = V::Fma(xv[i], w, acc[i][q]);
+      }
+    }
+    for (int i = 0; i < kRows; ++i) {  // h1 = relu(.); layer 2: b2 + h1 w2
+      for (int64_t q = 0; q < H1 / W; ++q) V::Store(h1[i] + W * q, V::Max(acc[i][q], V::Zero()));
+      for (int64_t q = 0; q < H2 / W; ++q) acc[i][q] = V::Load(n.b2 + W * q);
+    }
+    for (int64_t k = 0; k < H1; ++k) {
+      const float* wk = n.w2 + k * H2;
+      Reg hv[kRows];
+      for (int i = 0; i < kRows; ++i) hv[i] = V::Set1(h1[i][k]);
+      for (int64_t q = 0; q < H2 / W; ++q) {
+        const Reg w = V::Load(wk + W * q);
+        for (int i = 0; i < kRows; ++i) acc[i][q] = V::Fma(hv[i], w, acc[i][q]);
+      }
+    }
+    for (int i = 0; i < kRows; ++i) {  // h2 = relu(.); layer 3: d, m = b3 + h2 w3
+      for (int64_t q = 0; q < H2 / W; ++q) acc[i][q] = V::Max(acc[i][q], V::Zero());
+      out[r + i] = Finish(n, V::Dot(acc[i], w3d, H2 / W, n.b3[0]),
+                          V::Dot(acc[i], w3m, H2 / W, n.b3[1]));
+    }
+  }
+  if (r < r1) RowsGeneric(n, x, r, r1, out);
+}
+
+// Sum of squares of v[r0, r1), in double (the vector levels sum whole vectors in float first).
+template <class V>
+double SumSquares(const float* v, int64_t r0, int64_t r1) {
+  double total = 0.0;
+  int64_t r = r0;
+  if constexpr (V::kWidth > 1) {
+    typename V::Reg acc = V::Zero();
+    for (; r + V::kWidth <= r1; r += V::kWidth) {
+      const typename V::Reg x = V::Load(v + r);
+      acc = V::Fma(x, x, acc);
+    }
+    total = V::Sum(acc);
+  }
+  for (; r < r1; ++r) total += double(v[r]) * v[r];
+  return total;
+}
+
+// Phase 1 of MLPLOpt on rows [r0, r1) of one tensor: m'_k = d_k m_k + (1 - d_k) g for every
+// decay, and the sums of squares of g, p and every m'_k added to sums[0 .. K + 2).
+template <class V>
+void MomentaOf(const float* g, const float* p, const float* m, float* m_new, int64_t R,
+               const float* decays, int64_t K, int64_t r0, int64_t r1, double* sums) {
+  sums[0] += SumSquares<V>(g, r0, r1);
+  sums[1] += SumSquares<V>(p, r0, r1);
+  for (int64_t k = 0; k < K; ++k) {
+    const float* mk = m + k * R;
+    float* nk = m_new + k * R;
+    double total = 0.0;
+    int64_t r = r0;
+    if constexpr (V::kWidth > 1) {
+      using Reg = typename V::Reg;
+      const Reg d = V::Set1(decays[k]), e = V::Set1(1.0f - decays[k]);
+      Reg acc = V::Zero();
+      for (; r + V::kWidth <= r1; r += V::kWidth) {
+        const Reg v = V::Fma(d, V::Load(mk + r), V::Mul(e, V::Load(g + r)));
+        V::Store(nk + r, v);
+        acc = V::Fma(v, v, acc);
+      }
+      total = V::Sum(acc);
+    }
+    for (; r < r1; ++r) {
+      const float v = decays[k] * mk[r] + (1.0f - decays[k]) * g[r];
+      nk[r] = v;
+      total += double(v) * v;
+    }
+    sums[k + 2] += total;
+  }
+}
+
+// The portable path, kept out of line: the vector paths call it for their last rows, and it must
+// not be compiled into them with their FMA.
+__attribute__((noinline)) void RowsGeneric(const Net& n, const Columns& x, int64_t r0, int64_t r1,
+                                           float* out) {
+  RowsOf<Scalar>(n, x, r0, r1, out);
 }
 
 #if defined(__x86_64__)
@@ -98,201 +205,81 @@ bool HasAvx512() {
   return has;
 }
 
-// AVX-512 path for H1 = H2 = 32: blocks of 8 rows, each row's 32 activations in 2 registers.
-__attribute__((target("avx512f,avx512dq,fma")))
-void RowsAvx512(const Net& n, const Columns& x, int64_t r0, int64_t r1, float* out) {
-  constexpr int kRows = 8;
-  const int64_t F = n.features;
-  alignas(64) float w3d[32], w3m[32];
-  for (int k = 0; k < 32; ++k) { w3d[k] = n.w3[2 * k]; w3m[k] = n.w3[2 * k + 1]; }
-  const __m512 w3d_lo = _mm512_load_ps(w3d), w3d_hi = _mm512_load_ps(w3d + 16);
-  const __m512 w3m_lo = _mm512_load_ps(w3m), w3m_hi = _mm512_load_ps(w3m + 16);
-  const __m512 c_lo = _mm512_loadu_ps(n.c), c_hi = _mm512_loadu_ps(n.c + 16);
-  const __m512 b2_lo = _mm512_loadu_ps(n.b2), b2_hi = _mm512_loadu_ps(n.b2 + 16);
-  const __m512 zero = _mm512_setzero_ps();
-  alignas(64) float h1[kRows][32];
-  int64_t r = r0;
-  for (; r + kRows <= r1; r += kRows) {
-    __m512 lo[kRows], hi[kRows];
-    for (int i = 0; i < kRows; ++i) { lo[i] = c_lo; hi[i] = c_hi; }
-    for (int64_t k = 0; k < F; ++k) {
-      const __m512 wl = _mm512_loadu_ps(n.w1 + k * 32), wh = _mm512_loadu_ps(n.w1 + k * 32 + 16);
-      const float* col = x.feature[k] + r * x.stride;
-      for (int i = 0; i < kRows; ++i) {
-        const __m512 xv = _mm512_set1_ps(col[i * x.stride]);
-        lo[i] = _mm512_fmadd_ps(xv, wl, lo[i]);
-        hi[i] = _mm512_fmadd_ps(xv, wh, hi[i]);
-      }
-    }
-    for (int i = 0; i < kRows; ++i) {
-      _mm512_store_ps(h1[i], _mm512_max_ps(lo[i], zero));
-      _mm512_store_ps(h1[i] + 16, _mm512_max_ps(hi[i], zero));
-      lo[i] = b2_lo;
-      hi[i] = b2_hi;
-    }
-    for (int k = 0; k < 32; ++k) {
-      const __m512 wl = _mm512_loadu_ps(n.w2 + k * 32), wh = _mm512_loadu_ps(n.w2 + k * 32 + 16);
-      for (int i = 0; i < kRows; ++i) {
-        const __m512 hv = _mm512_set1_ps(h1[i][k]);
-        lo[i] = _mm512_fmadd_ps(hv, wl, lo[i]);
-        hi[i] = _mm512_fmadd_ps(hv, wh, hi[i]);
-      }
-    }
-    for (int i = 0; i < kRows; ++i) {
-      const __m512 l = _mm512_max_ps(lo[i], zero), h = _mm512_max_ps(hi[i], zero);
-      const float d = _mm512_reduce_add_ps(_mm512_fmadd_ps(l, w3d_lo, _mm512_mul_ps(h, w3d_hi)))
-                      + n.b3[0];
-      const float m = _mm512_reduce_add_ps(_mm512_fmadd_ps(l, w3m_lo, _mm512_mul_ps(h, w3m_hi)))
-                      + n.b3[1];
-      out[r + i] = Finish(n, d, m);
-    }
-  }
-  if (r < r1) RowsGeneric(n, x, r, r1, out);
-}
-
-__attribute__((target("avx512f,avx512dq,fma")))
-double SumSquaresAvx512(const float* v, int64_t r0, int64_t r1) {
-  __m512 acc = _mm512_setzero_ps();
-  int64_t r = r0;
-  for (; r + 16 <= r1; r += 16) {
-    const __m512 x = _mm512_loadu_ps(v + r);
-    acc = _mm512_fmadd_ps(x, x, acc);
-  }
-  double total = _mm512_reduce_add_ps(acc);
-  for (; r < r1; ++r) total += double(v[r]) * v[r];
-  return total;
-}
-
-// Phase 1 of MLPLOpt on rows [r0, r1) of one tensor: m'_k = d_k m_k + (1 - d_k) g for every
-// decay, and the sums of squares of g, p and every m'_k added to sums[0 .. K + 2).
-__attribute__((target("avx512f,avx512dq,fma")))
-void MomentaAvx512(const float* g, const float* p, const float* m, float* m_new, int64_t R,
-                   const float* decays, int64_t K, int64_t r0, int64_t r1, double* sums) {
-  sums[0] += SumSquaresAvx512(g, r0, r1);
-  sums[1] += SumSquaresAvx512(p, r0, r1);
-  for (int64_t k = 0; k < K; ++k) {
-    const float* mk = m + k * R;
-    float* nk = m_new + k * R;
-    const __m512 d = _mm512_set1_ps(decays[k]), e = _mm512_set1_ps(1.0f - decays[k]);
-    __m512 acc = _mm512_setzero_ps();
-    int64_t r = r0;
-    for (; r + 16 <= r1; r += 16) {
-      const __m512 v = _mm512_fmadd_ps(d, _mm512_loadu_ps(mk + r),
-                                       _mm512_mul_ps(e, _mm512_loadu_ps(g + r)));
-      _mm512_storeu_ps(nk + r, v);
-      acc = _mm512_fmadd_ps(v, v, acc);
-    }
-    double total = _mm512_reduce_add_ps(acc);
-    for (; r < r1; ++r) {
-      const float v = decays[k] * mk[r] + (1.0f - decays[k]) * g[r];
-      nk[r] = v;
-      total += double(v) * v;
-    }
-    sums[k + 2] += total;
-  }
-}
 bool HasAvx2() {
   static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
   return has;
 }
 
-__attribute__((target("avx2,fma")))
-float HorizontalSum(__m256 v) {
-  const __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  const __m128 t = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  return _mm_cvtss_f32(_mm_add_ss(t, _mm_shuffle_ps(t, t, 1)));
-}
+#define LOPT_AVX2 __attribute__((target("avx2,fma")))
+#define LOPT_AVX512 __attribute__((target("avx512f,avx512dq,fma")))
 
-// AVX2 + FMA path for H1 = H2 = 32 (CPUs without AVX-512): blocks of 3 rows, each row's 32
-// activations in 4 registers (12 accumulators of the 16 registers).
-__attribute__((target("avx2,fma")))
-void RowsAvx2(const Net& n, const Columns& x, int64_t r0, int64_t r1, float* out) {
-  constexpr int kRows = 3, kRegs = 4;
-  const int64_t F = n.features;
-  alignas(32) float w3d[32], w3m[32];
-  for (int k = 0; k < 32; ++k) { w3d[k] = n.w3[2 * k]; w3m[k] = n.w3[2 * k + 1]; }
-  const __m256 zero = _mm256_setzero_ps();
-  alignas(32) float h1[kRows][32];
-  int64_t r = r0;
-  for (; r + kRows <= r1; r += kRows) {
-    __m256 acc[kRows][kRegs];
-    for (int i = 0; i < kRows; ++i)
-      for (int q = 0; q < kRegs; ++q) acc[i][q] = _mm256_loadu_ps(n.c + 8 * q);
-    for (int64_t k = 0; k < F; ++k) {
-      const float* wk = n.w1 + k * 32;
-      const float* col = x.feature[k] + r * x.stride;
-      __m256 xv[kRows];
-      for (int i = 0; i < kRows; ++i) xv[i] = _mm256_set1_ps(col[i * x.stride]);
-      for (int q = 0; q < kRegs; ++q) {
-        const __m256 w = _mm256_loadu_ps(wk + 8 * q);
-        for (int i = 0; i < kRows; ++i) acc[i][q] = _mm256_fmadd_ps(xv[i], w, acc[i][q]);
-      }
-    }
-    for (int i = 0; i < kRows; ++i)
-      for (int q = 0; q < kRegs; ++q) {
-        _mm256_store_ps(h1[i] + 8 * q, _mm256_max_ps(acc[i][q], zero));
-        acc[i][q] = _mm256_loadu_ps(n.b2 + 8 * q);
-      }
-    for (int k = 0; k < 32; ++k) {
-      const float* wk = n.w2 + k * 32;
-      __m256 hv[kRows];
-      for (int i = 0; i < kRows; ++i) hv[i] = _mm256_set1_ps(h1[i][k]);
-      for (int q = 0; q < kRegs; ++q) {
-        const __m256 w = _mm256_loadu_ps(wk + 8 * q);
-        for (int i = 0; i < kRows; ++i) acc[i][q] = _mm256_fmadd_ps(hv[i], w, acc[i][q]);
-      }
-    }
-    for (int i = 0; i < kRows; ++i) {
-      __m256 d = _mm256_setzero_ps(), m = _mm256_setzero_ps();
-      for (int q = 0; q < kRegs; ++q) {
-        const __m256 h = _mm256_max_ps(acc[i][q], zero);
-        d = _mm256_fmadd_ps(h, _mm256_load_ps(w3d + 8 * q), d);
-        m = _mm256_fmadd_ps(h, _mm256_load_ps(w3m + 8 * q), m);
-      }
-      out[r + i] = Finish(n, HorizontalSum(d) + n.b3[0], HorizontalSum(m) + n.b3[1]);
-    }
+struct Avx2 {
+  using Reg = __m256;
+  static constexpr int kWidth = 8;
+  static constexpr int kRows = 3;  // 3 rows x 4 registers: 12 accumulators of the 16 registers
+  static constexpr int64_t kHidden = 32;
+  LOPT_AVX2 static Reg Load(const float* p) { return _mm256_loadu_ps(p); }
+  LOPT_AVX2 static void Store(float* p, Reg v) { _mm256_storeu_ps(p, v); }
+  LOPT_AVX2 static Reg Set1(float v) { return _mm256_set1_ps(v); }
+  LOPT_AVX2 static Reg Zero() { return _mm256_setzero_ps(); }
+  LOPT_AVX2 static Reg Mul(Reg a, Reg b) { return _mm256_mul_ps(a, b); }
+  LOPT_AVX2 static Reg Fma(Reg a, Reg b, Reg c) { return _mm256_fmadd_ps(a, b, c); }
+  LOPT_AVX2 static Reg Max(Reg a, Reg b) { return _mm256_max_ps(a, b); }
+  LOPT_AVX2 static float Sum(Reg v) {
+    const __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    const __m128 t = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    return _mm_cvtss_f32(_mm_add_ss(t, _mm_shuffle_ps(t, t, 1)));
   }
-  if (r < r1) RowsGeneric(n, x, r, r1, out);
-}
+  // bias + h . w: lanes summed from the first register up, then across.
+  LOPT_AVX2 static float Dot(const Reg* h, const float* w, int64_t regs, float bias) {
+    Reg s = Zero();
+    for (int64_t q = 0; q < regs; ++q) s = Fma(h[q], Load(w + kWidth * q), s);
+    return Sum(s) + bias;
+  }
+};
 
-__attribute__((target("avx2,fma")))
-double SumSquaresAvx2(const float* v, int64_t r0, int64_t r1) {
-  __m256 acc = _mm256_setzero_ps();
-  int64_t r = r0;
-  for (; r + 8 <= r1; r += 8) {
-    const __m256 x = _mm256_loadu_ps(v + r);
-    acc = _mm256_fmadd_ps(x, x, acc);
+struct Avx512 {
+  using Reg = __m512;
+  static constexpr int kWidth = 16;
+  static constexpr int kRows = 8;  // 8 rows x 2 registers
+  static constexpr int64_t kHidden = 32;
+  LOPT_AVX512 static Reg Load(const float* p) { return _mm512_loadu_ps(p); }
+  LOPT_AVX512 static void Store(float* p, Reg v) { _mm512_storeu_ps(p, v); }
+  LOPT_AVX512 static Reg Set1(float v) { return _mm512_set1_ps(v); }
+  LOPT_AVX512 static Reg Zero() { return _mm512_setzero_ps(); }
+  LOPT_AVX512 static Reg Mul(Reg a, Reg b) { return _mm512_mul_ps(a, b); }
+  LOPT_AVX512 static Reg Fma(Reg a, Reg b, Reg c) { return _mm512_fmadd_ps(a, b, c); }
+  LOPT_AVX512 static Reg Max(Reg a, Reg b) { return _mm512_max_ps(a, b); }
+  LOPT_AVX512 static float Sum(Reg v) { return _mm512_reduce_add_ps(v); }
+  // bias + h . w: lanes summed from the last register down, then across.
+  LOPT_AVX512 static float Dot(const Reg* h, const float* w, int64_t regs, float bias) {
+    Reg s = Mul(h[regs - 1], Load(w + kWidth * (regs - 1)));
+    for (int64_t q = regs - 2; q >= 0; --q) s = Fma(h[q], Load(w + kWidth * q), s);
+    return Sum(s) + bias;
   }
-  double total = HorizontalSum(acc);
-  for (; r < r1; ++r) total += double(v[r]) * v[r];
-  return total;
-}
+};
 
-__attribute__((target("avx2,fma")))
-void MomentaAvx2(const float* g, const float* p, const float* m, float* m_new, int64_t R,
-                 const float* decays, int64_t K, int64_t r0, int64_t r1, double* sums) {
-  sums[0] += SumSquaresAvx2(g, r0, r1);
-  sums[1] += SumSquaresAvx2(p, r0, r1);
-  for (int64_t k = 0; k < K; ++k) {
-    const float* mk = m + k * R;
-    float* nk = m_new + k * R;
-    const __m256 d = _mm256_set1_ps(decays[k]), e = _mm256_set1_ps(1.0f - decays[k]);
-    __m256 acc = _mm256_setzero_ps();
-    int64_t r = r0;
-    for (; r + 8 <= r1; r += 8) {
-      const __m256 v = _mm256_fmadd_ps(d, _mm256_loadu_ps(mk + r),
-                                       _mm256_mul_ps(e, _mm256_loadu_ps(g + r)));
-      _mm256_storeu_ps(nk + r, v);
-      acc = _mm256_fmadd_ps(v, v, acc);
-    }
-    double total = HorizontalSum(acc);
-    for (; r < r1; ++r) {
-      const float v = decays[k] * mk[r] + (1.0f - decays[k]) * g[r];
-      nk[r] = v;
-      total += double(v) * v;
-    }
-    sums[k + 2] += total;
-  }
+// Each level's entry points: the templates compiled for its instruction set (flatten inlines
+// every operation, so the whole path is built with that target).
+LOPT_AVX2 __attribute__((flatten)) void RowsAvx2(const Net& n, const Columns& x, int64_t r0,
+                                                 int64_t r1, float* out) {
+  RowsOf<Avx2>(n, x, r0, r1, out);
+}
+LOPT_AVX512 __attribute__((flatten)) void RowsAvx512(const Net& n, const Columns& x, int64_t r0,
+                                                     int64_t r1, float* out) {
+  RowsOf<Avx512>(n, x, r0, r1, out);
+}
+LOPT_AVX2 __attribute__((flatten)) void MomentaAvx2(const float* g, const float* p, const float* m,
+                                                    float* m_new, int64_t R, const float* decays,
+                                                    int64_t K, int64_t r0, int64_t r1,
+                                                    double* sums) {
+  MomentaOf<Avx2>(g, p, m, m_new, R, decays, K, r0, r1, sums);
+}
+LOPT_AVX512 __attribute__((flatten)) void MomentaAvx512(const float* g, const float* p,
+                                                        const float* m, float* m_new, int64_t R,
+                                                        const float* decays, int64_t K, int64_t r0,
+                                                        int64_t r1, double* sums) {
+  MomentaOf<Avx512>(g, p, m, m_new, R, decays, K, r0, r1, sums);
 }
 #endif
 
@@ -327,15 +314,7 @@ void Momenta(const float* g, const float* p, const float* m, float* m_new, int64
   if (isa == kAvx512) return MomentaAvx512(g, p, m, m_new, R, decays, K, r0, r1, sums);
   if (isa == kAvx2) return MomentaAvx2(g, p, m, m_new, R, decays, K, r0, r1, sums);
 #endif
-  for (int64_t r = r0; r < r1; ++r) {
-    sums[0] += double(g[r]) * g[r];
-    sums[1] += double(p[r]) * p[r];
-    for (int64_t k = 0; k < K; ++k) {
-      const float v = decays[k] * m[k * R + r] + (1.0f - decays[k]) * g[r];
-      m_new[k * R + r] = v;
-      sums[k + 2] += double(v) * v;
-    }
-  }
+  MomentaOf<Scalar>(g, p, m, m_new, R, decays, K, r0, r1, sums);
 }
 
 // Runs fn(0) .. fn(n - 1) on the calling thread and on XLA's intra-op threads. Tasks are claimed
