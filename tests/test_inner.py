@@ -12,7 +12,7 @@ import tensorflow_datasets as tfds
 import lopt_meta
 import tasks
 from tasks import data
-from meta_train.estimators import NRES
+from meta_train.estimators import NRES, FullES
 
 
 def test_inner_task_registry():
@@ -111,8 +111,21 @@ def test_telescoping_meta_loss_sums_to_the_final_minus_the_initial_loss():
 
 
 def test_outer_valid_meta_loss_reads_the_outer_validation_split():
+  """Relabelling the outer-validation split (and only it) changes every meta-loss; relabelling
+  the inner-validation or test split changes none: the loss reads that split, not another."""
   system = _system(horizon=20, meta_loss="outer_valid")
-  assert np.all(np.isfinite(np.asarray(system.episode_losses({}, jax.random.key(0)))))
+  (digits,) = system.data
+
+  def losses(split):
+    data = dict(digits)
+    if split is not None:
+      data[split] = digits[split]._replace(labels=(digits[split].labels + 1) % 10)
+    return np.asarray(jax.jit(lambda d: system.bind(d).episode_losses({}, jax.random.key(0)))((data,)))
+  base = losses(None)
+  assert np.all(losses("outer_valid") != base)
+  np.testing.assert_array_equal(losses("inner_valid"), base)
+  np.testing.assert_array_equal(losses("test"), base)
+  assert base[-5:].mean() < base[:5].mean() - 0.3  # the updated parameters are evaluated
 
 
 def test_log_uniform_truncations():
@@ -144,12 +157,19 @@ def test_diverging_inner_training_costs_a_bounded_meta_loss():
   np.testing.assert_allclose(losses[-5:], 1.5 * math.log(10), rtol=1e-6)
 
 
-def test_nres_on_a_learned_optimizer_system():
+def test_nres_on_a_learned_optimizer_system_is_full_es_when_the_window_is_the_episode():
+  """In lockstep with W = T every window is one whole episode with one noise draw: NRES is then
+  FullES on the same keys (the paper's remark), here through the learned optimizer's system."""
   system = tasks.learned_optimizer_system(tasks.get_inner_task("digits_mlp"), lopt_meta.MLPLOpt(),
-                                          horizon=30)
-  est = NRES(system, num_particles=4, sigma=0.01, unroll_length=5)
-  ws = est.init(jax.random.key(0), system.theta0)
-  grad, ws, metrics = est.estimate(jax.random.key(1), system.theta0, ws)
-  assert jax.tree.structure(grad) == jax.tree.structure(system.theta0)
-  assert 0 < float(metrics["meta_loss"]) < 1.5 * math.log(10)
-  assert float(metrics["grad_norm"]) > 0
+                                          horizon=12)
+  nres = NRES(system, num_particles=4, sigma=0.01, unroll_length=12, lockstep=True)
+  full = FullES(system, num_particles=4, sigma=0.01)
+  ws = nres.init(jax.random.key(0), system.theta0)
+  for i in range(2):
+    g_nres, ws, m_nres = nres.estimate(jax.random.key(1 + i), system.theta0, ws)
+    g_full, _, m_full = full.estimate(jax.random.key(1 + i), system.theta0, None)
+    flat = lambda g: np.concatenate([np.ravel(x) for x in jax.tree.leaves(g)])
+    # The same sums in another order, divided by sigma = 0.01: float32 rounding up to ~1e-5.
+    np.testing.assert_allclose(flat(g_nres), flat(g_full), rtol=1e-4, atol=1e-5)
+    assert float(m_nres["meta_loss"]) == pytest.approx(float(m_full["meta_loss"]), rel=1e-6)
+  assert 0 < float(m_nres["meta_loss"]) < 1.5 * math.log(10) and np.any(flat(g_nres) != 0)
