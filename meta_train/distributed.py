@@ -3,8 +3,10 @@
 Every process runs the same program. :func:`initialize` joins them before any other JAX call:
 with ``--coordinator-address HOST:PORT --num-processes N --process-id I`` given, or, with none
 of them, from a cluster environment that ``jax.distributed.initialize()`` recognizes (SLURM,
-Open MPI, Cloud TPU, Kubernetes) when that environment starts more than one process. A plain
-single-process run is never joined to anything. On the CPU the collectives go through gloo.
+Open MPI) when that environment starts more than one process, or with ``--coordinator-address
+auto`` from whatever ``jax.distributed.initialize()`` detects (Cloud TPU pods, Kubernetes too).
+A plain single-process run is never joined to anything. On the CPU the collectives go through
+gloo.
 
 After it, ``jax.devices()`` lists the devices of every process: the pairs axis is sharded over
 all of them (:mod:`meta_train.sharding`), theta is replicated, and the estimate is the
@@ -43,7 +45,7 @@ CLUSTER_VARIABLES = {
 class Distributed:
   """The processes of this run (all given, or none: then a cluster environment is used)."""
   coordinator_address: str | None = None
-  """HOST:PORT where process 0 listens for the others (the same on every process)."""
+  """HOST:PORT where process 0 listens for the others (the same on every process); 'auto': all three from the cluster (jax.distributed.initialize() detection: TPU pods, Kubernetes, SLURM, Open MPI)."""
   num_processes: int | None = None
   """How many processes the run has (one per host, or one per accelerator)."""
   process_id: int | None = None
@@ -55,19 +57,30 @@ class Distributed:
 
   @property
   def given(self) -> bool:
-    return any(v is not None for v in (self.coordinator_address, self.num_processes,
-                                       self.process_id))
+    return not self.auto and any(v is not None for v in (self.coordinator_address,
+                                                         self.num_processes, self.process_id))
+
+  @property
+  def auto(self) -> bool:
+    return self.coordinator_address == "auto"
 
 
 def check(settings: Distributed) -> None:
   """Raises ConfigError for settings that cannot start a run (before anything starts)."""
   values = (settings.coordinator_address, settings.num_processes, settings.process_id)
+  if settings.auto and (settings.num_processes is not None or settings.process_id is not None):
+    raise ConfigError("coordinator_address", "'auto' takes the number of processes and this "
+                      "process's id from the cluster; leave out --num-processes and --process-id")
   if settings.given and any(v is None for v in values):
     missing = [name for name, v in zip(("coordinator_address", "num_processes", "process_id"),
                                        values) if v is None]
     raise ConfigError(missing[0], "several processes need --coordinator-address HOST:PORT, "
                       f"--num-processes N and --process-id I together; missing: "
                       f"{', '.join('--' + m.replace('_', '-') for m in missing)}")
+  for field in ("init_timeout_s", "heartbeat_timeout_s"):
+    value = getattr(settings, field)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+      raise ConfigError(field, f"must be a positive int (seconds); got {value!r}")
   if not settings.given:
     return
   address = settings.coordinator_address
@@ -80,10 +93,6 @@ def check(settings: Distributed) -> None:
     raise ConfigError("num_processes", f"must be a positive int; got {n!r}")
   if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < n:
     raise ConfigError("process_id", f"must be one of 0..{n - 1} (--num-processes {n}); got {i!r}")
-  for field in ("init_timeout_s", "heartbeat_timeout_s"):
-    value = getattr(settings, field)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-      raise ConfigError(field, f"must be a positive int (seconds); got {value!r}")
 
 
 def _cluster_processes() -> int:
@@ -100,7 +109,8 @@ def initialize(settings: Distributed | None = None) -> bool:
 
   Call it before any other JAX call. Given flags are used as they are; without them, a cluster
   environment that started more than one process (SLURM ``srun``, Open MPI ``mpirun``) is
-  joined by ``jax.distributed.initialize()``'s own detection. Nothing happens otherwise.
+  joined by ``jax.distributed.initialize()``'s own detection, as is any cluster it detects with
+  ``coordinator_address="auto"``. Nothing happens otherwise.
 
   Raises:
     ConfigError: inconsistent flags, JAX already started, or the coordinator not reachable
@@ -112,7 +122,7 @@ def initialize(settings: Distributed | None = None) -> bool:
   check(settings)
   if jax_distributed.global_state.client is not None:
     return jax.process_count() > 1
-  if not settings.given and _cluster_processes() <= 1:
+  if not settings.given and not settings.auto and _cluster_processes() <= 1:
     return False
   from jax._src import xla_bridge
   if xla_bridge.backends_are_initialized():
@@ -128,7 +138,7 @@ def initialize(settings: Distributed | None = None) -> bool:
   if settings.given:
     kwargs.update(coordinator_address=settings.coordinator_address,
                   num_processes=settings.num_processes, process_id=settings.process_id)
-  where = settings.coordinator_address or "the cluster's coordinator"
+  where = settings.coordinator_address if settings.given else "the cluster's coordinator"
   if settings.given:  # JAX ends the process without a word when it cannot connect: look first
     host, port = settings.coordinator_address.rsplit(":", 1)
     host, port = host.strip("[]"), int(port)
