@@ -244,6 +244,8 @@ def exchange(value: str, *, what: str = "the other processes") -> list[str]:
     return [value]
   client, n = _client(), next(_rounds)
   client.key_value_set(f"lopt_meta/{n}/{process_index()}", value)
+  if n >= 2:  # everyone has read round n - 2 before anyone could finish round n - 1
+    client.key_value_delete(f"lopt_meta/{n - 2}/{process_index()}")
   values = []
   for i in range(process_count()):
     try:
