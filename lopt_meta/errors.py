@@ -1,4 +1,4 @@
-"""The one error type for bad configuration, shared by every package of lopt-meta.
+"""The error types shared by every package of lopt-meta: bad configuration, unreadable checkpoints.
 
 A :class:`ConfigError` is raised before any compute is spent, names the offending field and, where
 there is a closed set, the allowed values. The ``meta-train`` command turns it into a one-line message
@@ -8,6 +8,7 @@ and exit status 2.
 from __future__ import annotations
 
 import inspect
+import numbers
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
@@ -24,6 +25,25 @@ class ConfigError(ValueError):
   def __init__(self, field: str, message: str):
     self.field = field
     super().__init__(f"{field}: {message}")
+
+
+class CheckpointError(RuntimeError):
+  """A run folder holds no checkpoint, or none that can be read (not a configuration error: the
+  configuration may be fine and the files damaged). The message starts with ``checkpoint:``."""
+
+  field = "checkpoint"
+
+  def __init__(self, message: str):
+    super().__init__(f"checkpoint: {message}")
+
+
+def check_positive_int(field: str, value: Any, meaning: str | None = None) -> int:
+  """``int(value)`` if ``value`` is an integer >= 1 (a Python or NumPy integer, not a bool); else
+  a ConfigError naming ``field``: ``must be a positive int (meaning); got value``."""
+  if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+    what = f" ({meaning})" if meaning else ""
+    raise ConfigError(field, f"must be a positive int{what}; got {value!r}")
+  return int(value)
 
 
 def unknown_name(field: str, name: object, valid: Iterable[str]) -> ConfigError:

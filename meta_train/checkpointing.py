@@ -26,16 +26,9 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from lopt_meta.errors import ConfigError
+from lopt_meta.errors import CheckpointError
 
 PyTree = Any
-
-
-class CheckpointError(ConfigError):
-  """No readable checkpoint in a run folder."""
-
-  def __init__(self, message: str):
-    super().__init__("checkpoint", message)
 
 
 def _is_key(x) -> bool:

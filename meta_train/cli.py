@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Literal
 
-from lopt_meta.errors import ConfigError
+from lopt_meta.errors import CheckpointError, ConfigError, check_positive_int
 from meta_train import config as config_lib
 from meta_train.config import _tyro  # the annotations below are evaluated by tyro only
 from meta_train.distributed import Distributed
@@ -228,7 +228,7 @@ def _eval(command: Eval) -> None:
   from meta_train import evaluation
   from meta_train import run as run_lib
   if command.episodes is not None:
-    config_lib._positive_int("episodes", command.episodes)
+    check_positive_int("episodes", command.episodes)
   loaded = run_lib.load_run(command.run_dir, command.step)
   config = loaded.config
   if command.episodes is not None:
@@ -294,7 +294,7 @@ def main(argv: Sequence[str] | None = None) -> int:
           description="Meta-train learned optimizers and other unrolled systems with online ES.")
       return EXIT_USAGE
     return run_command(_parse(argv[0], argv[1:]))
-  except ConfigError as e:
+  except (ConfigError, CheckpointError) as e:
     print(f"meta-train: error: {e}", file=sys.stderr)
     return EXIT_USAGE
   except Exception as e:

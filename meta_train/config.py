@@ -23,7 +23,7 @@ import yaml
 
 import lopt_meta
 import tasks
-from lopt_meta.errors import ConfigError, unknown_name
+from lopt_meta.errors import ConfigError, check_positive_int, unknown_name
 from meta_train import estimators
 
 OUTER_OPTIMIZERS = ("adam", "sgd")
@@ -218,11 +218,6 @@ _GROUPS = {"task": TaskConfig, "estimator": EstimatorConfig, "outer": OuterConfi
            "run": RunConfig}
 
 
-def _positive_int(field: str, value) -> None:
-  if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-    raise ConfigError(field, f"must be a positive int; got {value!r}")
-
-
 def _positive_float(field: str, value) -> None:
   if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
       value > 0 and math.isfinite(value)):
@@ -304,15 +299,15 @@ def validate(config: TrainConfig) -> tuple[tasks.UnrolledSystem, estimators.Esti
   """
   if config.outer.outer_optimizer not in OUTER_OPTIMIZERS:
     raise unknown_name("outer_optimizer", config.outer.outer_optimizer, OUTER_OPTIMIZERS)
-  _positive_int("outer_steps", config.outer.outer_steps)
+  check_positive_int("outer_steps", config.outer.outer_steps)
   _positive_float("outer_lr", config.outer.outer_lr)
   if config.outer.grad_clip is not None:
     _positive_float("grad_clip", config.outer.grad_clip)
-  _positive_int("log_every", config.run.log_every)
-  _positive_int("eval_episodes", config.run.eval_episodes)
-  _positive_int("eval_steps", config.run.eval_steps)
-  _positive_int("checkpoint_every", config.run.checkpoint_every)
-  _positive_int("keep_checkpoints", config.run.keep_checkpoints)
+  check_positive_int("log_every", config.run.log_every)
+  check_positive_int("eval_episodes", config.run.eval_episodes)
+  check_positive_int("eval_steps", config.run.eval_steps)
+  check_positive_int("checkpoint_every", config.run.checkpoint_every)
+  check_positive_int("keep_checkpoints", config.run.keep_checkpoints)
   _positive_float("stop_grace_s", config.run.stop_grace_s)
   _positive_float("stall_warning_s", config.run.stall_warning_s)
   if config.run.wandb is not None and config.run.wandb not in ("online", "offline", "disabled"):

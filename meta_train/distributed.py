@@ -30,7 +30,7 @@ import threading
 import time
 from typing import Any
 
-from lopt_meta.errors import ConfigError
+from lopt_meta.errors import ConfigError, check_positive_int
 
 #: Environments that ``jax.distributed.initialize()`` detects by itself: the variables it needs
 #: there (as its detection reads them), the first of them the number of processes.
@@ -79,8 +79,7 @@ def check(settings: Distributed) -> None:
                       f"{', '.join('--' + m.replace('_', '-') for m in missing)}")
   for field in ("init_timeout_s", "heartbeat_timeout_s"):
     value = getattr(settings, field)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-      raise ConfigError(field, f"must be a positive int (seconds); got {value!r}")
+    check_positive_int(field, value, "seconds")
   if not settings.given:
     return
   address = settings.coordinator_address
@@ -89,8 +88,7 @@ def check(settings: Distributed) -> None:
     raise ConfigError("coordinator_address", f"must be HOST:PORT with a port in 1..65535 "
                       f"(e.g. 10.0.0.1:1234); got {address!r}")
   n, i = settings.num_processes, settings.process_id
-  if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-    raise ConfigError("num_processes", f"must be a positive int; got {n!r}")
+  check_positive_int("num_processes", n)
   if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < n:
     raise ConfigError("process_id", f"must be one of 0..{n - 1} (--num-processes {n}); got {i!r}")
 

@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lopt_meta.errors import ConfigError
+from lopt_meta.errors import ConfigError, check_positive_int
 from tasks import hyperparameters as hp
 from tasks.base import UnrolledSystem
 
@@ -81,12 +81,6 @@ def _space_of(system: UnrolledSystem) -> Mapping[str, hp.Transform]:
   return system.space
 
 
-def _positive_int(field: str, value) -> int:
-  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-    raise ConfigError(field, f"must be a positive int; got {value!r}")
-  return int(value)
-
-
 def _objectives(system: UnrolledSystem, thetas: dict[str, jax.Array], keys: jax.Array,
                 episodes: int, chunk: int) -> np.ndarray:
   """The mean per-step meta-loss of each theta (``{name: [n]}``) over ``episodes`` runs drawn
@@ -117,8 +111,8 @@ def random_search(system: UnrolledSystem, *, budget: int, key: jax.Array, episod
     chunk: trials evaluated together (vmapped); only memory and speed depend on it.
   """
   space = _space_of(system)
-  budget, episodes, chunk = (_positive_int("budget", budget), _positive_int("episodes", episodes),
-                             _positive_int("chunk", chunk))
+  budget, episodes, chunk = (check_positive_int("budget", budget), check_positive_int("episodes", episodes),
+                             check_positive_int("chunk", chunk))
   per_trial = episodes * system.horizon
   trials = budget // per_trial
   if trials < 1:
@@ -152,14 +146,14 @@ def grid_search(system: UnrolledSystem, *, points: Mapping[str, int], key: jax.A
     chunk: points evaluated together (vmapped).
   """
   space = _space_of(system)
-  episodes, chunk = _positive_int("episodes", episodes), _positive_int("chunk", chunk)
+  episodes, chunk = check_positive_int("episodes", episodes), check_positive_int("chunk", chunk)
   if not isinstance(points, Mapping) or not 1 <= len(points) <= 2:
     raise ConfigError("points", f"grid search takes one or two hyperparameters; got {points!r}")
   axes = {}
   for name, n in points.items():
     if name not in space:
       raise ConfigError("points", f"unknown hyperparameter {name!r}; declared: {', '.join(space)}")
-    n = _positive_int("points", n)
+    n = check_positive_int("points", n)
     low, high = (bounds or {}).get(name, space[name].bounds)
     axes[name] = np.linspace(low, high, n, dtype=np.float32)
   mesh = np.meshgrid(*axes.values(), indexing="ij")

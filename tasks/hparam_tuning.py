@@ -30,8 +30,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from lopt_meta.errors import ConfigError
-from tasks import data as data_lib
+from lopt_meta.errors import ConfigError, check_positive_int
 from tasks import hyperparameters as hp
 from tasks.base import UnrolledSystem
 from tasks.inner import MLP, ImageClassification, ImageState
@@ -171,10 +170,8 @@ def many_hparams(*, horizon: int = 1000, num_hidden: int = 5, max_units: int = 1
     dataset, image_size, data_dir: the data (see :func:`lr_decay_schedule`).
     init_seed: seed of the starting hyperparameters' draw (``None``: the ranges' centre).
   """
-  if isinstance(num_hidden, bool) or not isinstance(num_hidden, int) or num_hidden < 1:
-    raise ConfigError("num_hidden", f"must be a positive int; got {num_hidden!r}")
-  if isinstance(max_units, bool) or not isinstance(max_units, int) or max_units < 1:
-    raise ConfigError("max_units", f"must be a positive int; got {max_units!r}")
+  check_positive_int("num_hidden", num_hidden)
+  check_positive_int("max_units", max_units)
   model = NestedDropoutMLP((max_units,) * num_hidden, 10)
   task = ImageClassification("many_hparams", _dataset(dataset), model, batch_size=batch_size,
                              image_size=image_size, data_dir=data_dir)

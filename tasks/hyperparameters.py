@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from lopt_meta.errors import ConfigError
+from lopt_meta.errors import ConfigError, check_positive_int
 from tasks.base import UnrolledSystem
 from tasks.inner import InnerTask
 
@@ -293,8 +293,7 @@ def _check_optax_arguments(space, make_optimizer, task, meta_loss, fixed_batch_s
   if not isinstance(task, InnerTask):
     raise ConfigError("task", f"must be an InnerTask (tasks.get_inner_task(...)); got "
                       f"{type(task).__name__}")
-  if isinstance(fixed_batch_size, bool) or not isinstance(fixed_batch_size, int) or fixed_batch_size < 1:
-    raise ConfigError("fixed_batch_size", f"must be a positive int; got {fixed_batch_size!r}")
+  check_positive_int("fixed_batch_size", fixed_batch_size)
   if not callable(make_optimizer):
     raise ConfigError("make_optimizer", "must be a function hparams -> optax.GradientTransformation")
   structure = make_optimizer(constrain(space, centre(space)))

@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import optax
 
 from lopt_meta.base import LearnedOptimizer
-from lopt_meta.errors import ConfigError
+from lopt_meta.errors import ConfigError, check_positive_int
 from lopt_meta.prng import as_typed_key
 from tasks.base import UnrolledSystem
 from tasks.inner import InnerTask
@@ -74,8 +74,7 @@ def learned_optimizer_system(task: InnerTask | Sequence[InnerTask], lopt: Learne
     raise ConfigError("meta_loss", f"unknown meta_loss {meta_loss!r}; valid: {', '.join(META_LOSSES)}")
   if truncation not in TRUNCATIONS:
     raise ConfigError("truncation", f"unknown truncation {truncation!r}; valid: {', '.join(TRUNCATIONS)}")
-  if isinstance(horizon, bool) or not isinstance(horizon, int) or horizon < 1:
-    raise ConfigError("horizon", f"must be a positive int (inner steps per episode); got {horizon!r}")
+  check_positive_int("horizon", horizon, "inner steps per episode")
   if truncation == "log_uniform":
     min_horizon = max(1, horizon // 10) if min_horizon is None else min_horizon
     if not (isinstance(min_horizon, int) and 1 <= min_horizon <= horizon):

@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lopt_meta.errors import ConfigError, unknown_name
+from lopt_meta.errors import unknown_name
 from tasks.locomotion import Locomotion, require
 
 BACKENDS = ("mujoco", "mjx")

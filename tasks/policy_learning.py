@@ -29,7 +29,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from lopt_meta.errors import ConfigError, unknown_name
+from lopt_meta.errors import ConfigError, check_positive_int, unknown_name
 from lopt_meta.prng import as_typed_key
 from tasks import physics as physics_lib
 from tasks.base import UnrolledSystem
@@ -75,8 +75,7 @@ def policy_module(policy: str, action_dim: int, *, hidden: int = 30,
           nn.initializers.variance_scaling(float(init_scale), "fan_in", "truncated_normal"))
   if policy == "linear":
     return LinearPolicy(action_dim, kernel_init=init)
-  if isinstance(hidden, bool) or not isinstance(hidden, int) or hidden < 1:
-    raise ConfigError("hidden", f"must be a positive int; got {hidden!r}")
+  check_positive_int("hidden", hidden)
   return MLPPolicy(action_dim, hidden=hidden, output_init=init)
 
 
@@ -113,8 +112,7 @@ def policy_system(spec: Locomotion, *, policy: str = "linear", hidden: int = 30,
   State: ``{"physics": row, "obs": float32[obs_dim], "done": bool[]}`` plus ``"norm"``
   (``count``, ``mean``, ``m2``) with ``obs_norm``.
   """
-  if isinstance(horizon, bool) or not isinstance(horizon, int) or horizon < 1:
-    raise ConfigError("horizon", f"must be a positive int (T); got {horizon!r}")
+  check_positive_int("horizon", horizon, "T")
   if backend not in physics_lib.BACKENDS:
     raise unknown_name("backend", backend, physics_lib.BACKENDS)
   policy_module(policy, 1, hidden=hidden, init_scale=init_scale)  # checks before the model loads

@@ -33,7 +33,7 @@ import tasks
 from lopt_meta.errors import ConfigError
 from meta_train import config as config_lib
 from meta_train import estimators
-from tasks import data, hparam_tuning, policy_learning
+from tasks import data, policy_learning
 
 UNROLL_LENGTH = 4
 INNER_HORIZON = 8

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 
 import tasks
-from meta_train.workers import NoiseSchedule
 from meta_train.estimators import ESTIMATORS, GPES, NRES, PES, TBPTT, FullES, TruncatedES
 from tests import systems
 

@@ -32,7 +32,7 @@ from typing import Any, ClassVar
 import jax
 import jax.numpy as jnp
 
-from lopt_meta.errors import ConfigError
+from lopt_meta.errors import ConfigError, check_positive_int
 from lopt_meta.prng import as_typed_key
 from meta_train import sharding, workers
 from meta_train.estimators import maths
@@ -46,8 +46,7 @@ ANTITHETIC = (1.0, -1.0)
 
 
 def check_num_particles(num_particles, *, antithetic: bool = True) -> int:
-  if isinstance(num_particles, bool) or not isinstance(num_particles, int) or num_particles < 1:
-    raise ConfigError("num_particles", f"must be a positive int; got {num_particles!r}")
+  check_positive_int("num_particles", num_particles)
   if antithetic and num_particles % 2:
     raise ConfigError("num_particles",
                       f"must be even (N counts particles: N/2 antithetic pairs); got {num_particles}")
@@ -65,8 +64,7 @@ def check_sigma(sigma) -> float:
 
 
 def check_unroll_length(unroll_length, system: UnrolledSystem) -> int:
-  if isinstance(unroll_length, bool) or not isinstance(unroll_length, int) or unroll_length < 1:
-    raise ConfigError("unroll_length", f"must be a positive int (W); got {unroll_length!r}")
+  check_positive_int("unroll_length", unroll_length, "W")
   shortest = system.shortest_episode
   if shortest is not None and unroll_length > shortest:
     what = (f"the horizon T={shortest}" if shortest == system.horizon
@@ -164,6 +162,14 @@ class Estimator(abc.ABC):
     return {"num_particles": self.num_particles, "unroll_length": self.unroll_length}
 
 
+def make_metrics(grad: PyTree, *, meta_loss: jax.Array, grad_variance: jax.Array,
+                 nonfinite: jax.Array, resets: jax.Array, unroll_steps: int) -> Metrics:
+  """The metrics every estimator reports (see the module docstring), ``grad_norm`` computed."""
+  return {"meta_loss": meta_loss, "grad_norm": maths.global_norm(grad),
+          "grad_variance": grad_variance, "nonfinite": nonfinite, "resets": resets,
+          "unroll_steps": jnp.asarray(unroll_steps, jnp.int32)}
+
+
 def es_estimate(out: workers.WindowOut, sigma: float, steps: int) -> tuple[PyTree, Metrics]:
   """The estimate and metrics of an antithetic window (see the module docstring), from its
   per-pair sums (:func:`maths.antithetic_summary`: two products over the pairs)."""
@@ -171,15 +177,24 @@ def es_estimate(out: workers.WindowOut, sigma: float, steps: int) -> tuple[PyTre
       out.gsum, out.count, sigma, {"loss": out.loss_sum[:, :2], "nonfinite": out.nonfinite,
                                    "resets": out.resets})
   valid_terms = jnp.maximum(totals["count"], 1).astype(jnp.float32)
-  metrics = {
-      "meta_loss": jnp.sum(totals["loss"]) / (2.0 * valid_terms),
-      "grad_norm": maths.global_norm(grad),
-      "grad_variance": variance,
-      "nonfinite": totals["nonfinite"],
-      "resets": totals["resets"],
-      "unroll_steps": jnp.asarray(steps, jnp.int32),
-  }
-  return grad, metrics
+  return grad, make_metrics(grad, meta_loss=jnp.sum(totals["loss"]) / (2.0 * valid_terms),
+                            grad_variance=variance, nonfinite=totals["nonfinite"],
+                            resets=totals["resets"], unroll_steps=steps)
+
+
+def start_workers(est: Estimator, key: jax.Array, theta: PyTree, *, rows: int,
+                  signs: tuple[float, ...], sigma: float, schedule: NoiseSchedule | None,
+                  with_noise: bool, accumulate: bool) -> WorkerState:
+  """``rows`` rows of ``len(signs)`` workers at the start of an episode, then (unless
+  ``est.lockstep``) each row burned in to a uniformly random position of its episode: the
+  ``init`` of every windowed estimator."""
+  init_key, unlock_key = jax.random.split(key)
+  ws = workers.init_workers(est.system, theta, init_key, rows, len(signs), with_noise=with_noise,
+                            accumulate=accumulate)
+  if not est.lockstep:
+    ws = workers.step_unlock(est.system, theta, ws, unlock_key, signs=signs, sigma=sigma,
+                             schedule=schedule, window_length=est.unroll_length, mesh=est.mesh)
+  return ws
 
 
 class OnlineES(Estimator):
@@ -214,14 +229,9 @@ class OnlineES(Estimator):
             "unroll_length": self.unroll_length, "lockstep": self.lockstep}
 
   def _init(self, key, theta):
-    init_key, unlock_key = jax.random.split(key)
-    ws = workers.init_workers(self.system, theta, init_key, self.num_pairs, 2, with_noise=True,
-                              accumulate=self.schedule.accumulate)
-    if not self.lockstep:
-      ws = workers.step_unlock(self.system, theta, ws, unlock_key, signs=ANTITHETIC,
-                               sigma=self.sigma, schedule=self.schedule,
-                               window_length=self.unroll_length, mesh=self.mesh)
-    return ws
+    return start_workers(self, key, theta, rows=self.num_pairs, signs=ANTITHETIC,
+                         sigma=self.sigma, schedule=self.schedule, with_noise=True,
+                         accumulate=self.schedule.accumulate)
 
   def _estimate(self, key, theta, ws):
     ws, out = workers.run_window(self.system, theta, ws, key, self.unroll_length, signs=ANTITHETIC,

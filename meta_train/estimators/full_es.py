@@ -18,7 +18,8 @@ import jax.numpy as jnp
 from lopt_meta.errors import ConfigError
 from meta_train import sharding, workers
 from meta_train.estimators import maths
-from meta_train.estimators.base import (Estimator, check_num_particles, check_sigma, check_system)
+from meta_train.estimators.base import (Estimator, check_num_particles, check_sigma, check_system,
+                                        make_metrics)
 
 
 class FullES(Estimator):
@@ -81,13 +82,9 @@ class FullES(Estimator):
                                 out_specs=sharding.SHARDED, check_vma=False)
     gsum, count, loss_sum, nonfinite = per_pairs(pair_keys)
     grad = maths.antithetic_grad(gsum, count, self.sigma)
-    metrics = {
-        "meta_loss": jnp.sum(loss_sum) / (2.0 * jnp.maximum(jnp.sum(count), 1)),
-        "grad_norm": maths.global_norm(grad),
-        "grad_variance": maths.variance_of_mean(maths.per_pair_grads(gsum, count, self.sigma),
-                                                (count > 0).astype(jnp.float32)),
-        "nonfinite": jnp.sum(nonfinite),
-        "resets": jnp.asarray(P, jnp.int32),
-        "unroll_steps": jnp.asarray(self.steps_per_estimate, jnp.int32),
-    }
-    return grad, None, metrics
+    return grad, None, make_metrics(
+        grad, meta_loss=jnp.sum(loss_sum) / (2.0 * jnp.maximum(jnp.sum(count), 1)),
+        grad_variance=maths.variance_of_mean(maths.per_pair_grads(gsum, count, self.sigma),
+                                             (count > 0).astype(jnp.float32)),
+        nonfinite=jnp.sum(nonfinite), resets=jnp.asarray(P, jnp.int32),
+        unroll_steps=self.steps_per_estimate)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from meta_train.estimators.base import OnlineES
 from meta_train.workers import NoiseSchedule
-from lopt_meta.errors import ConfigError
+from lopt_meta.errors import check_positive_int
 
 
 class PES(OnlineES):
@@ -42,8 +42,7 @@ class GPES(OnlineES):
 
   def __init__(self, system, *, num_particles: int, sigma: float, unroll_length: int, K: int,
                lockstep: bool = False, devices=None):
-    if isinstance(K, bool) or not isinstance(K, int) or K < 1:
-      raise ConfigError("K", f"must be a positive int (steps per noise block); got {K!r}")
+    check_positive_int("K", K, "steps per noise block")
     self.K = K
     self.schedule = NoiseSchedule(block=K, accumulate=True)
     super().__init__(system, num_particles=num_particles, sigma=sigma,

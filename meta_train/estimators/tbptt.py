@@ -18,7 +18,7 @@ from meta_train import sharding, workers
 from meta_train import tree as tree_lib
 from meta_train.estimators import maths
 from meta_train.estimators.base import (Estimator, check_num_particles, check_system,
-                                        check_unroll_length)
+                                        check_unroll_length, make_metrics, start_workers)
 
 
 class TBPTT(Estimator):
@@ -54,13 +54,8 @@ class TBPTT(Estimator):
             "lockstep": self.lockstep}
 
   def _init(self, key, theta):
-    init_key, unlock_key = jax.random.split(key)
-    ws = workers.init_workers(self.system, theta, init_key, self.num_particles, 1,
-                              with_noise=False, accumulate=False)
-    if not self.lockstep:
-      ws = workers.step_unlock(self.system, theta, ws, unlock_key, signs=(0.0,), sigma=1.0,
-                               schedule=None, window_length=self.unroll_length, mesh=self.mesh)
-    return ws
+    return start_workers(self, key, theta, rows=self.num_particles, signs=(0.0,), sigma=1.0,
+                         schedule=None, with_noise=False, accumulate=False)
 
   def _estimate(self, key, theta, ws):
     W = self.unroll_length
@@ -77,12 +72,8 @@ class TBPTT(Estimator):
     n_ok = jnp.maximum(jnp.sum(weights), 1.0)
     grads = tree_lib.where_leading(ok, grads, jax.tree.map(jnp.zeros_like, grads))
     grad = jax.tree.map(lambda g: jnp.sum(g, axis=0) / n_ok, grads)
-    metrics = {
-        "meta_loss": jnp.sum(jnp.where(ok, out.loss_sum[:, 0], 0.0)) / (n_ok * W),
-        "grad_norm": maths.global_norm(grad),
-        "grad_variance": maths.variance_of_mean(grads, weights),
-        "nonfinite": jnp.sum(jnp.where(ok, 0, W)),
-        "resets": jnp.sum(out.resets),
-        "unroll_steps": jnp.asarray(self.steps_per_estimate, jnp.int32),
-    }
-    return grad, ws, metrics
+    return grad, ws, make_metrics(
+        grad, meta_loss=jnp.sum(jnp.where(ok, out.loss_sum[:, 0], 0.0)) / (n_ok * W),
+        grad_variance=maths.variance_of_mean(grads, weights),
+        nonfinite=jnp.sum(jnp.where(ok, 0, W)), resets=jnp.sum(out.resets),
+        unroll_steps=self.steps_per_estimate)

@@ -15,8 +15,7 @@ import jax.numpy as jnp
 
 from meta_train import tree as tree_lib
 from meta_train import workers
-from meta_train.estimators import maths
-from meta_train.estimators.base import OnlineES, es_estimate
+from meta_train.estimators.base import OnlineES, es_estimate, start_workers
 from meta_train.workers import NoiseSchedule
 
 _SIGNS = (1.0, -1.0, 0.0)  # theta + eps, theta - eps, theta (the shared state's own branch)
@@ -37,13 +36,8 @@ class TruncatedES(OnlineES):
     return (self.num_particles + self.num_pairs) * self.unroll_length  # + the shared centre
 
   def _init(self, key, theta):
-    init_key, unlock_key = jax.random.split(key)
-    ws = workers.init_workers(self.system, theta, init_key, self.num_pairs, 1,
-                              with_noise=True, accumulate=False)
-    if not self.lockstep:
-      ws = workers.step_unlock(self.system, theta, ws, unlock_key, signs=(0.0,), sigma=self.sigma,
-                               schedule=None, window_length=self.unroll_length, mesh=self.mesh)
-    return ws
+    return start_workers(self, key, theta, rows=self.num_pairs, signs=(0.0,), sigma=self.sigma,
+                         schedule=None, with_noise=True, accumulate=False)
 
   def _estimate(self, key, theta, ws):
     branches = ws.replace(states=tree_lib.expand_axis(
