@@ -46,12 +46,6 @@ class SearchResult(NamedTuple):
   best_so_far: np.ndarray
   compute: np.ndarray
 
-  @property
-  def best_theta(self) -> dict[str, float]:
-    """The unconstrained hyperparameters of the best trial."""
-    i = int(np.nanargmin(self.objective))
-    return {name: float(v[i]) for name, v in self.theta.items()}
-
 
 class GridResult(NamedTuple):
   """A grid search over one or two hyperparameters (the others at ``system.theta0``).

@@ -177,8 +177,8 @@ def many_hparams(*, horizon: int = 1000, num_hidden: int = 5, max_units: int = 1
                              image_size=image_size, data_dir=data_dir)
   space = many_hparams_space(num_hidden)
 
-  def per_block(hparams, kind, params):
-    """A tree like ``params`` holding the hyperparameter ``kind`` of each block."""
+  def per_block(hparams, kind):
+    """A tree like the parameters holding the hyperparameter ``kind`` of each block."""
     return {f"Dense_{layer}": {leaf: hparams[f"{kind}_{layer}_{leaf}"] for leaf in ("kernel", "bias")}
             for layer in range(num_hidden + 1)}
 
@@ -198,7 +198,7 @@ def many_hparams(*, horizon: int = 1000, num_hidden: int = 5, max_units: int = 1
                       for l in range(1, num_hidden + 1)])
     batch, task_state = task.train_batch(data, state.task_state, key)
     grads = jax.grad(loss)(state.params, batch, keep)
-    lr, momentum = per_block(hparams, "lr", grads), per_block(hparams, "momentum", grads)
+    lr, momentum = per_block(hparams, "lr"), per_block(hparams, "momentum")
     velocity = jax.tree.map(lambda g, m, v: g + m * v, grads, momentum, state.velocity)
     params = jax.tree.map(lambda p, a, v: p - a * v, state.params, lr, velocity)
     valid = task.eval_batch(data, "outer_valid", jax.random.fold_in(key, 1))
