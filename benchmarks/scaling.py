@@ -28,13 +28,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
-import socket
 import subprocess
 import sys
 import time
 
 from benchmarks.common import emit_json, print_table
+from meta_train import distributed
 
 TASK, W, HORIZON = "fashion_mnist_mlp", 50, 1000
 
@@ -67,25 +66,14 @@ print(json.dumps({"window_s": float(np.median(times)), "compile_s": compile_s,
 """ % {"task": TASK, "horizon": HORIZON, "W": W}
 
 
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
-
-
-def _env(devices: int) -> dict[str, str]:
-  flags = re.sub(r"--xla_force_host_platform_device_count=\d+", "", os.environ.get("XLA_FLAGS", ""))
-  return dict(os.environ, JAX_PLATFORMS="cpu",
-              XLA_FLAGS=f"{flags} --xla_force_host_platform_device_count={devices}".strip())
-
-
 def run_config(processes: int, devices: int, particles: int, windows: int,
                timeout_s: float) -> dict:
   """One configuration in fresh subprocesses; returns process 0's measurement."""
-  address = f"127.0.0.1:{_free_port()}" if processes > 1 else "-"
+  address = f"127.0.0.1:{distributed.free_local_port()}" if processes > 1 else "-"
   procs = [subprocess.Popen([sys.executable, "-c", WORKER, address, str(i), str(particles),
-                             str(windows)], env=_env(devices), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True) for i in range(processes)]
+                             str(windows)], env=distributed.local_cpu_env(devices),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+           for i in range(processes)]
   try:
     outs = [p.communicate(timeout=timeout_s) for p in procs]
   finally:

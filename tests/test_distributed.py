@@ -26,18 +26,6 @@ TOY = ["--task", "toy2d", "--num-particles", "8", "--unroll-length", "5", "--eva
        "--wandb", "disabled"]
 
 
-def free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
-
-
-def env_with(devices: int) -> dict[str, str]:
-  flags = re.sub(r"--xla_force_host_platform_device_count=\d+", "", os.environ.get("XLA_FLAGS", ""))
-  return dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1",
-              XLA_FLAGS=f"{flags} --xla_force_host_platform_device_count={devices}".strip())
-
-
 class Processes:
   """Two (or one) processes of one run; ``wait`` collects them, ``close`` kills what is left."""
 
@@ -47,7 +35,7 @@ class Processes:
     for i, argv in enumerate(argvs):
       out, err = open(logs / f"{i}.out", "w+"), open(logs / f"{i}.err", "w+")
       self.files.append((out, err))
-      self.procs.append(subprocess.Popen(argv, stdout=out, stderr=err, env=env_with(devices),
+      self.procs.append(subprocess.Popen(argv, stdout=out, stderr=err, env=distributed.local_cpu_env(devices, PYTHONUNBUFFERED="1"),
                                          cwd=Path(__file__).parents[1]))
 
   def wait(self, timeout: float = TIMEOUT_S) -> list[tuple[int, str, str]]:
@@ -73,7 +61,7 @@ def meta_train(*args: str) -> list[str]:
 
 
 def two(args: list[str], logs: Path, port: int | None = None, extra=(("", ""),) * 2) -> Processes:
-  port = port or free_port()
+  port = port or distributed.free_local_port()
   return Processes([meta_train(*args, "--coordinator-address", f"127.0.0.1:{port}",
                                "--num-processes", "2", "--process-id", str(i),
                                *[x for x in extra[i] if x])
@@ -117,7 +105,7 @@ ESTIMATE = textwrap.dedent("""
 
 
 def test_two_processes_give_the_four_device_estimate(tmp_path):
-  port = free_port()
+  port = distributed.free_local_port()
   procs = Processes([[sys.executable, "-c", ESTIMATE, f"127.0.0.1:{port}", str(i)]
                      for i in range(2)], devices=2, logs=tmp_path / "two")
   reference = Processes([[sys.executable, "-c", ESTIMATE]], devices=4, logs=tmp_path / "one")
@@ -232,7 +220,7 @@ def test_bad_input_ends_with_one_clear_error(tmp_path):
   # nobody at the coordinator's address: a clear error after --init-timeout-s
   start = time.monotonic()
   lonely = Processes([meta_train("train", *TOY, "--out", str(tmp_path / "a"),
-                                 "--coordinator-address", f"127.0.0.1:{free_port()}",
+                                 "--coordinator-address", f"127.0.0.1:{distributed.free_local_port()}",
                                  "--num-processes", "2", "--process-id", "1",
                                  "--init-timeout-s", "3")], devices=2, logs=tmp_path / "l1")
   [(rc, _, err)] = run_to_end(lonely, timeout=60)
