@@ -110,3 +110,14 @@ def normal(keys: jax.Array, size: int, dtype=jnp.float32) -> jax.Array:
   lo = np.nextafter(np.float32(-1.0), np.float32(0.0))
   uniform = jnp.maximum(lo, floats * (np.float32(1.0) - lo) + lo)
   return np.float32(np.sqrt(2)) * jax.lax.erf_inv(uniform)
+
+
+RESET, NOISE, STEP = 0, 1, 2  # what a worker's key is for
+
+
+def pair_step_key(pair_key: jax.Array, j, purpose: int) -> jax.Array:
+  """The key of a pair at window step ``j`` for ``purpose`` (``RESET``, ``NOISE`` or ``STEP``):
+  ``fold_in(pair_key, 3 j + purpose)``. ``pair_key`` and ``j`` broadcast (``[P]`` keys and one
+  step, or ``[P, 1]`` keys and ``[P, M]`` steps). All branches of a pair use the pair's keys: the
+  same initial state, the same data, common random numbers."""
+  return fold_in(pair_key, 3 * jnp.asarray(j, jnp.int32) + purpose)

@@ -112,7 +112,7 @@ def test_window_forms_agree_exactly(name):
   window; with W not dividing T pairs straddle episode boundaries and take the general one.
   Integers agree exactly, floats to rounding (hoisting theta-only work out of the loop may
   reorder a sum)."""
-  from meta_train import workers
+  from meta_train import window, workers
   system = systems.linear_pytree(12)
   theta = system.theta0
   cls = {"nres": NRES, "pes": PES, "gpes": functools.partial(GPES, K=4), "tes": TruncatedES}[name]
@@ -120,17 +120,14 @@ def test_window_forms_agree_exactly(name):
   for W, aligned in ((4, True), (5, False)):
     est = cls(system, num_particles=16, sigma=0.1, unroll_length=W)
     ws = est.init(KEY, theta)
-    P = ws.t.shape[0]
     run = functools.partial(workers.run_window, system, theta, num_steps=W, signs=signs,
                             sigma=est.sigma, schedule=est.schedule)
     run_default = jax.jit(lambda ws, key: run(ws, key))  # the fast form when it applies
-    run_general = jax.jit(lambda ws, key: run(ws, key, active_steps=jnp.full((P,), W, jnp.int32)))
+    run_general = jax.jit(lambda ws, key: run(ws, key, general_form=True))
     for i in range(4):
       key = jax.random.key(10 + i)
-      start = jnp.where(ws.t == 0, 0, ws.length - ws.t)
-      start = jnp.where(start < W, start, W)
-      draws = workers._draw_steps(ws.t, start, jnp.full_like(ws.t, W), W, est.schedule)
-      fast = bool(workers.events_at_start_only(start, draws, W))
+      plan = window.plan_window(ws.t, ws.length, num_steps=W, schedule=est.schedule)
+      fast = bool(plan.events_at_start())
       if aligned:
         assert fast, (i, np.asarray(ws.t))
       elif i == 0:
@@ -298,3 +295,37 @@ def test_states_with_empty_arrays_step():
     grad, ws, _ = estimator.estimate(KEY, system.theta0, ws)
     assert grad.shape == (2,) and bool(jnp.all(jnp.isfinite(grad)))
     assert ws.states["nothing"].shape == (2, 2, 3, 0)
+
+
+@pytest.mark.parametrize("every_window, block", [(False, None), (True, None), (False, 3),
+                                                 (False, 1), (True, 4)])
+def test_plan_window_matches_stepping_through_the_window(every_window, block):
+  """The closed-form plan equals walking the window step by step: a pair at position ``t`` of an
+  episode of ``length`` steps starts a new one (position 0) when ``t`` reaches ``length`` or is
+  0, and draws noise at an episode start, at step 0 (every_window) and at positions that are
+  multiples of ``block``; a burn-in pair stops after ``end`` steps."""
+  from meta_train import window
+  rng = np.random.default_rng(0)
+  W, P = 5, 400
+  schedule = window.NoiseSchedule(every_window=every_window, block=block)
+  length = rng.integers(W, 12, size=P).astype(np.int32)  # no episode shorter than the window
+  t = (rng.integers(0, 12, size=P) % length).astype(np.int32)
+  end = np.where(rng.random(P) < 0.3, rng.integers(0, W + 1, size=P), W).astype(np.int32)
+  plan = window.plan_window(jnp.asarray(t), jnp.asarray(length), num_steps=W, schedule=schedule,
+                            end=jnp.asarray(end))
+  M = window.max_draws(W, schedule)
+  assert plan.draws.shape == (P, M)
+  for i in range(P):
+    pos, start, draws = int(t[i]), W, []
+    for j in range(int(end[i])):
+      if pos in (0, int(length[i])):
+        pos = 0
+        start = j
+      if pos == 0 or (every_window and j == 0) or (block is not None and pos % block == 0):
+        draws.append(j)
+      pos += 1
+    assert int(plan.start[i]) == start, i
+    assert list(np.asarray(plan.draws[i])) == draws + [W] * (M - len(draws)), i
+  assert bool(plan.events_at_start()) == bool(np.all(
+      ((np.asarray(plan.start) == 0) | (np.asarray(plan.start) == W))
+      & np.all((np.asarray(plan.draws) == 0) | (np.asarray(plan.draws) == W), axis=1)))

@@ -36,13 +36,14 @@ from lopt_meta.errors import ConfigError, check_positive_int
 from lopt_meta.prng import as_typed_key
 from meta_train import sharding, workers
 from meta_train.estimators import maths
-from meta_train.workers import NoiseSchedule, WorkerState
+from meta_train.window import NoiseSchedule
+from meta_train.workers import WorkerState
 from tasks.base import UnrolledSystem
 
 PyTree = Any
 Metrics = dict[str, jax.Array]
 
-ANTITHETIC = (1.0, -1.0)
+ANTITHETIC = workers.ANTITHETIC
 
 
 def check_num_particles(num_particles, *, antithetic: bool = True) -> int:
@@ -231,7 +232,7 @@ class OnlineES(Estimator):
   def _init(self, key, theta):
     return start_workers(self, key, theta, rows=self.num_pairs, signs=ANTITHETIC,
                          sigma=self.sigma, schedule=self.schedule, with_noise=True,
-                         accumulate=self.schedule.accumulate)
+                         accumulate=self.schedule.accumulates)
 
   def _estimate(self, key, theta, ws):
     ws, out = workers.run_window(self.system, theta, ws, key, self.unroll_length, signs=ANTITHETIC,

@@ -5,7 +5,7 @@
 averaged over pairs. Written straight from the definition (one ``scan`` over ``T`` steps per
 particle, vmapped), independently of the online workers, so that "NRES with ``W = T`` equals
 FullES" checks the workers against the definition. Keys are derived exactly as the workers
-derive them (:func:`meta_train.workers.pair_step_key`), so the two agree for the same key.
+derive them (:func:`meta_train.keys.pair_step_key`), so the two agree for the same key.
 """
 
 from __future__ import annotations
@@ -16,7 +16,9 @@ import jax
 import jax.numpy as jnp
 
 from lopt_meta.errors import ConfigError
-from meta_train import sharding, workers
+from meta_train import keys as keys_lib
+from meta_train import sharding
+from meta_train.window import sample_noise
 from meta_train.estimators import maths
 from meta_train.estimators.base import (Estimator, check_num_particles, check_sigma, check_system,
                                         make_metrics)
@@ -61,11 +63,11 @@ class FullES(Estimator):
     pair_keys = jax.random.split(key, P)
 
     def pair(pair_key):
-      k_noise = workers.pair_step_key(pair_key, 0, workers.NOISE)
-      eps = jax.tree.map(lambda x: x[0], workers.sample_noise(k_noise[None], theta, self.sigma))
-      state0 = system.init(workers.pair_step_key(pair_key, 0, workers.RESET))
-      keys = jax.vmap(workers.pair_step_key, in_axes=(None, 0, None))(
-          pair_key, jnp.arange(T), workers.STEP)
+      k_noise = keys_lib.pair_step_key(pair_key, 0, keys_lib.NOISE)
+      eps = jax.tree.map(lambda x: x[0], sample_noise(k_noise[None], theta, self.sigma))
+      state0 = system.init(keys_lib.pair_step_key(pair_key, 0, keys_lib.RESET))
+      keys = jax.vmap(keys_lib.pair_step_key, in_axes=(None, 0, None))(
+          pair_key, jnp.arange(T), keys_lib.STEP)
 
       def losses(sign):
         th = jax.tree.map(lambda a, e: a + sign * e, theta, eps)

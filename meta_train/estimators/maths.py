@@ -29,6 +29,24 @@ from meta_train import tree as tree_lib
 PyTree = Any
 
 
+def credited_sums(dl: jax.Array, credits: list[PyTree]) -> PyTree:
+  """Each pair's ``sum_t (L+_t - L-_t) c_t`` from its sums over the window's noise segments.
+
+  The credit ``c_t`` is constant within a segment, so the sum over steps is a sum over segments
+  of (the segment's summed loss differences) x (its credit).
+
+  Args:
+    dl: ``[E, P]``, ``sum_{t in segment e} (L+_t - L-_t)`` of each pair.
+    credits: ``E`` theta-like trees, leaves ``[P, ...]``: each segment's credit.
+
+  Returns:
+    theta-like, leaves ``[P, ...]``.
+  """
+  return jax.tree.map(
+      lambda *cs: sum(dl[e].reshape((-1,) + (1,) * (c.ndim - 1)) * c for e, c in enumerate(cs)),
+      *credits)
+
+
 def sum_pairs(tree: PyTree) -> PyTree:
   """Sums over the leading pairs axis of every leaf: leaves ``[P, ...]`` -> ``[...]``, each in
   its own dtype (integers are summed as float32, exact below 2**24).

@@ -12,7 +12,7 @@ that does not grow with ``T / W``; the lowest-variance GPES_K estimator (K = T).
 from __future__ import annotations
 
 from meta_train.estimators.base import OnlineES
-from meta_train.workers import NoiseSchedule
+from meta_train.window import NoiseSchedule
 
 
 class NRES(OnlineES):
@@ -38,4 +38,8 @@ class NRES(OnlineES):
   """
 
   name = "nres"
-  schedule = NoiseSchedule()
+  # The noise-reuse rule: a pair draws fresh noise only when it starts an episode (no draw per
+  # window, no blocks), and credits each step's L+ - L- to the noise in use (credit=None), so
+  # per window  gsum_i = (sum_{t in window} L+_t - L-_t) * eps_i  and the estimate is
+  # maths.antithetic_grad over the pairs.
+  schedule = NoiseSchedule(every_window=False, block=None, credit=None)

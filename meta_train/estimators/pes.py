@@ -13,9 +13,28 @@ FullES share one); their variance grows with the number of noise blocks per epis
 
 from __future__ import annotations
 
-from meta_train.estimators.base import OnlineES
-from meta_train.workers import NoiseSchedule
+from typing import Any
+
+import jax
+
 from lopt_meta.errors import check_positive_int
+from meta_train import tree as tree_lib
+from meta_train.estimators.base import OnlineES
+from meta_train.window import NoiseSchedule
+
+PyTree = Any
+
+
+def accumulated_credit(credit: PyTree, noise: PyTree, new_episode: jax.Array) -> PyTree:
+  """PES's credit after a pair draws ``noise``: ``xi_k = eps_1 + ... + eps_k``, the sum of the
+  episode's noise blocks so far (``xi_1 = eps_1`` when the draw starts an episode).
+
+  Args:
+    credit: theta-like, leaves ``[P, ...]``: ``xi_{k-1}``.
+    noise: theta-like, leaves ``[P, ...]``: the fresh ``eps_k``.
+    new_episode: ``[P] bool``, the draw is the first of an episode.
+  """
+  return tree_lib.where_leading(new_episode, noise, jax.tree.map(jax.numpy.add, credit, noise))
 
 
 class PES(OnlineES):
@@ -26,7 +45,9 @@ class PES(OnlineES):
   """
 
   name = "pes"
-  schedule = NoiseSchedule(every_window=True, accumulate=True)
+  # Fresh noise at the first step of every window (and at an episode start inside one); each
+  # step's L+ - L- is credited to the sum of the episode's noise blocks so far.
+  schedule = NoiseSchedule(every_window=True, block=None, credit=accumulated_credit)
 
 
 class GPES(OnlineES):
@@ -44,7 +65,7 @@ class GPES(OnlineES):
                lockstep: bool = False, devices=None):
     check_positive_int("K", K, "steps per noise block")
     self.K = K
-    self.schedule = NoiseSchedule(block=K, accumulate=True)
+    self.schedule = NoiseSchedule(every_window=False, block=K, credit=accumulated_credit)
     super().__init__(system, num_particles=num_particles, sigma=sigma,
                      unroll_length=unroll_length, lockstep=lockstep, devices=devices)
 

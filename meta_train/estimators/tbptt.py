@@ -62,8 +62,7 @@ class TBPTT(Estimator):
     theta_pp = tree_lib.broadcast_leading(theta, (self.num_particles,))
 
     def window_loss(theta_pp):
-      new_ws, out = workers.run_window(self.system, theta_pp, ws, key, W, signs=(0.0,),
-                                       theta_per_pair=True, mesh=self.mesh)
+      new_ws, out = workers.tbptt_window(self.system, theta_pp, ws, key, W, mesh=self.mesh)
       return jnp.sum(out.loss_sum[:, 0]) / W, (new_ws, out)
 
     grads, (ws, out) = jax.grad(window_loss, has_aux=True)(theta_pp)

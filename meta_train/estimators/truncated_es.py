@@ -16,7 +16,7 @@ import jax.numpy as jnp
 from meta_train import tree as tree_lib
 from meta_train import workers
 from meta_train.estimators.base import OnlineES, es_estimate, start_workers
-from meta_train.workers import NoiseSchedule
+from meta_train.window import NoiseSchedule
 
 _SIGNS = (1.0, -1.0, 0.0)  # theta + eps, theta - eps, theta (the shared state's own branch)
 
@@ -29,7 +29,7 @@ class TruncatedES(OnlineES):
   """
 
   name = "tes"
-  schedule = NoiseSchedule(every_window=True)
+  schedule = NoiseSchedule(every_window=True, block=None, credit=None)
 
   @property
   def steps_per_estimate(self) -> int:
