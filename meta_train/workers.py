@@ -171,7 +171,8 @@ def run_window(system: UnrolledSystem, theta: PyTree, ws: WorkerState, key: jax.
 
 
 def tbptt_window(system: UnrolledSystem, theta_per_pair: PyTree, ws: WorkerState,
-                 key: jax.Array, num_steps: int, *, mesh: Mesh | None = None) -> tuple[WorkerState, WindowOut]:
+                 key: jax.Array, num_steps: int, *,
+                 mesh: Mesh | None = None) -> tuple[WorkerState, WindowOut]:
   """A window without noise in which pair ``i`` runs its own copy ``theta_per_pair[i]`` (leaves
   ``[P, ...]``; ``ws.states`` leaves ``[P, 1, ...]``): truncated backprop differentiates each
   trajectory's window loss with respect to its copy. Otherwise as :func:`run_window`."""

@@ -48,6 +48,26 @@ def sum_leading(x: jax.Array) -> jax.Array:
   return total.reshape(x.shape[1:])
 
 
+def sum_leading_tree(tree: PyTree) -> PyTree:
+  """Every leaf summed over its leading axis (``[P, ...] -> [...]``), each in its own dtype
+  (integers are summed as float32, exact below 2**24).
+
+  One product for all leaves: the leaves as rows ``[n, P]``, stacked on the major axis into one
+  table, times a ones vector. A reduction per leaf costs several kernels, and a table stacked on
+  the minor axis is built element by element.
+  """
+  leaves, treedef = jax.tree.flatten(tree)
+  num = leaves[0].shape[0]
+  rows = [jnp.reshape(x, (num, -1)).astype(jnp.float32).T for x in leaves]
+  table = jnp.concatenate(rows, axis=0)  # [R, P]
+  totals = jnp.matmul(table, jnp.ones((num,), jnp.float32), precision=jax.lax.Precision.HIGHEST)
+  out, offset = [], 0
+  for x, r in zip(leaves, rows):
+    out.append(totals[offset:offset + r.shape[0]].reshape(x.shape[1:]).astype(x.dtype))
+    offset += r.shape[0]
+  return jax.tree.unflatten(treedef, out)
+
+
 def select_rows(index: jax.Array, rows: PyTree) -> PyTree:
   """Row ``index[i]`` of ``rows`` for each ``i``: leaves ``[P, E, ...] -> [P, ...]``.
 

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import optax
 
 from meta_train import tree as tree_lib
+from meta_train import xla_cpu
 
 PyTree = Any
 
@@ -49,23 +50,8 @@ def credited_sums(dl: jax.Array, credits: list[PyTree]) -> PyTree:
 
 def sum_pairs(tree: PyTree) -> PyTree:
   """Sums over the leading pairs axis of every leaf: leaves ``[P, ...]`` -> ``[...]``, each in
-  its own dtype (integers are summed as float32, exact below 2**24).
-
-  All of them in one product: the leaves, as rows ``[n, P]`` stacked into one table, times a
-  vector of ones (``precision=HIGHEST``). On CPU, a separate reduction per leaf costs several
-  kernels, and stacking on the minor axis builds the table element by element; these sums close
-  every window.
-  """
-  leaves, treedef = jax.tree.flatten(tree)
-  num = leaves[0].shape[0]
-  rows = [jnp.reshape(x, (num, -1)).astype(jnp.float32).T for x in leaves]
-  table = jnp.concatenate(rows, axis=0)  # [R, P]
-  totals = jnp.matmul(table, jnp.ones((num,), jnp.float32), precision=jax.lax.Precision.HIGHEST)
-  out, offset = [], 0
-  for x, r in zip(leaves, rows):
-    out.append(totals[offset:offset + r.shape[0]].reshape(x.shape[1:]).astype(x.dtype))
-    offset += r.shape[0]
-  return jax.tree.unflatten(treedef, out)
+  its own dtype (one product for all leaves: :func:`meta_train.xla_cpu.sum_leading_tree`)."""
+  return xla_cpu.sum_leading_tree(tree)
 
 
 def antithetic_grad(gsum: PyTree, count: jax.Array, sigma: float) -> PyTree:
