@@ -76,34 +76,38 @@ import time
 import types
 import warnings
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-warnings.filterwarnings("ignore", category=FutureWarning)  # jax.tree_* deprecations in the library
-warnings.filterwarnings("ignore", category=DeprecationWarning)
+import jax
+import jax.numpy as jnp
+import numpy as np
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-
-# learned_optimization 0.0.1 uses names that later jax releases removed.
-for _name, _alias in (("tree_multimap", jax.tree_util.tree_map), ("tree_map", jax.tree_util.tree_map),
+def _import_library() -> None:
+  """Imports learned_optimization (at run time: importing this module needs only jax), after
+  aliasing the jax names its 0.0.1 release uses and later jax releases removed."""
+  global training, mlp_lopt, gradient_learner, truncated_pes, truncation_schedule
+  global tasks_base, datasets_base, image_mlp
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+  warnings.filterwarnings("ignore", category=FutureWarning)  # its jax.tree_* calls
+  warnings.filterwarnings("ignore", category=DeprecationWarning)
+  for name, alias in (("tree_multimap", jax.tree_util.tree_map),
+                      ("tree_map", jax.tree_util.tree_map),
                       ("tree_leaves", jax.tree_util.tree_leaves),
                       ("tree_flatten", jax.tree_util.tree_flatten),
                       ("tree_unflatten", jax.tree_util.tree_unflatten)):
-  if not hasattr(jax, _name):
-    setattr(jax, _name, _alias)
-if not hasattr(jax, "ShapedArray"):  # only describes the data's shape in TruncatedPES.__init__
-  jax.ShapedArray = jax.ShapeDtypeStruct
-if not hasattr(jax.lib, "xla_client"):  # only a type annotation in gradient_learner
-  jax.lib.xla_client = types.SimpleNamespace(Device=object)
+    if not hasattr(jax, name):
+      setattr(jax, name, alias)
+  if not hasattr(jax, "ShapedArray"):  # only describes the data's shape in TruncatedPES.__init__
+    jax.ShapedArray = jax.ShapeDtypeStruct
+  if not hasattr(jax.lib, "xla_client"):  # only a type annotation in gradient_learner
+    jax.lib.xla_client = types.SimpleNamespace(Device=object)
+  from learned_optimization import training
+  from learned_optimization.learned_optimizers import mlp_lopt
+  from learned_optimization.outer_trainers import gradient_learner
+  from learned_optimization.outer_trainers import truncated_pes
+  from learned_optimization.outer_trainers import truncation_schedule
+  from learned_optimization.tasks import base as tasks_base
+  from learned_optimization.tasks.datasets import base as datasets_base
+  from learned_optimization.tasks.fixed import image_mlp
 
-from learned_optimization import training  # noqa: E402
-from learned_optimization.learned_optimizers import mlp_lopt  # noqa: E402
-from learned_optimization.outer_trainers import gradient_learner  # noqa: E402
-from learned_optimization.outer_trainers import truncated_pes  # noqa: E402
-from learned_optimization.outer_trainers import truncation_schedule  # noqa: E402
-from learned_optimization.tasks import base as tasks_base  # noqa: E402
-from learned_optimization.tasks.datasets import base as datasets_base  # noqa: E402
-from learned_optimization.tasks.fixed import image_mlp  # noqa: E402
 
 FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
 # config: (image size, hidden sizes, particles (= 2 num_tasks), W, horizon T)
@@ -149,7 +153,8 @@ def batch_iterator(images: np.ndarray, labels: np.ndarray, batch_size: int, seed
     yield {"image": images[idx], "label": labels[idx]}
 
 
-def make_datasets(image_size: int, batch_size: int = 128) -> datasets_base.Datasets:
+def make_datasets(image_size: int, batch_size: int = 128):
+  """learned_optimization ``Datasets`` of in-memory batch iterators over the four splits."""
   splits = load_fashion_mnist(image_size)
   its = {name: batch_iterator(x, y, batch_size, seed)
          for seed, (name, (x, y)) in enumerate(splits.items())}
@@ -167,6 +172,7 @@ def main(argv=None):
   parser.add_argument("--steps", type=int, default=10, help="timed outer steps")
   parser.add_argument("--stack-antithetic", action=argparse.BooleanOptionalAction, default=True)
   args = parser.parse_args(argv)
+  _import_library()
   image_size, hidden, N, W, T = CONFIGS[args.config]
   N = args.num_particles or N
   if N % 2:

@@ -211,3 +211,32 @@ def test_every_level_gives_the_recorded_bits(isa):
   if platform.machine() != "x86_64" or _RECORDED_COMPILER not in version.split("\n")[0]:
     pytest.skip("the recorded bits are from GCC 12.2 on x86-64")
   assert _digests() == _RECORDED_DIGESTS[isa]
+
+
+@pytest.mark.parametrize("own_weights", [True, False])
+def test_plain_path_runs_particles_with_their_own_weights_as_a_loop(monkeypatch, own_weights):
+  """With the kernel off (the path GPUs and TPUs run), a vmap over particles that each have their
+  own weights runs on CPU as a loop of unbatched calls (XLA:CPU runs batched matmuls of these
+  thin shapes several times slower), and shared weights as one batch. Values and gradients are
+  the reference's either way."""
+  monkeypatch.setenv("LOPT_META_KERNELS", "0")
+  assert not kernels.available()
+  args = _lopt_args(jax.random.key(4), (4,))
+  if not own_weights:
+    args = args[:4] + [a[0] for a in args[4:]]
+  in_axes = (0,) * 4 + (0 if own_weights else None,) * 6
+  kw = {"offsets": OFFSETS, "exp_mult": 0.1, "step_mult": 0.1}
+  plain = jax.jit(jax.vmap(lambda *a: kernels.mlp_lopt_update(*a, **kw), in_axes=in_axes))
+  reference = jax.vmap(lambda *a: kernels.mlp_lopt_update_reference(*a, **kw), in_axes=in_axes)
+  (step, m_new), (step_ref, m_ref) = plain(*args), reference(*args)
+  _close(step, step_ref)
+  np.testing.assert_array_equal(m_new, m_ref)
+  assert ("stablehlo.while" in plain.lower(*args).as_text()) == own_weights
+
+  def loss(fn, w2):
+    a = list(args)
+    a[6] = w2
+    return jnp.sum(jax.vmap(lambda *x: fn(*x, **kw)[0], in_axes=in_axes)(*a) ** 2)
+  got = jax.grad(lambda w: loss(kernels.mlp_lopt_update, w))(args[6])
+  want = jax.grad(lambda w: loss(kernels.mlp_lopt_update_reference, w))(args[6])
+  _close(got, want, rtol=1e-5)

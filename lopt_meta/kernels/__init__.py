@@ -130,25 +130,89 @@ def _kernel_library() -> ctypes.CDLL:
 
 def per_parameter_mlp_reference(x, c, w1, w2, b2, w3, b3, *, exp_mult: float, step_mult: float):
   """The arithmetic of :func:`per_parameter_mlp` in plain JAX (any platform, differentiable)."""
-  h = jax.nn.relu(jnp.matmul(x, w1) + c[..., None, :])
-  h = jax.nn.relu(jnp.matmul(h, w2) + b2[..., None, :])
-  d = jnp.sum(h * w3[..., None, :, 0], axis=-1) + b3[..., None, 0]
-  m = jnp.sum(h * w3[..., None, :, 1], axis=-1) + b3[..., None, 1]
-  return d * jnp.exp(m * exp_mult) * step_mult
+  return _mlp_on_columns(jnp.swapaxes(x, -1, -2), c, w1, w2, b2, w3, b3, exp_mult=exp_mult,
+                         step_mult=step_mult)
+
+
+def _mlp_on_columns(x, c, w1, w2, b2, w3, b3, *, exp_mult: float, step_mult: float):
+  """The per-parameter MLP on features laid out one row per feature, ``x: [..., F, R]``
+  (``R`` parameters on the minor axis): ``[..., R]`` steps. Each layer is one matmul
+  ``W^T [H, F] @ x [F, R]``; the outputs' rows are the directions and magnitudes."""
+  t = lambda w: jnp.swapaxes(w, -1, -2)
+  h = jax.nn.relu(jnp.matmul(t(w1), x) + c[..., :, None])
+  h = jax.nn.relu(jnp.matmul(t(w2), h) + b2[..., :, None])
+  out = jnp.matmul(t(w3), h) + b3[..., :, None]  # [..., 2, R]
+  return out[..., 0, :] * jnp.exp(out[..., 1, :] * exp_mult) * step_mult
 
 
 def mlp_lopt_update_reference(g, p, m, decays, c, w1, w2, b2, w3, b3, *, offsets,
                               exp_mult: float, step_mult: float):
   """:func:`mlp_lopt_update` in plain JAX (any platform, differentiable)."""
   m_new = decays[..., :, None] * m + (1.0 - decays[..., :, None]) * g[..., None, :]  # [..., K, R]
-  x = jnp.concatenate([g[..., None], p[..., None], jnp.swapaxes(m_new, -1, -2)], axis=-1)
-  sizes = np.diff(np.asarray(offsets))
-  scale = jnp.stack([jax.lax.rsqrt(1e-5 + jnp.mean(jnp.square(x[..., o:o + n, :]), axis=-2))
-                     for o, n in zip(offsets[:-1], sizes)], axis=-2)  # [..., S, K + 2]
-  x = x * jnp.repeat(scale, sizes, axis=-2, total_repeat_length=int(offsets[-1]))
-  step = per_parameter_mlp_reference(x, c, w1, w2, b2, w3, b3, exp_mult=exp_mult,
-                                     step_mult=step_mult)
+  x = jnp.concatenate([g[..., None, :], p[..., None, :], m_new], axis=-2)  # [..., K + 2, R]
+  tensors = [x[..., o:e] for o, e in zip(offsets[:-1], offsets[1:])]
+  x = jnp.concatenate([v * jax.lax.rsqrt(1e-5 + jnp.mean(jnp.square(v), axis=-1, keepdims=True))
+                       for v in tensors], axis=-1)
+  step = _mlp_on_columns(x, c, w1, w2, b2, w3, b3, exp_mult=exp_mult, step_mult=step_mult)
   return step, m_new
+
+
+def _loop_on_cpu(fn, num_weights: int):
+  """``fn(*arrays)``, whose batching (``jax.vmap``) runs a loop of unbatched calls on CPU when
+  any of the last ``num_weights`` arguments (the network's weights) is batched.
+
+  Particles have their own weights, so a vmapped MLP multiplies each particle's features by its
+  own weights: a batched matmul, which XLA:CPU runs several times slower for these thin shapes
+  than a loop of plain ones (see ``benchmarks/README.md``). With shared weights, and on other
+  platforms, the batch runs as ``jax.vmap`` would run it.
+  """
+  @jax.custom_batching.custom_vmap
+  def f(*arrays):
+    return fn(*arrays)
+
+  @f.def_vmap
+  def rule(axis_size, in_batched, *arrays):
+    del axis_size
+    out = jax.eval_shape(fn, *[x[0] if b else x for x, b in zip(arrays, in_batched)])
+    out_batched = jax.tree.map(lambda _: True, out)
+    batched = [i for i, b in enumerate(in_batched) if b]
+
+    def looped(*batch):
+      def one(members):
+        args = list(arrays)
+        for i, x in zip(batched, members):
+          args[i] = x
+        return f(*args)
+      return jax.lax.map(one, batch)
+
+    def vectorized(*batch):
+      args = list(arrays)
+      for i, x in zip(batched, batch):
+        args[i] = x
+      return fn(*args)
+
+    batch = [arrays[i] for i in batched]
+    if not any(in_batched[-num_weights:]):
+      return vectorized(*batch), out_batched
+    return jax.lax.platform_dependent(*batch, cpu=looped, default=vectorized), out_batched
+
+  return f
+
+
+def _plain_op(reference, num_arrays: int, num_weights: int, static: tuple[str, ...]):
+  """``op(*arrays, **static)``: ``reference`` in plain JAX, batched by :func:`_loop_on_cpu`;
+  derivatives from ``reference`` itself (``jax.custom_jvp``)."""
+  @functools.partial(jax.custom_jvp, nondiff_argnums=tuple(range(num_arrays, num_arrays + len(static))))
+  def op(*args):
+    arrays, values = args[:num_arrays], dict(zip(static, args[num_arrays:]))
+    return _loop_on_cpu(functools.partial(reference, **values), num_weights)(*arrays)
+
+  @op.defjvp
+  def op_jvp(*args):
+    values, (primals, tangents) = dict(zip(static, args[:len(static)])), args[len(static):]
+    return jax.jvp(functools.partial(reference, **values), primals, tangents)
+
+  return op
 
 
 def _fused_op(target: str, reference, num_arrays: int, static: tuple[str, ...]):
@@ -179,6 +243,8 @@ def _fused_op(target: str, reference, num_arrays: int, static: tuple[str, ...]):
 _DENSE, _LOPT = "lopt_per_parameter_mlp", "lopt_mlp_lopt_update"
 _dense = _fused_op(_DENSE, per_parameter_mlp_reference, 7, ("exp_mult", "step_mult"))
 _lopt = _fused_op(_LOPT, mlp_lopt_update_reference, 10, ("offsets", "exp_mult", "step_mult"))
+_plain_dense = _plain_op(per_parameter_mlp_reference, 7, 6, ("exp_mult", "step_mult"))
+_plain_lopt = _plain_op(mlp_lopt_update_reference, 10, 6, ("offsets", "exp_mult", "step_mult"))
 
 
 def _use_kernel(num_features, w2) -> bool:
@@ -206,7 +272,7 @@ def per_parameter_mlp(x, c, w1, w2, b2, w3, b3, *, exp_mult: float, step_mult: f
   x = jnp.asarray(x, jnp.float32)
   weights = _weights(x.shape[:-2], c, w1, w2, b2, w3, b3)
   if not _use_kernel(x.shape[-1], weights[2]):
-    return per_parameter_mlp_reference(x, *weights, exp_mult=exp_mult, step_mult=step_mult)
+    return _plain_dense(x, *weights, float(exp_mult), float(step_mult))
   return _dense(x, *weights, float(exp_mult), float(step_mult))
 
 
@@ -236,6 +302,5 @@ def mlp_lopt_update(g, p, m, decays, c, w1, w2, b2, w3, b3, *, offsets: tuple[in
   arrays += _weights(batch, c, w1, w2, b2, w3, b3)
   offsets = tuple(int(o) for o in offsets)
   if not _use_kernel(K + 2, arrays[6]):
-    return mlp_lopt_update_reference(*arrays, offsets=offsets, exp_mult=exp_mult,
-                                     step_mult=step_mult)
+    return _plain_lopt(*arrays, offsets, float(exp_mult), float(step_mult))
   return _lopt(*arrays, offsets, float(exp_mult), float(step_mult))
