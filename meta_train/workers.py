@@ -271,6 +271,8 @@ class _Setup(NamedTuple):
 
 
 def _setup(system, ws, pair_keys, *, num_steps, signs, schedule, end=None) -> _Setup:
+  """The window's plan and its fresh episode states (built once; the pairs that start an
+  episode take theirs)."""
   plan = plan_window(ws.t, None if system.horizon is None else ws.length, num_steps=num_steps,
                      schedule=schedule, end=end)
   fresh = jax.vmap(system.init)(pair_step_key(pair_keys, plan.start, RESET))
