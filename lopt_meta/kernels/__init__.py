@@ -177,35 +177,28 @@ def _loop_on_cpu(fn, num_weights: int):
     out_batched = jax.tree.map(lambda _: True, out)
     batched = [i for i, b in enumerate(in_batched) if b]
 
-    def looped(*batch):
-      def one(members):
-        args = list(arrays)
-        for i, x in zip(batched, members):
-          args[i] = x
-        return f(*args)
-      return jax.lax.map(one, batch)
-
-    def vectorized(*batch):
+    def call(g, batch):  # g(*arrays) with the batched arguments replaced by `batch`
       args = list(arrays)
       for i, x in zip(batched, batch):
         args[i] = x
-      return fn(*args)
+      return g(*args)
 
     batch = [arrays[i] for i in batched]
+    vectorized = lambda *batch: call(fn, batch)
     if not any(in_batched[-num_weights:]):
       return vectorized(*batch), out_batched
+    looped = lambda *batch: jax.lax.map(lambda members: call(f, members), batch)
     return jax.lax.platform_dependent(*batch, cpu=looped, default=vectorized), out_batched
 
   return f
 
 
-def _plain_op(reference, num_arrays: int, num_weights: int, static: tuple[str, ...]):
-  """``op(*arrays, **static)``: ``reference`` in plain JAX, batched by :func:`_loop_on_cpu`;
-  derivatives from ``reference`` itself (``jax.custom_jvp``)."""
+def _op(primal, reference, num_arrays: int, static: tuple[str, ...]):
+  """``op(*arrays, *static)``: ``primal(**static)(*arrays)``, with derivatives (and the primal
+  under differentiation) from ``reference`` (``jax.custom_jvp``)."""
   @functools.partial(jax.custom_jvp, nondiff_argnums=tuple(range(num_arrays, num_arrays + len(static))))
   def op(*args):
-    arrays, values = args[:num_arrays], dict(zip(static, args[num_arrays:]))
-    return _loop_on_cpu(functools.partial(reference, **values), num_weights)(*arrays)
+    return primal(**dict(zip(static, args[num_arrays:])))(*args[:num_arrays])
 
   @op.defjvp
   def op_jvp(*args):
@@ -215,29 +208,29 @@ def _plain_op(reference, num_arrays: int, num_weights: int, static: tuple[str, .
   return op
 
 
+def _plain_op(reference, num_arrays: int, num_weights: int, static: tuple[str, ...]):
+  """``reference`` in plain JAX, batched by :func:`_loop_on_cpu`."""
+  return _op(lambda **values: _loop_on_cpu(functools.partial(reference, **values), num_weights),
+             reference, num_arrays, static)
+
+
 def _fused_op(target: str, reference, num_arrays: int, static: tuple[str, ...]):
-  """``op(*arrays, **static)``: the FFI target on CPU, ``reference`` elsewhere; derivatives and
-  the primal under differentiation come from ``reference``."""
+  """The FFI target on CPU, ``reference`` elsewhere."""
   def kernel(*arrays, out_shape, **attrs):
     call = jax.ffi.ffi_call(target, out_shape, vmap_method="broadcast_all")
     ffi_attrs = {k: (np.asarray(v, np.int64) if isinstance(v, tuple) else np.float32(v))
                  for k, v in attrs.items()}
     return call(*arrays, **ffi_attrs)
 
-  @functools.partial(jax.custom_jvp, nondiff_argnums=tuple(range(num_arrays, num_arrays + len(static))))
-  def op(*args):
-    arrays, values = args[:num_arrays], dict(zip(static, args[num_arrays:]))
-    out_shape = jax.eval_shape(functools.partial(reference, **values), *arrays)
-    return jax.lax.platform_dependent(
-        *arrays, cpu=functools.partial(kernel, out_shape=out_shape, **values),
-        default=functools.partial(reference, **values))
+  def primal(**values):
+    def run(*arrays):
+      out_shape = jax.eval_shape(functools.partial(reference, **values), *arrays)
+      return jax.lax.platform_dependent(
+          *arrays, cpu=functools.partial(kernel, out_shape=out_shape, **values),
+          default=functools.partial(reference, **values))
+    return run
 
-  @op.defjvp
-  def op_jvp(*args):
-    values, (primals, tangents) = dict(zip(static, args[:len(static)])), args[len(static):]
-    return jax.jvp(functools.partial(reference, **values), primals, tangents)
-
-  return op
+  return _op(primal, reference, num_arrays, static)
 
 
 _DENSE, _LOPT = "lopt_per_parameter_mlp", "lopt_mlp_lopt_update"
