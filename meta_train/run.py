@@ -263,10 +263,7 @@ def _loop(config, run_dir, system, estimator, trainer, state, *, meta, resumed):
                               watchdog, start)
       total_unroll = burn_in
     else:
-      watchdog.last_checkpoint = int(state.step)
-      log.event("resume", step=int(state.step))
-      distributed.say(f"meta-train: resuming {run_dir} at outer step {int(state.step)} -> "
-                      f"{total}")
+      _say_resume(run_dir, state, total, log, watchdog)
     done = int(state.step)
     progress = Progress(total, done) if writer else Progress(total, done, stream=_DevNull(),
                                                              bar=False)
@@ -289,43 +286,23 @@ def _loop(config, run_dir, system, estimator, trainer, state, *, meta, resumed):
                                 window_s=now - window_time, time_s=elapsed0 + now - start,
                                 total_unroll=total_unroll, theta=state.theta)
         record["burn_in_steps"] = burn_in
-        first, pending, window_start = window_start + 1, [], done
-        if evaluating:
-          with watchdog.phase(f"evaluating theta at step {done}"):
-            record.update(evaluate(_local(state.theta)))
-          progress.note(done, _eval_line(done, record))
-        if writer and (record["nonfinite"] or record["skipped_updates"]):
-          progress.write(f"meta-train: steps {first}..{done}: masked "
-                         f"{record['nonfinite']} non-finite losses, skipped "
-                         f"{record['skipped_updates']} non-finite updates")
-        with watchdog.writing():
-          log.write(record)
-        progress.update(done, record)
+        _report(record, first=window_start + 1, done=done, theta=state.theta,
+                evaluate=evaluate if evaluating else None, watchdog=watchdog, progress=progress,
+                log=log, writer=writer)
+        pending, window_start = [], done
         window_time = time.perf_counter()  # evaluation time is not counted as training time
       if done % c_run.checkpoint_every == 0 or done == total or stopping:
-        with watchdog.phase(f"saving checkpoint {done}"), watchdog.writing():
-          checkpoints.save(done, state, {"step": done, "elapsed_s": elapsed0 + now - start,
-                                         "total_unroll_steps": total_unroll,
-                                         "burn_in_steps": burn_in,
-                                         "num_processes": jax.process_count(),
-                                         "config": config.to_dict()})
-        watchdog.last_checkpoint = done
-        distributed.set_hint(f"the last complete checkpoint is step {done}; continue with "
-                             f"'meta-train resume {run_dir}' on {jax.process_count()} processes")
+        _save(checkpoints, watchdog, run_dir, state, {
+            "step": done, "elapsed_s": elapsed0 + now - start, "total_unroll_steps": total_unroll,
+            "burn_in_steps": burn_in, "num_processes": jax.process_count(),
+            "config": config.to_dict()})
       if stopping:
         with watchdog.writing():
           log.event("interrupted", step=done, signal=int(stop["signal"]))
         raise Interrupted(EXIT_CODES[stop["signal"] or signal.SIGTERM], done)
     return state, run_dir
   finally:
-    with watchdog.phase("closing the run (logs, checkpoints)"):
-      if progress is not None:
-        progress.close()
-      checkpoints.close()
-      log.close()
-    watchdog.stop()
-    for signum, handler in previous.items():
-      signal.signal(signum, handler)
+    _close(progress, checkpoints, log, watchdog, previous)
 
 
 def _catch_signals(stop: dict[str, Any]) -> dict[int, Any]:
@@ -344,6 +321,52 @@ def _catch_signals(stop: dict[str, Any]) -> dict[int, Any]:
     except ValueError:  # not the main thread: no signal handling
       pass
   return previous
+
+
+def _report(record, *, first, done, theta, evaluate, watchdog, progress, log, writer) -> None:
+  """Evaluates ``theta`` into ``record`` (when ``evaluate`` is given), warns about masked steps,
+  and writes the record to the log and the progress bar."""
+  if evaluate is not None:
+    with watchdog.phase(f"evaluating theta at step {done}"):
+      record.update(evaluate(_local(theta)))
+    progress.note(done, _eval_line(done, record))
+  if writer and (record["nonfinite"] or record["skipped_updates"]):
+    progress.write(f"meta-train: steps {first}..{done}: masked "
+                   f"{record['nonfinite']} non-finite losses, skipped "
+                   f"{record['skipped_updates']} non-finite updates")
+  with watchdog.writing():
+    log.write(record)
+  progress.update(done, record)
+
+
+def _close(progress, checkpoints, log, watchdog, previous_handlers) -> None:
+  """Closes the progress bar, checkpoints and logs, stops the watchdog, restores the signals."""
+  with watchdog.phase("closing the run (logs, checkpoints)"):
+    if progress is not None:
+      progress.close()
+    checkpoints.close()
+    log.close()
+  watchdog.stop()
+  for signum, handler in previous_handlers.items():
+    signal.signal(signum, handler)
+
+
+def _say_resume(run_dir, state, total, log, watchdog) -> None:
+  """A resumed run: the watchdog's last checkpoint, the log's event and the console line."""
+  watchdog.last_checkpoint = int(state.step)
+  log.event("resume", step=int(state.step))
+  distributed.say(f"meta-train: resuming {run_dir} at outer step {int(state.step)} -> {total}")
+
+
+def _save(checkpoints, watchdog, run_dir, state, meta: dict) -> None:
+  """Saves checkpoint ``meta["step"]`` (every process takes part) and tells the watchdog and the
+  failure hint that it is complete."""
+  done = meta["step"]
+  with watchdog.phase(f"saving checkpoint {done}"), watchdog.writing():
+    checkpoints.save(done, state, meta)
+  watchdog.last_checkpoint = done
+  distributed.set_hint(f"the last complete checkpoint is step {done}; continue with "
+                       f"'meta-train resume {run_dir}' on {jax.process_count()} processes")
 
 
 def _run_chunk(trainer, state, done, n, watchdog, compiled):
