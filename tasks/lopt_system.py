@@ -52,22 +52,9 @@ class LoptState(NamedTuple):
   previous: jax.Array  # shape=(), dtype=float32: last evaluation (telescoping meta-loss)
 
 
-def learned_optimizer_system(task: InnerTask | Sequence[InnerTask], lopt: LearnedOptimizer, *,
-                             horizon: int = 1000, meta_loss: str = "train",
-                             truncation: str = "constant", min_horizon: int | None = None,
-                             theta0: Any = None) -> UnrolledSystem:
-  """The unrolled system whose theta is ``lopt``'s meta-parameters.
-
-  Args:
-    task: an inner task, or a family (sequence) of tasks whose parameters share one structure.
-    lopt: the learned optimizer.
-    horizon: ``T``, inner steps per episode (the longest, for ``log_uniform``).
-    meta_loss: one of :data:`META_LOSSES`.
-    truncation: one of :data:`TRUNCATIONS`.
-    min_horizon: shortest episode for ``log_uniform`` (default ``horizon // 10``).
-    theta0: initial meta-parameters (default ``lopt.init_theta(jax.random.key(0))``).
-  """
-  family = tuple(task) if isinstance(task, (list, tuple)) else (task,)
+def _check_system_options(family, *, horizon, meta_loss, truncation, min_horizon) -> int | None:
+  """One ConfigError naming the field for a bad option or task family; returns ``min_horizon``
+  with its default filled in."""
   if not family:
     raise ConfigError("task", "a task family needs at least one task")
   if meta_loss not in META_LOSSES:
@@ -88,22 +75,45 @@ def learned_optimizer_system(task: InnerTask | Sequence[InnerTask], lopt: Learne
   num_classes = {t.num_classes for t in family}
   if len(num_classes) > 1:
     raise ConfigError("task", "a task family needs tasks with the same number of classes")
+  return min_horizon
 
-  def switch(index, branches, *operands):
-    if len(branches) == 1:
-      return branches[0](*operands)
-    return jax.lax.switch(index, branches, *operands)
+
+def _switch(index, branches, *operands):
+  """``branches[index](*operands)``: ``lax.switch``, or the one branch of a single-task family."""
+  if len(branches) == 1:
+    return branches[0](*operands)
+  return jax.lax.switch(index, branches, *operands)
+
+
+def learned_optimizer_system(task: InnerTask | Sequence[InnerTask], lopt: LearnedOptimizer, *,
+                             horizon: int = 1000, meta_loss: str = "train",
+                             truncation: str = "constant", min_horizon: int | None = None,
+                             theta0: Any = None) -> UnrolledSystem:
+  """The unrolled system whose theta is ``lopt``'s meta-parameters.
+
+  Args:
+    task: an inner task, or a family (sequence) of tasks whose parameters share one structure.
+    lopt: the learned optimizer.
+    horizon: ``T``, inner steps per episode (the longest, for ``log_uniform``).
+    meta_loss: one of :data:`META_LOSSES`.
+    truncation: one of :data:`TRUNCATIONS`.
+    min_horizon: shortest episode for ``log_uniform`` (default ``horizon // 10``).
+    theta0: initial meta-parameters (default ``lopt.init_theta(jax.random.key(0))``).
+  """
+  family = tuple(task) if isinstance(task, (list, tuple)) else (task,)
+  min_horizon = _check_system_options(family, horizon=horizon, meta_loss=meta_loss,
+                                      truncation=truncation, min_horizon=min_horizon)
 
   def evaluate(index, params, key, data, split):
     """Normalized loss of ``params`` on a random batch of ``split`` of the episode's task."""
-    return switch(index, [lambda p, k, d, i=i, t=t: t.normalize(t.loss(p, t.eval_batch(d[i], split, k)))
+    return _switch(index, [lambda p, k, d, i=i, t=t: t.normalize(t.loss(p, t.eval_batch(d[i], split, k)))
                           for i, t in enumerate(family)], params, key, data)
 
   def init(key, data):
     k_index, k_len, k_params, k_state, k_eval = jax.random.split(as_typed_key(key), 5)
     index = jax.random.randint(k_index, (), 0, len(family))
-    params = switch(index, [lambda k, t=t: t.init_params(k) for t in family], k_params)
-    task_state = switch(index, [lambda k, t=t: t.init_state(k) for t in family], k_state)
+    params = _switch(index, [lambda k, t=t: t.init_params(k) for t in family], k_params)
+    task_state = _switch(index, [lambda k, t=t: t.init_state(k) for t in family], k_state)
     if truncation == "log_uniform":
       u = jax.random.uniform(k_len)
       length = jnp.exp(math.log(min_horizon) + u * (math.log(horizon) - math.log(min_horizon)))
@@ -127,7 +137,7 @@ def learned_optimizer_system(task: InnerTask | Sequence[InnerTask], lopt: Learne
           loss, grads = jax.value_and_grad(t.loss)(params, batch)
           return loss, grads, t.update_state(task_state, loss)
         return run
-      return switch(state.task_index, [branch(i, t) for i, t in enumerate(family)], params,
+      return _switch(state.task_index, [branch(i, t) for i, t in enumerate(family)], params,
                     task_state, k)
 
     loss, grads, task_state = train(state.params, state.task_state, k_batch)
@@ -135,7 +145,7 @@ def learned_optimizer_system(task: InnerTask | Sequence[InnerTask], lopt: Learne
     params = optax.apply_updates(state.params, updates)
     previous = state.previous
     if meta_loss == "train":
-      meta = switch(state.task_index, [lambda l, t=t: t.normalize(l) for t in family], loss)
+      meta = _switch(state.task_index, [lambda l, t=t: t.normalize(l) for t in family], loss)
     elif meta_loss == "outer_valid":
       meta = evaluate(state.task_index, params, k_eval, data, "outer_valid")
     else:
