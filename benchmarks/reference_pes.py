@@ -163,6 +163,23 @@ def make_datasets(image_size: int, batch_size: int = 128):
   return datasets_base.Datasets(**its, extra_info={"num_classes": 10}, abstract_batch=abstract)
 
 
+def _print_summary(r: dict, hidden) -> None:
+  """The human-readable table of one run's ``record`` (the JSON line follows it)."""
+  size, tasks = r["image_size"], r["num_tasks"]
+  print(f"learned_optimization TruncatedPES + MLPLOpt on FashionMNIST {size}x{size} "
+        f"MLP {size * size}->{'->'.join(map(str, hidden))}->10")
+  print(f"  particles      {2 * tasks:10d}  ({tasks} num_tasks x 2 antithetic; stacked: "
+        f"{r['stack_antithetic_samples']})")
+  print(f"  W / T          {r['unroll_length']:10d}  / {r['horizon']}")
+  print(f"  throughput     {r['traj_steps_per_s']:10.0f} trajectory-steps/s  "
+        f"({r['outer_step_s'] * 1e3:.1f} ms per outer step, median of {r['timed_steps']}; "
+        f"best {r['traj_steps_per_s_best']:.0f})")
+  print(f"  host batching  {r['host_batching_s'] * 1e3:10.1f} ms per outer step  ->  "
+        f"{r['traj_steps_per_s_without_host_batching']:.0f} trajectory-steps/s without it")
+  print(f"  compile        {r['compile_s']:10.1f} s (first outer step)")
+  print(f"  theta          {r['theta_size']:10d} meta-parameters; mean loss {r['mean_loss']:.4f}")
+
+
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--config", choices=sorted(CONFIGS), default="fmnist28")
@@ -237,17 +254,7 @@ def main(argv=None):
       "jax": jax.__version__, "python": platform.python_version(),
       "device": str(jax.devices()[0]),
   }
-  print(f"learned_optimization TruncatedPES + MLPLOpt on FashionMNIST {image_size}x{image_size} "
-        f"MLP {image_size * image_size}->{'->'.join(map(str, hidden))}->10")
-  print(f"  particles      {2 * num_tasks:10d}  ({num_tasks} num_tasks x 2 antithetic; stacked: "
-        f"{args.stack_antithetic})")
-  print(f"  W / T          {W:10d}  / {T}")
-  print(f"  throughput     {rate:10.0f} trajectory-steps/s  ({step_s * 1e3:.1f} ms per outer step, "
-        f"median of {args.steps}; best {traj / min(times):.0f})")
-  print(f"  host batching  {batch_s * 1e3:10.1f} ms per outer step  ->  "
-        f"{record['traj_steps_per_s_without_host_batching']:.0f} trajectory-steps/s without it")
-  print(f"  compile        {compile_s:10.1f} s (first outer step)")
-  print(f"  theta          {num_theta:10d} meta-parameters; mean loss {record['mean_loss']:.4f}")
+  _print_summary(record, hidden)
   print(json.dumps(record))
 
 
