@@ -15,7 +15,7 @@
   updates, ending with a in [9.5, 11.5] and r in [26, 27.5].
 
 Learning rates are for lopt-meta's normalization (mean over pairs and window steps; see
-``meta_train/estimators/maths.py``) and are printed with the results. Prints a table, then one
+``meta_train/maths.py``) and are printed with the results. Prints a table, then one
 JSON line.
 """
 

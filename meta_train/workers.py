@@ -34,7 +34,7 @@ A window, in four steps (:func:`run_window`):
 3. :func:`meta_train.window.rollout`: the scan over the steps, storing every step's losses;
 4. :func:`meta_train.window.window_sums`: per pair, valid steps, loss per branch and ``dl`` per
    segment (:class:`meta_train.window.WindowSums`), from which
-   :func:`meta_train.estimators.maths.credited_sums` forms ``sum_t dl_t * credit_t``.
+   :func:`meta_train.maths.credited_sums` forms ``sum_t dl_t * credit_t``.
 
 It runs in one of two forms (a ``lax.cond`` per window). When every event falls on the window's
 first step (the rule once pairs are step-unlocked on the window grid) they are applied before the
@@ -57,7 +57,7 @@ from meta_train import keys as keys_lib
 from meta_train import sharding
 from meta_train import tree as tree_lib
 from meta_train import xla_cpu
-from meta_train.estimators import maths
+from meta_train import maths
 from meta_train.keys import NOISE, RESET, STEP, pair_step_key  # noqa: F401  (re-exported)
 from meta_train.window import segments as segments_lib
 from meta_train.window.particles import Particles

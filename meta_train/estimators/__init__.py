@@ -6,7 +6,7 @@
 
 ``N`` counts particles (``N/2`` antithetic pairs). Every ES estimate is the mean over pairs and
 over the window's steps of ``(L+_t - L-_t) * credit / (2 sigma^2)``: it targets the gradient of the
-mean per-step loss (see :mod:`meta_train.estimators.maths` for the convention and conversions).
+mean per-step loss (see :mod:`meta_train.maths` for the convention and conversions).
 """
 
 from __future__ import annotations

@@ -35,7 +35,7 @@ import jax.numpy as jnp
 from lopt_meta.errors import ConfigError, check_positive_int
 from lopt_meta.prng import as_typed_key
 from meta_train import sharding, workers
-from meta_train.estimators import maths
+from meta_train import maths
 from meta_train.window import NoiseSchedule
 from meta_train.workers import WorkerState
 from tasks.base import UnrolledSystem

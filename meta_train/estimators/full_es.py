@@ -19,7 +19,7 @@ from lopt_meta.errors import ConfigError
 from meta_train import keys as keys_lib
 from meta_train import sharding
 from meta_train.window import sample_noise
-from meta_train.estimators import maths
+from meta_train import maths
 from meta_train.estimators.base import (Estimator, check_num_particles, check_sigma, check_system,
                                         make_metrics)
 

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 from lopt_meta.errors import ConfigError
 from meta_train import sharding, workers
 from meta_train import tree as tree_lib
-from meta_train.estimators import maths
+from meta_train import maths
 from meta_train.estimators.base import (Estimator, check_num_particles, check_system,
                                         check_unroll_length, make_metrics, start_workers)
 

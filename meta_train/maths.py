@@ -1,5 +1,8 @@
 """The estimators' arithmetic as standalone functions.
 
+A leaf of the engine: it imports only :mod:`meta_train.tree` and :mod:`meta_train.xla_cpu`,
+so the workers (below the estimators) and the estimators both use it without an import cycle.
+
 Normalization convention (one for every ES estimator in lopt-meta, DESIGN §2):
 
     g = 1 / (2 sigma^2 * C) * sum_{i in pairs} sum_{t in window} (L+_{i,t} - L-_{i,t}) * c_{i,t}
