@@ -54,7 +54,8 @@ class Locomotion:
     xml_path: the model file gymnasium loads.
     frame_skip: physics steps per environment step.
     timestep: the model's physics timestep; ``dt = timestep * frame_skip``.
-    forward_reward_weight, ctrl_cost_weight: reward ``w_f * x_velocity - w_c * |a|^2 (+ healthy)``.
+    forward_reward_weight, ctrl_cost_weight: reward ``w_f * x_velocity (+ healthy) - w_c * |a|^2``
+      (``a`` the raw action).
     reset_noise_scale: the reset noise ``s``: ``qpos0 + U(-s, s)``; ``qvel0 + U(-s, s)`` or, for
       HalfCheetah, ``qvel0 + s * N(0, 1)``.
     qvel_noise: ``"uniform"`` or ``"normal"`` (HalfCheetah), the distribution of the velocity noise.
@@ -114,14 +115,15 @@ class Locomotion:
     return ok
 
   def reward(self, x_before, x_after, action, healthy, xp) -> Any:
-    """``[...]``: ``w_f (x_after - x_before) / dt - w_c sum(a^2) + healthy_reward * healthy``
-    (``x`` is ``qpos[0]``, the forward position)."""
+    """``[...]``: ``(w_f (x_after - x_before) / dt + healthy_reward * healthy) - w_c sum(a^2)``,
+    in gymnasium's order of operations (``x`` is ``qpos[0]``, the forward position). ``action``
+    is the raw action, as gymnasium's ``env.step`` received it: the control cost is charged on
+    it even where it lies outside the control range (which MuJoCo clamps it to for the physics)."""
     x_velocity = (x_after - x_before) / self.dt
-    reward = self.forward_reward_weight * x_velocity - self.ctrl_cost_weight * xp.sum(
-        action * action, axis=-1)
+    reward = self.forward_reward_weight * x_velocity
     if self.healthy_reward:
       reward = reward + self.healthy_reward * healthy
-    return reward
+    return reward - self.ctrl_cost_weight * xp.sum(action * action, axis=-1)
 
   def terminated(self, healthy, xp) -> Any:
     """``[...]`` bool: the episode ends after this step."""

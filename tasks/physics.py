@@ -18,6 +18,11 @@ offer two pure, traceable functions on one simulation; ``vmap`` them over partic
 * ``"mjx"`` (:class:`MjxPhysics`, for GPU/TPU): the same row as ``float32[nstate]``, stepped by
   ``mujoco.mjx`` inside the compiled program. It reads and writes the row's time, qpos, qvel,
   act, warm start and ctrl (the other components, zero for these tasks, are carried unchanged).
+
+``step`` takes the raw action, as gymnasium's ``env.step``: it is written to ``ctrl`` unclipped
+(the row keeps it so), both engines clamp the controls of the ``ctrllimited`` actuators to
+``ctrl_range`` inside each physics step (MJX too, in its ``fwd_actuation``), and the reward
+charges the control cost on the raw action.
 """
 
 from __future__ import annotations
@@ -127,7 +132,8 @@ class MujocoPhysics(_Common):
 
   def host_step(self, words: np.ndarray, action: np.ndarray):
     """``uint32[..., nstate, 2]``, ``float32[..., nu]`` -> the new rows (same form) and the
-    ``float32[..., obs]`` observation, ``float32[...]`` reward, ``bool[...]`` termination."""
+    ``float32[..., obs]`` observation, ``float32[...]`` reward, ``bool[...]`` termination. The
+    raw action goes to ``ctrl`` in float64 (``mj_step`` clamps it) and into the control cost."""
     lead = words.shape[:-2]
     rows = _from_words(words).reshape(-1, self.layout.nstate)
     action = np.asarray(action, np.float64).reshape(-1, self.nu)
@@ -204,6 +210,7 @@ class MjxPhysics(_Common):
     return row, self.spec.observation(qpos, qvel, jnp)
 
   def step(self, row: jax.Array, action: jax.Array) -> PhysicsStep:
+    """One environment step under the raw ``action`` (``mjx.step`` clamps ``ctrl`` itself)."""
     data = self._data(row).replace(ctrl=action.astype(jnp.float32))
     data = jax.lax.fori_loop(0, self.spec.frame_skip,
                              lambda _, d: self.mjx.step(self.mjx_model, d), data)

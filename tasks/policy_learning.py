@@ -3,19 +3,23 @@
 theta is a policy's parameter pytree; the inner state is one environment: its MuJoCo
 ``mjSTATE_INTEGRATION`` row (see :mod:`tasks.physics`), the current observation, whether the
 episode has terminated and, optionally, running observation statistics. One step is one
-environment step of gymnasium's ``*-v5`` task (``frame_skip`` physics steps) under the action
-``clip(policy(theta, obs), ctrl_range)``; its loss is ``-reward``, so the objective
-``(1/T) sum_t L_t`` is minus the episode return over ``T``::
+environment step of gymnasium's ``*-v5`` task (``frame_skip`` physics steps) under the raw
+action ``policy(theta, obs)``, exactly as gymnasium's ``env.step(action)``: the action goes to
+the physics unclipped (MuJoCo clamps the controls of its ``ctrllimited`` actuators to their
+range inside the step) and the control cost ``ctrl_cost_weight * sum(action**2)`` is charged on
+the raw action, so actions outside the control range cost more without moving the body more.
+Its loss is ``-reward``, so the objective ``(1/T) sum_t L_t`` is minus the episode return over
+``T``::
 
     system = tasks.get("swimmer")                  # linear policy from zero, T = 1000
     system = tasks.gym_mujoco("Hopper-v5", policy="mlp", backend="mjx")
 
-The key of ``init`` draws gymnasium's reset noise (both particles of a pair share it); ``step``
-uses no randomness. **Termination** (Hopper, Walker2d): the step that ends an episode counts its
-reward; afterwards the particle's state stays frozen and its loss is exactly 0 until the
-horizon, so every episode is still ``T`` steps of a fixed function of theta and the estimators'
-bookkeeping (and unbiasedness) is unchanged; the two particles of a pair may terminate at
-different steps. Frozen steps are still counted as trajectory steps.
+The key of ``init`` draws gymnasium's reset noise (:func:`reset_noise`; both particles of a pair
+share it); ``step`` uses no randomness. **Termination** (Hopper, Walker2d): the step that ends an
+episode counts its reward; afterwards the particle's state stays frozen and its loss is exactly 0
+until the horizon, so every episode is still ``T`` steps of a fixed function of theta and the
+estimators' bookkeeping (and unbiasedness) is unchanged; the two particles of a pair may
+terminate at different steps. Frozen steps are still counted as trajectory steps.
 """
 
 from __future__ import annotations
@@ -92,6 +96,19 @@ def _normalize(stats: dict[str, jax.Array], obs: jax.Array) -> jax.Array:
   return (obs - stats["mean"]) / jnp.sqrt(var + NORM_EPS)
 
 
+def reset_noise(spec: Locomotion, nq: int, nv: int,
+                key: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """gymnasium's reset noise, drawn from ``key``: ``float32[nq]`` ``U(-s, s)`` for ``qpos`` and
+  ``float32[nv]`` for ``qvel``: ``s N(0, 1)`` (HalfCheetah) or ``U(-s, s)``; ``s`` is
+  ``spec.reset_noise_scale``. The physics adds them (in float64) to ``qpos0`` and zero."""
+  scale = spec.reset_noise_scale
+  k_pos, k_vel = jax.random.split(as_typed_key(key))
+  qpos_noise = jax.random.uniform(k_pos, (nq,), minval=-scale, maxval=scale)
+  if spec.qvel_noise == "normal":
+    return qpos_noise, scale * jax.random.normal(k_vel, (nv,))
+  return qpos_noise, jax.random.uniform(k_vel, (nv,), minval=-scale, maxval=scale)
+
+
 def policy_system(spec: Locomotion, *, policy: str = "linear", hidden: int = 30,
                   init_scale: float = 0.0, backend: str = "mujoco", horizon: int = 1000,
                   obs_norm: bool = False, policy_seed: int = 0,
@@ -118,18 +135,10 @@ def policy_system(spec: Locomotion, *, policy: str = "linear", hidden: int = 30,
   policy_module(policy, 1, hidden=hidden, init_scale=init_scale)  # checks before the model loads
   physics = physics_lib.make(backend, spec)
   module = policy_module(policy, physics.nu, hidden=hidden, init_scale=init_scale)
-  low, high = jnp.asarray(physics.ctrl_range[:, 0]), jnp.asarray(physics.ctrl_range[:, 1])
   theta0 = module.init(jax.random.key(policy_seed), jnp.zeros((physics.obs_dim,)))["params"]
-  scale = spec.reset_noise_scale
 
   def init(key):
-    k_pos, k_vel = jax.random.split(as_typed_key(key))
-    qpos_noise = jax.random.uniform(k_pos, (physics.nq,), minval=-scale, maxval=scale)
-    if spec.qvel_noise == "normal":
-      qvel_noise = scale * jax.random.normal(k_vel, (physics.nv,))
-    else:
-      qvel_noise = jax.random.uniform(k_vel, (physics.nv,), minval=-scale, maxval=scale)
-    row, obs = physics.reset(qpos_noise, qvel_noise)
+    row, obs = physics.reset(*reset_noise(spec, physics.nq, physics.nv, key))
     state = {"physics": row, "obs": obs, "done": jnp.zeros((), bool)}
     if obs_norm:
       zeros = jnp.zeros((physics.obs_dim,))
@@ -143,7 +152,7 @@ def policy_system(spec: Locomotion, *, policy: str = "linear", hidden: int = 30,
     if obs_norm:
       new["norm"] = _normalizer_update(state["norm"], obs)
       obs = _normalize(new["norm"], obs)
-    action = jnp.clip(module.apply({"params": theta}, obs), low, high)
+    action = module.apply({"params": theta}, obs)  # raw, as gymnasium's env.step takes it
     out = physics.step(state["physics"], action)
     done = state["done"]
     new.update(physics=jnp.where(done, state["physics"], out.row),

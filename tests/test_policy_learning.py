@@ -18,7 +18,7 @@ from meta_train import cli
 from meta_train import run as run_lib
 from meta_train.estimators import NRES, TBPTT, FullES
 from meta_train.logs import read_metrics
-from tasks import locomotion, physics
+from tasks import locomotion, physics, policy_learning
 from tests import systems
 
 mujoco = pytest.importorskip("mujoco")
@@ -57,6 +57,78 @@ def test_steps_equal_gymnasiums_bit_for_bit(gym_id):
     if gym_terminated:
       break
     row = out.row
+
+
+class _ReplayNoise:
+  """Stands in for an environment's ``np_random``: its draws return the given arrays, in order."""
+
+  def __init__(self, *draws):
+    self.draws = list(draws)
+
+  def uniform(self, low, high, size):
+    del low, high
+    return self._next(size)
+
+  def standard_normal(self, size):
+    return self._next(size)
+
+  def _next(self, size):
+    draw = self.draws.pop(0)
+    assert draw.shape == (size,)
+    return draw.copy()
+
+
+def _gym_reset_with(env, spec, key, nq, nv):
+  """gymnasium's own ``env.reset`` path (``reset_model``), drawing the noise the system's
+  ``init(key)`` draws; returns gymnasium's observation."""
+  qpos_noise, qvel_noise = (np.asarray(n, np.float64)
+                            for n in policy_learning.reset_noise(spec, nq, nv, key))
+  if spec.qvel_noise == "normal":  # gymnasium scales a standard normal draw
+    qvel_noise = qvel_noise / spec.reset_noise_scale
+  env.reset(seed=0)
+  env.np_random = _ReplayNoise(qpos_noise, qvel_noise)
+  gym_obs, _ = env.reset()
+  return gym_obs
+
+
+@pytest.mark.parametrize("gym_id", ["Swimmer-v5", "HalfCheetah-v5", "Hopper-v5", "Walker2d-v5"])
+def test_system_steps_equal_gymnasiums_under_raw_actions(gym_id):
+  """The system's own ``init`` and ``step`` (through a linear policy whose actions lie far
+  outside the control range [-1, 1]) against gymnasium's ``reset`` with the same noise and
+  ``env.step(raw_action)``: the action reaches the physics unclipped (MuJoCo clamps the controls
+  itself) and the control cost is charged on it, so the integration state (ctrl included),
+  observation, reward and termination are equal bit for bit."""
+  spec, env = locomotion.from_gymnasium(gym_id)
+  engine = physics.make("mujoco", spec)
+  system = tasks.gym_mujoco(gym_id, horizon=40)
+  key = jax.random.key(3)
+  state = system.init(key)  # eager, as the noise _gym_reset_with draws
+  gym_obs = _gym_reset_with(env, spec, key, engine.nq, engine.nv)
+  np.testing.assert_array_equal(engine.rows_float64(state["physics"]), _gym_row(env))
+  np.testing.assert_array_equal(np.asarray(state["obs"]), gym_obs.astype(np.float32))
+  shape = system.theta0["Dense_0"]["kernel"].shape
+  kernel = 0.5 * np.random.default_rng(1).standard_normal(shape).astype(np.float32)
+  theta = {"Dense_0": {"kernel": jnp.asarray(kernel)}}
+  step, ctrl, largest = jax.jit(system.step), engine.layout.slices["ctrl"], 0.0
+  for t in range(40):
+    raw = np.asarray(state["obs"], np.float64) @ kernel.astype(np.float64)
+    x_before = engine.qpos_qvel(engine.rows_float64(state["physics"]))[0][0]
+    state, loss = step(theta, state, jax.random.key(t))
+    row = engine.rows_float64(state["physics"])
+    action = row[ctrl].copy()  # what the system gave the physics: the policy's raw action
+    np.testing.assert_allclose(action, raw, rtol=1e-5, atol=1e-5, err_msg=f"t={t}")
+    gym_obs, gym_reward, gym_terminated, truncated, _ = env.step(action)
+    assert not truncated
+    np.testing.assert_array_equal(row, _gym_row(env), err_msg=f"t={t}")
+    np.testing.assert_array_equal(np.asarray(state["obs"]), gym_obs.astype(np.float32))
+    assert np.float32(gym_reward) == -loss, f"t={t}"
+    qpos, qvel = engine.qpos_qvel(row)  # and the float64 reward before its rounding
+    assert spec.reward(x_before, qpos[0], action, spec.healthy(qpos, qvel, np), np) == gym_reward
+    assert bool(state["done"]) == gym_terminated
+    largest = max(largest, float(np.abs(action).max()))
+    if gym_terminated:
+      break
+  assert largest > 3.0  # well outside the control range
 
 
 def test_reset_noise_has_gymnasiums_distribution():
@@ -120,10 +192,12 @@ def test_nres_with_window_equal_to_horizon_is_full_es_on_swimmer():
 @pytest.mark.parametrize("task", ["swimmer", "halfcheetah"])
 def test_the_two_backends_agree_on_a_short_rollout(task):
   """MJX (float32) and the C engine (float64) from the same reset noise, under the same policy:
-  the same observations and rewards to float32 accuracy over 8 steps."""
+  the same observations and rewards to float32 accuracy over 8 steps. The actions leave the
+  control range (|a| up to about 4 and 60), so both engines clamp the controls alike and charge
+  the control cost on the raw action."""
   pytest.importorskip("mujoco.mjx")
   c, x = (tasks.get(task, horizon=8, backend=b) for b in ("mujoco", "mjx"))
-  theta = jax.tree.map(lambda w: 0.2 * jnp.ones_like(w), c.theta0)
+  theta = jax.tree.map(jnp.ones_like, c.theta0)
   keys = jax.random.split(jax.random.key(0), 3)
   c_losses, x_losses = (jax.jit(jax.vmap(lambda k, s=s: s.episode_losses(theta, k)))(keys)
                         for s in (c, x))
@@ -213,10 +287,11 @@ def test_policies():
       "Dense_0": {"kernel": (8, 30), "bias": (30,)}, "Dense_1": {"kernel": (30, 2), "bias": (2,)}}
   assert np.all(np.asarray(mlp.theta0["Dense_1"]["kernel"]) == 0)  # starts at the zero action
   assert float(jnp.std(mlp.theta0["Dense_0"]["kernel"])) > 0.1
-  # actions are clipped to the control range: a huge policy still gives finite, bounded losses
+  # MuJoCo clamps the controls, so a huge policy's episode stays finite; the control cost is
+  # charged on its raw actions (inside [-1, 1] it could be at most 2e-4 a step)
   big = jax.tree.map(lambda w: 1e3 * jnp.ones_like(w), linear.theta0)
   losses = jax.jit(lambda k: linear.episode_losses(big, k, 5))(jax.random.key(0))
-  assert np.all(np.isfinite(np.asarray(losses)))
+  assert np.all(np.isfinite(np.asarray(losses))) and float(jnp.max(losses)) > 1.0
   # running observation normalisation: the first observation is normalised to exactly zero, so
   # the first action of any linear policy is 0; later ones are not
   normed = tasks.get("swimmer", obs_norm=True, horizon=3).bound()
