@@ -14,6 +14,12 @@ Restoring reads the latest checkpoint with an abstract target (shapes and dtypes
 state, so that types survive); if it cannot be read (half written, corrupted), that is reported
 and the previous one is tried. Resuming moves unreadable checkpoints to
 ``RUN_DIR/unreadable_checkpoints/`` (nothing is deleted) before it saves the same steps again.
+
+Only the process that owns a run (see :mod:`meta_train.run_lock`) writes its checkpoints.
+Everything else that reads them (``load_run``, ``meta-train eval`` and ``export``) opens them with
+``read_only=True``: it creates no folder, cleans no temporary folder of a save in progress, and
+reads the latest *complete* checkpoint; one that the owner deletes while it is being read (an
+old step beyond ``max_to_keep``) is skipped for the next latest.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from lopt_meta import absl_notes
 from lopt_meta.errors import CheckpointError
 
 PyTree = Any
@@ -61,22 +68,49 @@ def _abstract(tree: PyTree, shardings: PyTree | None = None) -> PyTree:
 
 
 class Checkpoints:
-  """The checkpoints of one run folder."""
+  """The checkpoints of one run folder.
 
-  def __init__(self, run_dir: Path, *, max_to_keep: int = 3):
+  Args:
+    run_dir: the run folder; the checkpoints live in ``run_dir/checkpoints``.
+    max_to_keep: the newest checkpoints kept by :meth:`save` (older ones are deleted after a
+      newer one is complete).
+    read_only: open them for reading alone (every reader but the run's owner): nothing is
+      created, saved, deleted or cleaned, not even the temporary folder of a save in progress.
+  """
+
+  def __init__(self, run_dir: Path, *, max_to_keep: int = 3, read_only: bool = False):
     self.directory = Path(run_dir).resolve() / "checkpoints"
-    options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
-                                           enable_async_checkpointing=False,
-                                           cleanup_tmp_directories=True)
-    self.manager = ocp.CheckpointManager(self.directory, options=options,
-                                         item_names=("state", "meta"))
+    self.read_only = read_only
+    if read_only:
+      options = ocp.CheckpointManagerOptions(read_only=True, create=False,
+                                             enable_async_checkpointing=False,
+                                             cleanup_tmp_directories=False)
+    else:
+      options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
+                                             enable_async_checkpointing=False,
+                                             cleanup_tmp_directories=True)
+    # Orbax notes the read-only mode it was asked for; not a problem, so not printed.
+    with absl_notes.dropped("read_only=True, setting save_interval_steps",
+                            "Given directory is read only"):
+      self.manager = ocp.CheckpointManager(self.directory, options=options,
+                                           item_names=("state", "meta"))
 
   def steps(self) -> list[int]:
-    self.manager.reload()
-    return sorted(self.manager.all_steps())
+    """The complete checkpoints' steps, read from the folder now, in increasing order. (A
+    reader lists again when the run's owner deletes an old checkpoint during the listing.)"""
+    for attempt in range(20):
+      try:
+        self.manager.reload()
+        return sorted(self.manager.all_steps())
+      except FileNotFoundError:
+        if not self.read_only or attempt == 19:
+          raise
+    raise AssertionError("unreachable")
 
   def save(self, step: int, state: PyTree, meta: dict[str, Any]) -> None:
     """Saves ``state`` (any pytree; keys allowed) and ``meta`` (JSON) as checkpoint ``step``."""
+    if self.read_only:
+      raise CheckpointError(f"{self.directory} was opened read-only; only the run's owner saves")
     self.manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(to_saveable(state)), meta=ocp.args.JsonSave(meta)),
         force=True)
@@ -94,23 +128,29 @@ class Checkpoints:
     Raises:
       CheckpointError: no checkpoint, or none that can be read.
     """
-    steps = self.steps() if step is None else [step]
-    if not steps:
-      raise CheckpointError(f"no checkpoint in {self.directory}")
     abstract = _abstract(to_saveable(like), shardings)
-    errors = []
+    errors, tried = [], set()
     self.unreadable = []
-    for s in reversed(steps):
+    while True:
+      candidates = [s for s in (self.steps() if step is None else [step]) if s not in tried]
+      if not candidates:
+        break
+      s = candidates[-1]
+      tried.add(s)
       try:
         restored = self.manager.restore(s, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
         return from_saveable(restored["state"], like), dict(restored["meta"]), s
       except Exception as e:  # unreadable: report it, fall back to the previous checkpoint
+        if step is None and self.read_only and not (self.directory / str(s)).exists():
+          continue  # deleted by the run's owner while being read (older than max_to_keep)
         reason = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
         errors.append(f"step {s}: {reason}")
         self.unreadable.append(s)
         print(f"meta-train: checkpoint {s} in {self.directory} cannot be read ({reason}); "
               "trying the previous one", file=sys.stderr, flush=True)
+    if not errors:
+      raise CheckpointError(f"no checkpoint in {self.directory}")
     raise CheckpointError(f"no readable checkpoint in {self.directory} ({'; '.join(errors)})")
 
   def set_aside(self, steps: list[int]) -> list[Path]:

@@ -1,10 +1,18 @@
 """A meta-training run in its folder: train, resume, load.
 
 ``RUN_DIR`` holds ``config.json`` (the validated configuration), ``metrics.jsonl``,
-``checkpoints/<step>/`` (Orbax; see :mod:`meta_train.checkpointing`) and, unless W&B is
-disabled, ``wandb/``. :func:`train` starts a run (refusing a folder that already holds one unless
-``overwrite``); :func:`resume` continues the latest readable checkpoint of a folder to a new total
+``checkpoints/<step>/`` (Orbax; see :mod:`meta_train.checkpointing`), ``run.lock`` and, unless
+W&B is disabled, ``wandb/``. :func:`train` starts a run (refusing a folder that already holds one,
+finished, stopped or live, unless ``overwrite``, which deletes the old run's files but never a
+live run's); :func:`resume` continues the latest readable checkpoint of a folder to a new total
 of outer steps, exactly as if the run had never stopped; :func:`load_run` reads a run back.
+
+One process writes a run folder: ``train`` and ``resume`` hold its lock
+(:class:`~meta_train.run_lock.RunLock`, process 0's with several processes) from before they
+touch the folder until they end, and a second writer is refused, naming the holder, before any
+compute. Readers (:func:`load_run` and the commands built on it) take no lock and write nothing:
+they open the checkpoints read-only, so a run can be evaluated, exported and plotted while it
+trains.
 
 The loop runs the compiled :class:`~meta_train.trainer.Trainer` in chunks that end at every log,
 evaluation and checkpoint step. SIGINT and SIGTERM are caught: the current chunk finishes, a
@@ -42,6 +50,7 @@ from meta_train import distributed, evaluation, preflight
 from meta_train.checkpointing import Checkpoints
 from meta_train.logs import RunLog, read_metrics
 from meta_train.progress import Progress
+from meta_train.run_lock import LOCK_FILE, RunLock
 from meta_train.trainer import Trainer, TrainState, outer_optimizer, summarize
 from meta_train.watchdog import EXIT_CODES, Watchdog
 
@@ -131,7 +140,7 @@ def load_run(run_dir: str | os.PathLike, step: int | None = None) -> LoadedRun:
   run_dir = Path(run_dir)
   config = read_config(run_dir)
   system, _, trainer = _build(config)
-  checkpoints = Checkpoints(run_dir)
+  checkpoints = Checkpoints(run_dir, read_only=True)
   try:
     state, meta, restored = checkpoints.restore(_abstract_state(trainer, system), step)
   finally:
@@ -141,11 +150,13 @@ def load_run(run_dir: str | os.PathLike, step: int | None = None) -> LoadedRun:
 
 
 def prepare_run_dir(config: config_lib.TrainConfig, overwrite: bool = False) -> Path:
-  """Creates the run folder; one that already holds a run is refused unless ``overwrite``."""
+  """Creates the run folder; one that already holds a run is refused unless ``overwrite``
+  (which deletes that run's files, :data:`RUN_FILES`, and nothing else). The caller holds the
+  folder's lock."""
   run_dir = config.run_dir()
   if run_dir.exists() and not run_dir.is_dir():
     raise ConfigError("out", f"{run_dir} exists and is not a folder")
-  if run_dir.exists() and any(run_dir.iterdir()):
+  if run_dir.exists() and any(p.name != LOCK_FILE for p in run_dir.iterdir()):
     if not overwrite:
       what = "a run"
       if (run_dir / "config.json").is_file():
@@ -179,11 +190,27 @@ def train(config: config_lib.TrainConfig, *, overwrite: bool = False) -> tuple[T
   """
   system, estimator, trainer = _build(config)
   distributed.check_same(config.to_dict())
-  distributed.on_process_0(lambda: prepare_run_dir(config, overwrite=overwrite),
-                           "the run folder check")
   run_dir = config.run_dir()
-  state = None
-  return _loop(config, run_dir, system, estimator, trainer, state, meta={}, resumed=False)
+  if run_dir.exists() and not run_dir.is_dir():
+    raise ConfigError("out", f"{run_dir} exists and is not a folder")
+  lock = RunLock(run_dir)
+  distributed.on_process_0(lambda: _claim(lock, "out", prepare_run_dir, config, overwrite),
+                           "the run folder check")
+  try:
+    return _loop(config, run_dir, system, estimator, trainer, None, meta={}, resumed=False)
+  finally:
+    lock.release()
+
+
+def _claim(lock: RunLock, field: str, then, *args):
+  """Takes ``lock`` (``field`` names the folder in the error), then runs ``then(*args)``; the
+  lock is released again if that fails."""
+  lock.acquire(field=field)
+  try:
+    return then(*args)
+  except BaseException:
+    lock.release()
+    raise
 
 
 def resume(run_dir: str | os.PathLike, *, outer_steps: int | None = None,
@@ -200,6 +227,17 @@ def resume(run_dir: str | os.PathLike, *, outer_steps: int | None = None,
   config = dataclasses.replace(config, outer=outer, run=dataclasses.replace(run, out=run_dir))
   system, estimator, trainer = _build(config)
   distributed.check_same(config.to_dict())
+  lock = RunLock(run_dir)
+  distributed.on_process_0(lambda: lock.acquire(field="run_dir"), "the run folder's lock")
+  try:
+    return _resume_locked(config, run_dir, system, estimator, trainer)
+  finally:
+    lock.release()
+
+
+def _resume_locked(config, run_dir, system, estimator, trainer):
+  """:func:`resume` once the folder's lock is held: restore, set aside what cannot be read,
+  and run the loop."""
   like = _abstract_state(trainer, system)
   several = jax.process_count() > 1
   checkpoints = Checkpoints(run_dir)

@@ -137,6 +137,7 @@ def test_two_process_run_stops_and_resumes_exactly(tmp_path):
                (run / "metrics.jsonl").read_text()):
       assert time.monotonic() < deadline and all(p.poll() is None for p in procs.procs)
       time.sleep(0.2)
+    assert json.loads((run / "run.lock").read_text())["pid"] == procs.procs[0].pid  # one lock
     procs.procs[1].send_signal(signal.SIGTERM)  # (a signal after the stop would find the
     procs.procs[0].send_signal(signal.SIGTERM)  # default handlers back: send both at once)
     results = procs.wait()
@@ -175,7 +176,8 @@ def test_two_process_run_stops_and_resumes_exactly(tmp_path):
   logged = [r["step"] for r in records(run) if "step" in r and "event" not in r]
   assert logged == sorted(set(logged)) and logged[-1] == 300  # one writer: each step once
   assert [r["event"] for r in records(run) if "event" in r] == ["interrupted", "resume"]
-  assert sorted(p.name for p in run.iterdir()) == ["checkpoints", "config.json", "metrics.jsonl"]
+  assert sorted(p.name for p in run.iterdir()) == ["checkpoints", "config.json", "metrics.jsonl",
+                                                   "run.lock"]
 
 
 @pytest.mark.parametrize("victim", [1, 0])

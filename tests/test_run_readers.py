@@ -1,0 +1,171 @@
+"""Readers never disturb a run, and a run folder has one writer.
+
+* A run checkpointing every outer step, read continuously from another process through
+  ``load_run``, ``meta-train eval``, ``export`` and ``plot``, finishes with exit 0 and the same
+  state, bit for bit, as the same run undisturbed; the readers write nothing near a run (not
+  even cleaning the temporary folder of a save in progress).
+* A second ``train --out`` (with or without ``--overwrite``) or ``resume`` of a live run is
+  refused with one line naming the holder; a lock left by a process killed with ``kill -9`` does
+  not block ``resume``.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from meta_train import cli
+from meta_train import run as run_lib
+from meta_train.run_lock import LOCK_FILE, RunLock
+
+LOPT = ["--task", "digits_mlp", "--lopt", "mlp", "--estimator", "nres", "--num-particles", "4",
+        "--sigma", "0.01", "--unroll-length", "5", "--horizon", "50", "--eval-every", "0",
+        "--eval-steps", "50", "--log-every", "1", "--checkpoint-every", "1", "--wandb",
+        "disabled", "--seed", "1"]
+ENV = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
+
+
+def _train_process(out: Path, steps: int) -> subprocess.Popen:
+  return subprocess.Popen([sys.executable, "-m", "meta_train.cli", "train", *LOPT, "--outer-steps",
+                           str(steps), "--out", str(out)], env=ENV, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for(predicate, what: str, timeout: float = 300, process=None):
+  deadline = time.monotonic() + timeout
+  while not predicate():
+    if process is not None and process.poll() is not None:
+      raise AssertionError(f"{what}: the process exited {process.returncode}: "
+                           f"{process.stderr.read()[-2000:]}")
+    if time.monotonic() > deadline:
+      raise AssertionError(f"timed out waiting for {what}")
+    time.sleep(0.1)
+
+
+def _snapshot(folder: Path) -> dict[str, tuple[int, int]]:
+  """Every path under ``folder`` with its size and modification time."""
+  out = {}
+  for root, dirs, files in os.walk(folder):
+    for name in dirs + files:
+      path = os.path.join(root, name)
+      stat = os.stat(path)
+      out[os.path.relpath(path, folder)] = (stat.st_size, stat.st_mtime_ns)
+  return out
+
+
+def _states_equal(a, b) -> None:
+  la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
+  assert len(la) == len(lb)
+  for x, y in zip(la, lb):
+    if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+      x, y = jax.random.key_data(x), jax.random.key_data(y)
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory) -> Path:
+  """A finished 150-step run: the undisturbed reference and the readers' warm-up."""
+  out = tmp_path_factory.mktemp("runs") / "undisturbed"
+  process = _train_process(out, 150)
+  _, err = process.communicate(timeout=600)
+  assert process.returncode == 0, err[-2000:]
+  return out
+
+
+def test_reading_a_live_run_never_disturbs_it(finished_run, tmp_path):
+  live, scratch = tmp_path / "live", tmp_path / "scratch"
+  scratch.mkdir()
+  reader = subprocess.Popen([sys.executable, "-m", "tests.read_live_run", str(finished_run),
+                             str(live), str(scratch)], env=ENV, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=Path(__file__).parents[1])
+  _wait_for(lambda: (scratch / "ready").exists(), "the reader's warm-up", process=reader)
+  trainer = _train_process(live, 150)
+  _, err = trainer.communicate(timeout=600)
+  (scratch / "stop").write_text("")
+  reader.communicate(timeout=300)
+  assert trainer.returncode == 0, err[-3000:]
+  assert reader.returncode == 0
+  reads = [json.loads(line) for line in (scratch / "reads.jsonl").read_text().splitlines()]
+  errors = [r for r in reads if "error" in r]
+  assert not errors, errors[0]["trace"]
+  live_reads = [r["step"] for r in reads if "step" in r and r["step"] < 150]
+  assert len(live_reads) >= 3, reads  # the reads overlapped the training
+  _states_equal(run_lib.load_run(live).state, run_lib.load_run(finished_run).state)
+
+
+def test_readers_write_nothing(finished_run, tmp_path, capsys):
+  """Not a file is created, changed or removed in the run folder, not even the temporary folder
+  of a checkpoint being saved; readers print no warning."""
+  pending = finished_run / "checkpoints" / "151.orbax-checkpoint-tmp"
+  pending.mkdir(exist_ok=True)
+  (pending / "being_written").write_text("a save in progress")
+  before = _snapshot(finished_run)
+  assert run_lib.load_run(finished_run).step == 150
+  assert cli.main(["eval", str(finished_run), "--episodes", "1"]) == 0
+  assert cli.main(["export", str(finished_run), "--out", str(tmp_path / "l.npz")]) == 0
+  assert cli.main(["plot", str(finished_run), "--out", str(tmp_path / "p.png")]) == 0
+  assert _snapshot(finished_run) == before
+  assert "WARNING" not in capsys.readouterr().err
+
+
+def test_a_second_writer_is_refused_naming_the_holder(tmp_path, capsys):
+  out = tmp_path / "live"
+  trainer = _train_process(out, 100_000)
+  try:
+    _wait_for(lambda: (out / "checkpoints" / "1").is_dir(), "the first checkpoint",
+              process=trainer)
+    config = (out / "config.json").read_text()
+    capsys.readouterr()
+    for argv in (["train", *LOPT, "--outer-steps", "5", "--out", str(out)],
+                 ["train", *LOPT, "--outer-steps", "5", "--out", str(out), "--overwrite"],
+                 ["resume", str(out)]):
+      assert cli.main(argv) == 2
+      err = capsys.readouterr().err
+      assert err.startswith(f"meta-train: error: {'run_dir' if argv[0] == 'resume' else 'out'}: "
+                            f"run folder {out} is being trained by host ")
+      assert f"process {trainer.pid} (since " in err and err.count("\n") == 1
+    assert (out / "config.json").read_text() == config
+    assert trainer.poll() is None  # the live run goes on
+  finally:
+    trainer.send_signal(signal.SIGTERM)
+    _, err = trainer.communicate(timeout=120)
+  assert trainer.returncode == 143, err[-2000:]
+  assert (out / "checkpoints").is_dir() and run_lib.load_run(out).step >= 1
+
+
+def test_a_lock_left_by_kill_nine_does_not_block(tmp_path):
+  holder = subprocess.Popen(
+      [sys.executable, "-c", "import sys, time; from meta_train.run_lock import RunLock; "
+       f"RunLock({str(tmp_path)!r}).acquire(); print('locked', flush=True); time.sleep(600)"],
+      env=ENV, stdout=subprocess.PIPE, text=True)
+  assert holder.stdout.readline() == "locked\n"
+  with pytest.raises(run_lib.ConfigError, match=f"process {holder.pid} "):
+    RunLock(tmp_path).acquire()
+  holder.kill()
+  holder.wait()
+  lock = RunLock(tmp_path)
+  assert lock.acquire().pid == os.getpid()
+  assert json.loads((tmp_path / LOCK_FILE).read_text())["pid"] == os.getpid()
+  lock.release()
+
+
+def test_train_into_a_finished_run_is_refused_and_overwrite_replaces_it(finished_run, tmp_path,
+                                                                        capsys):
+  out = tmp_path / "again"
+  assert cli.main(["train", *LOPT, "--outer-steps", "2", "--out", str(out)]) == 0
+  capsys.readouterr()
+  assert cli.main(["train", *LOPT, "--outer-steps", "2", "--out", str(out)]) == 2
+  assert capsys.readouterr().err == (
+      f"meta-train: error: out: run folder {out} already holds this run; resume it with "
+      f"'meta-train resume {out}', choose another --out, or pass --overwrite\n")
+  (out / "notes.txt").write_text("mine")
+  assert cli.main(["train", *LOPT, "--outer-steps", "3", "--out", str(out), "--overwrite"]) == 0
+  assert run_lib.load_run(out).step == 3 and (out / "notes.txt").read_text() == "mine"
+  assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["1", "2", "3"]
