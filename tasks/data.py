@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lopt_meta import absl_notes
 from lopt_meta.errors import ConfigError
 
 SPLITS = ("train", "inner_valid", "outer_valid", "test")
@@ -70,7 +71,10 @@ def _from_tfds(name: str, data_dir: str | None):
     import tensorflow_datasets as tfds  # imported lazily: slow, and only this source needs it
     out = {}
     for split in ("train", "test"):
-      source = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
+      # Where the dataset is not prepared, tfds notes the empty folder it looked in; we then
+      # read the raw files, so that is not news to print.
+      with absl_notes.dropped("has no dataset_info.json"):
+        source = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
       records = [source[i] for i in range(len(source))]
       out[split] = (np.stack([np.asarray(r["image"], np.uint8) for r in records]),
                     np.asarray([int(r["label"]) for r in records], np.int32))

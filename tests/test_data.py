@@ -1,6 +1,7 @@
 """Datasets: every source, the splits, the sampler, and the message when data is missing."""
 
 import gzip
+import logging
 import os
 import pickle
 import struct
@@ -74,12 +75,16 @@ def test_cifar10_batches_folder(tmp_path):
   np.testing.assert_array_equal(splits["train"].images[0], first)  # channels last
 
 
-def test_real_fashion_mnist_files():
+def test_real_fashion_mnist_files(caplog):
+  """The real files load, and loading them logs no warning (tfds's note about the unprepared
+  folder it looked in first is not news)."""
   if not data.DEBIAN_FASHION_MNIST.is_dir():
     if os.environ.get("CI"):
       pytest.fail(".ci/run installs Debian's dataset-fashion-mnist; its files are missing")
     pytest.skip("Debian's dataset-fashion-mnist is not installed here (CI installs it)")
-  splits = data.load("fashion_mnist")
+  with caplog.at_level(logging.INFO):
+    splits = data.load("fashion_mnist")
+  assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
   _check_splits(splits, (48000, 6000, 6000, 10000), (28, 28, 1))
   counts = np.bincount(np.asarray(splits["test"].labels), minlength=10)
   np.testing.assert_array_equal(counts, np.full(10, 1000))  # the real test set: 1000 per class
