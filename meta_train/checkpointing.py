@@ -92,20 +92,26 @@ class Checkpoints:
     # Orbax notes the read-only mode it was asked for; not a problem, so not printed.
     with absl_notes.dropped("read_only=True, setting save_interval_steps",
                             "Given directory is read only"):
-      self.manager = ocp.CheckpointManager(self.directory, options=options,
-                                           item_names=("state", "meta"))
+      self.manager = self._retry(lambda: ocp.CheckpointManager(
+          self.directory, options=options, item_names=("state", "meta")))
 
-  def steps(self) -> list[int]:
-    """The complete checkpoints' steps, read from the folder now, in increasing order. (A
-    reader lists again when the run's owner deletes an old checkpoint during the listing.)"""
+  def _retry(self, fn):
+    """``fn()``; a reader lists the folder again (up to 20 times) when the run's owner deletes
+    an old checkpoint while it is being listed."""
     for attempt in range(20):
       try:
-        self.manager.reload()
-        return sorted(self.manager.all_steps())
+        return fn()
       except FileNotFoundError:
         if not self.read_only or attempt == 19:
           raise
     raise AssertionError("unreachable")
+
+  def steps(self) -> list[int]:
+    """The complete checkpoints' steps, read from the folder now, in increasing order."""
+    def read():
+      self.manager.reload()
+      return sorted(self.manager.all_steps())
+    return self._retry(read)
 
   def save(self, step: int, state: PyTree, meta: dict[str, Any]) -> None:
     """Saves ``state`` (any pytree; keys allowed) and ``meta`` (JSON) as checkpoint ``step``."""

@@ -1,11 +1,12 @@
 """One writer per run folder: the lock that ``train`` and ``resume`` hold while they run.
 
 The lock is an exclusive ``flock`` on ``RUN_DIR/run.lock``, taken before anything in the folder
-is created, deleted or restored, and held until the run ends. The kernel releases it when its
-process exits in any way (``kill -9`` included), and NFSv4, Lustre (mounted with ``flock``) and
-GPFS release the lock of a lost host when its lease expires, so a lock never outlives its
-holder: ``resume`` after a crash just takes it. The file itself stays; it names the last holder
-(host, process id, start time, command), which is what a refused second writer prints:
+is created, deleted or restored, and held until the run ends; the file names its holder (host,
+process id, start time, command) and is removed when the run ends. The kernel releases the lock
+when its process exits in any way (``kill -9`` included), and NFSv4, Lustre (mounted with
+``flock``) and GPFS release the lock of a lost host when its lease expires, so a lock never
+outlives its holder: ``resume`` after a crash just takes it (the file a killed process left
+behind is taken over). A refused second writer prints the holder:
 
     meta-train: error: out: run folder RUN is being trained by host h1, process 4242 (since
     2026-12-03 07:40:12 UTC, 'meta-train train ...'); wait for it to end, or stop it (Ctrl-C or
@@ -88,20 +89,16 @@ class RunLock:
     if self.held:
       return _read_holder(self.path) or Holder.me()
     self.run_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as e:
-      os.close(fd)
-      if e.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-        raise ConfigError(field, f"cannot lock run folder {self.run_dir} ({e.strerror}); its "
-                          "file system does not support file locks (flock)") from None
-      holder = _read_holder(self.path)
-      who = holder.describe() if holder else "another process"
-      stop = (f"stop it (Ctrl-C, or kill -TERM {holder.pid} on {holder.host}, saves a "
-              "checkpoint)" if holder else "stop it")
-      raise ConfigError(field, f"run folder {self.run_dir} is being trained by {who}; wait for "
-                        f"it to end, or {stop} and then 'meta-train resume {self.run_dir}'") from None
+    while True:
+      fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+      try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+      except OSError as e:
+        os.close(fd)
+        self._refuse(field, e)
+      if _same_file(fd, self.path):
+        break
+      os.close(fd)  # its holder removed the file while we waited: lock the new one
     me = Holder.me()
     os.ftruncate(fd, 0)
     os.pwrite(fd, (json.dumps(dataclasses.asdict(me)) + "\n").encode(), 0)
@@ -109,9 +106,23 @@ class RunLock:
     self._fd = fd
     return me
 
+  def _refuse(self, field: str, error: OSError):
+    if error.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+      raise ConfigError(field, f"cannot lock run folder {self.run_dir} ({error.strerror}); its "
+                        "file system does not support file locks (flock)") from None
+    holder = _read_holder(self.path)
+    who = holder.describe() if holder else "another process"
+    stop = (f"stop it (Ctrl-C, or kill -TERM {holder.pid} on {holder.host}, saves a "
+            "checkpoint)" if holder else "stop it")
+    raise ConfigError(field, f"run folder {self.run_dir} is being trained by {who}; wait for "
+                      f"it to end, or {stop} and then 'meta-train resume {self.run_dir}'") from None
+
   def release(self) -> None:
-    """Releases the lock (the file stays, naming its last holder)."""
+    """Removes the lock file and releases the lock (in that order, so that a process waiting
+    on the old file sees it gone and locks a new one)."""
     if self._fd is not None:
+      if _same_file(self._fd, self.path):
+        self.path.unlink()
       fcntl.flock(self._fd, fcntl.LOCK_UN)
       os.close(self._fd)
       self._fd = None
@@ -123,3 +134,12 @@ class RunLock:
   def __exit__(self, *exc) -> None:
     self.release()
 
+
+def _same_file(fd: int, path: Path) -> bool:
+  """Whether the open file ``fd`` is the file at ``path`` now."""
+  try:
+    here = os.stat(path)
+  except FileNotFoundError:
+    return False
+  there = os.fstat(fd)
+  return (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)

@@ -176,8 +176,7 @@ def test_two_process_run_stops_and_resumes_exactly(tmp_path):
   logged = [r["step"] for r in records(run) if "step" in r and "event" not in r]
   assert logged == sorted(set(logged)) and logged[-1] == 300  # one writer: each step once
   assert [r["event"] for r in records(run) if "event" in r] == ["interrupted", "resume"]
-  assert sorted(p.name for p in run.iterdir()) == ["checkpoints", "config.json", "metrics.jsonl",
-                                                   "run.lock"]
+  assert sorted(p.name for p in run.iterdir()) == ["checkpoints", "config.json", "metrics.jsonl"]
 
 
 @pytest.mark.parametrize("victim", [1, 0])

@@ -151,9 +151,10 @@ def test_a_lock_left_by_kill_nine_does_not_block(tmp_path):
   holder.kill()
   holder.wait()
   lock = RunLock(tmp_path)
-  assert lock.acquire().pid == os.getpid()
+  assert lock.acquire().pid == os.getpid()  # the file the killed process left is taken over
   assert json.loads((tmp_path / LOCK_FILE).read_text())["pid"] == os.getpid()
   lock.release()
+  assert not (tmp_path / LOCK_FILE).exists()  # a run that ended leaves no lock file
 
 
 def test_train_into_a_finished_run_is_refused_and_overwrite_replaces_it(finished_run, tmp_path,
