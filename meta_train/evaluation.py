@@ -10,6 +10,7 @@ order) at each learning rate of a small grid, the best of which is the baseline.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -72,25 +73,33 @@ def subsample(curve: np.ndarray, points: int = CURVE_POINTS) -> dict[str, list]:
   return {"step": (idx + 1).tolist(), "loss": [float(curve[i]) for i in idx]}
 
 
-class Evaluator:
-  """Evaluates theta; for learned optimizers, also runs the Adam baseline (once)."""
+def make_evaluator(config: config_lib.TrainConfig, system) -> Evaluator | DistributionEvaluator:
+  """The evaluator of a run's theta: per member for a task distribution."""
+  if config.task.is_distribution:
+    return DistributionEvaluator(config, system)
+  return Evaluator(config, system)
 
-  def __init__(self, config: config_lib.TrainConfig, system: UnrolledSystem):
+
+class Evaluator:
+  """Evaluates theta; for learned optimizers, also runs the Adam baseline (once). ``member``:
+  evaluate that member of the configured task distribution."""
+
+  def __init__(self, config: config_lib.TrainConfig, system: UnrolledSystem,
+               member: str | None = None):
     self.config = config
     self.key = jax.random.fold_in(jax.random.key(config.run.seed), 2)
     self.inner = config.task.is_inner
-    self.system = config_lib.build_system(config, for_evaluation=True) if self.inner else system
+    build = functools.partial(config_lib.build_system, config, for_evaluation=True, member=member)
+    self.system = build() if self.inner else system
     self.num_steps = self.system.horizon or config.run.eval_steps
     episodes = config.run.eval_episodes
     self._curve = _curve_fn(self.system, episodes, self.num_steps)
     self._baseline = None
     self._valid = None
     if self.inner:
-      self.valid_system = config_lib.build_system(config, for_evaluation=True,
-                                                  meta_loss="outer_valid")
+      self.valid_system = build(meta_loss="valid")
       self._valid = _curve_fn(self.valid_system, episodes, self.num_steps)
-      adam = config_lib.build_system(config, for_evaluation=True,
-                                     lopt=_AdamAtLearningRate(lopt_meta.Adam()))
+      adam = build(lopt=_AdamAtLearningRate(lopt_meta.Adam()))
       self._baseline = (adam, _curve_fn(adam, episodes, self.num_steps))
     self._baseline_result: dict[str, Any] | None = None
 
@@ -127,4 +136,28 @@ class Evaluator:
       valid = np.asarray(self._valid(theta, self.key, self.valid_system.data))
       out["eval_outer_valid_loss"] = float(np.nanmean(valid))
       out["eval_outer_valid_final_loss"] = float(valid[-1])
+    return out
+
+
+class DistributionEvaluator:
+  """Evaluates theta on every member of a task distribution (each over its own horizon, beside
+  Adam's best learning rate on it). Every key of :class:`Evaluator`'s results appears per member
+  as ``KEY/NAME`` (curves included); across members, ``eval_loss`` is the mean of the members'
+  and ``eval_vs_adam`` the geometric mean of their ratios to Adam."""
+
+  def __init__(self, config: config_lib.TrainConfig, system):
+    self.members = {name: Evaluator(config, member_system, member=name)
+                    for name, member_system in system.systems.items()}
+
+  def baseline(self) -> dict[str, Any]:
+    return {f"{key}/{name}": value for name, e in self.members.items()
+            for key, value in e.baseline().items() if key != "adam_losses"}
+
+  def __call__(self, theta) -> dict[str, Any]:
+    per = {name: e(theta) for name, e in self.members.items()}
+    out = {f"{key}/{name}": value for name, result in per.items() for key, value in result.items()}
+    out["eval_loss"] = float(np.mean([r["eval_loss"] for r in per.values()]))
+    ratios = [r["eval_vs_adam"] for r in per.values()]
+    out["eval_vs_adam"] = float(np.exp(np.mean(np.log(ratios)))) if all(
+        r > 0 for r in ratios) else math.nan
     return out

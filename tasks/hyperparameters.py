@@ -35,12 +35,12 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from lopt_meta.errors import ConfigError, check_positive_int
+from lopt_meta.errors import ConfigError
 from tasks.base import UnrolledSystem
 from tasks.inner import InnerTask
+from tasks.inner_training import META_LOSSES, inner_training
 
 Space = Mapping[str, "Transform"]
-META_LOSSES = ("train", "valid", "telescoping")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -275,25 +275,24 @@ def hparam_system(space: Space, init: Callable[..., Any], train_step: Callable[.
                         data=data, space=dict(space))
 
 
-class OptaxState(NamedTuple):
-  """One inner run of :func:`optax_system`."""
-  params: Any
-  opt_state: Any
-  task_state: Any
-  fixed_key: jax.Array  # uint32 [2]: the key of the episode's fixed batch (telescoping)
-  previous: jax.Array  # shape=(), dtype=float32: the last loss on the fixed batch (telescoping)
+class _OptaxOptimizer(NamedTuple):
+  """``make_optimizer`` as inner training's optimizer: the update at the step's hyperparameters;
+  the state made once per run by ``structure`` (the optimizer at the ranges' centre)."""
+  make_optimizer: Callable[[dict[str, jax.Array]], optax.GradientTransformation]
+  structure: optax.GradientTransformation
+
+  def init(self, params):
+    return self.structure.init(params)
+
+  def update(self, hparams, grads, opt_state, params, *, loss=None):
+    del loss
+    return self.make_optimizer(hparams).update(grads, opt_state, params)
 
 
-def _check_optax_arguments(space, make_optimizer, task, meta_loss, fixed_batch_size):
+def _check_optax_arguments(space, make_optimizer):
   """Raises ConfigError for a bad argument of :func:`optax_system`; returns the optimizer at the
   ranges' centre (whose ``init`` makes every run's optimizer state)."""
   check_space(space)
-  if meta_loss not in META_LOSSES:
-    raise ConfigError("meta_loss", f"unknown meta_loss {meta_loss!r}; valid: {', '.join(META_LOSSES)}")
-  if not isinstance(task, InnerTask):
-    raise ConfigError("task", f"must be an InnerTask (tasks.get_inner_task(...)); got "
-                      f"{type(task).__name__}")
-  check_positive_int("fixed_batch_size", fixed_batch_size)
   if not callable(make_optimizer):
     raise ConfigError("make_optimizer", "must be a function hparams -> optax.GradientTransformation")
   structure = make_optimizer(constrain(space, centre(space)))
@@ -310,21 +309,14 @@ def optax_system(space: Space, make_optimizer: Callable[[dict[str, jax.Array]],
                  init_seed: int | None = None, name: str | None = None) -> UnrolledSystem:
   """The unrolled system that tunes the hyperparameters of ``make_optimizer`` on ``task``.
 
-  Each step draws the task's next training batch, takes the gradient of the task's loss at the
-  current parameters and applies ``make_optimizer(hparams).update`` (the optimizer is rebuilt
+  The system is inner training (:mod:`tasks.inner_training`, the core it shares with learned
+  optimizers) with ``make_optimizer(hparams).update`` as the update: the optimizer is rebuilt
   from the traced hyperparameters every step; its state is made once per run, at the ranges'
   centre, so its structure and initial values must not depend on the hyperparameters, as holds
-  for optax's optimizers and schedules). The per-step meta-loss ``L_t``, after the task's
-  normalizer (clipped to ``[0, 1.5 ln classes]``, NaN to the bound, so a diverging run costs a
-  bounded loss):
-
-  * ``"train"``: the training loss of the step's batch, at the parameters before the update;
-  * ``"valid"``: the loss of the updated parameters on a random ``outer_valid`` batch (the
-    ``many_hparams`` meta-objective: the sum of validation losses);
-  * ``"telescoping"``: ``l_t - l_{t-1}`` with ``l_t`` the loss of the updated parameters on a
-    batch of ``fixed_batch_size`` training examples drawn at the start of the run and kept,
-    and ``l_{-1} = 0``: the episode's sum is the final loss ``l_{T-1}`` (ES-Single paper,
-    eq. 6), so the mean objective is the final loss divided by ``T``.
+  for optax's optimizers and schedules. The per-step meta-loss is one of
+  :data:`tasks.inner_training.META_LOSSES`: ``"train"``, ``"valid"`` (the ``many_hparams``
+  meta-objective: the sum of validation losses) or ``"telescoping"`` (the per-step differences
+  of the loss on a fixed training batch, whose sum is the final loss).
 
   Args:
     space: ``{name: transform}``.
@@ -336,40 +328,9 @@ def optax_system(space: Space, make_optimizer: Callable[[dict[str, jax.Array]],
     theta0, init_seed: the starting hyperparameters (see :func:`hparam_system`).
     name: the system's name (default ``"<task>/optax"``).
   """
-  structure = _check_optax_arguments(space, make_optimizer, task, meta_loss, fixed_batch_size)
-
-  def init(key, data):
-    del data
-    k_params, k_state, k_fixed = jax.random.split(key, 3)
-    params = task.init_params(k_params)
-    return OptaxState(params=params, opt_state=structure.init(params),
-                      task_state=task.init_state(k_state), fixed_key=jax.random.key_data(k_fixed),
-                      previous=jnp.zeros((), jnp.float32))
-
-  def train_step(hparams, state, key, data):
-    k_batch, k_valid = jax.random.split(key)
-    batch, task_state = task.train_batch(data, state.task_state, k_batch)
-    loss, grads = jax.value_and_grad(task.loss)(state.params, batch)
-    updates, opt_state = make_optimizer(hparams).update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    task_state = task.update_state(task_state, loss)
-    previous = state.previous
-    if meta_loss == "train":
-      meta = task.normalize(loss)
-    elif meta_loss == "valid":
-      meta = task.normalize(task.loss(params, task.eval_batch(data, "outer_valid", k_valid)))
-    else:
-      fixed = task.eval_batch(data, "train", jax.random.wrap_key_data(state.fixed_key),
-                              batch_size=fixed_batch_size)
-      current = task.normalize(task.loss(params, fixed))
-      meta, previous = current - state.previous, current
-    return OptaxState(params=params, opt_state=opt_state, task_state=task_state,
-                      fixed_key=state.fixed_key, previous=previous), meta
-
-  name = name or f"{task.name}/optax"
-  if task.data is None:  # a task that makes its own data
-    return hparam_system(space, lambda key: init(key, None),
-                         lambda hparams, state, key: train_step(hparams, state, key, None),
-                         horizon=horizon, theta0=theta0, init_seed=init_seed, name=name)
-  return hparam_system(space, init, train_step, horizon=horizon, theta0=theta0,
-                       init_seed=init_seed, name=name, data=task.data)
+  structure = _check_optax_arguments(space, make_optimizer)
+  init, step, _ = inner_training(task, _OptaxOptimizer(make_optimizer, structure),
+                                 horizon=horizon, meta_loss=meta_loss,
+                                 fixed_batch_size=fixed_batch_size)
+  return hparam_system(space, init, step, horizon=horizon, theta0=theta0, init_seed=init_seed,
+                       name=name or f"{task.name}/optax", data=(task.data,))

@@ -131,7 +131,7 @@ def test_optax_system_gives_the_losses_of_the_loop_written_by_hand():
   losses = np.asarray(system.episode_losses(system.theta0, key))
 
   init_key, _ = jax.random.split(key)
-  k_params, k_state, _ = jax.random.split(init_key, 3)
+  _, _, k_params, k_state, _ = jax.random.split(init_key, 5)  # index, length, params, state, fixed
   params, data_state = task.init_params(k_params), task.init_state(k_state)
   velocity = jax.tree.map(jnp.zeros_like, params)
   lr, decay = float(jnp.exp(system.theta0["lr"])), float(jnp.exp(system.theta0["decay"]))

@@ -17,7 +17,8 @@ from meta_train.estimators import NRES, FullES
 
 def test_inner_task_registry():
   assert sorted(tasks.INNER_TASKS) == ["cifar10_resnet", "digits_mlp", "fashion_mnist_mlp",
-                                       "fashion_mnist_mlp28", "lstm_copy"]
+                                       "fashion_mnist_mlp28", "image_autoencoder", "image_conv",
+                                       "image_mlp", "lstm_copy"]
   with pytest.raises(ValueError, match=r"^hidden: task 'digits_mlp' takes no option 'hidden'"):
     tasks.get_inner_task("digits_mlp", hidden=3)
 
@@ -99,21 +100,27 @@ def test_train_meta_loss_is_the_normalized_training_loss():
   assert np.all((losses >= 0) & (losses <= 1.5 * math.log(10)))
 
 
-def test_telescoping_meta_loss_sums_to_the_final_minus_the_initial_loss():
-  system = _system(horizon=40, meta_loss="telescoping").bound()
-  key = jax.random.key(3)
-  init_key, steps_key = jax.random.split(key)
+def test_telescoping_meta_loss_sums_to_the_final_loss_on_the_fixed_batch():
+  """The per-step differences sum to the final parameters' loss on the episode's fixed batch
+  (``l_{-1} = 0``), measured here independently of the system."""
+  task = tasks.get_inner_task("digits_mlp")
+  system = _system(horizon=40, meta_loss="telescoping", fixed_batch_size=500).bound()
+  init_key, steps_key = jax.random.split(jax.random.key(3))
   state0 = system.init(init_key)
   final, losses = system.unroll({}, state0, jax.random.split(steps_key, 40))
-  np.testing.assert_allclose(float(jnp.sum(losses)), float(final.previous - state0.previous),
-                             rtol=1e-5, atol=1e-6)
-  assert float(final.previous) < float(state0.previous) - 0.5  # Adam made progress
+  fixed = task.eval_batch(task.data, "train", jax.random.wrap_key_data(state0.fixed_key),
+                          batch_size=500)
+  final_loss, initial_loss = (float(task.normalize(task.loss(p, fixed)))
+                              for p in (final.params, state0.params))
+  np.testing.assert_allclose(float(jnp.sum(losses)), final_loss, rtol=1e-5, atol=1e-6)
+  assert float(final.previous) == pytest.approx(final_loss, rel=1e-6)
+  assert final_loss < initial_loss - 0.5  # Adam made progress
 
 
-def test_outer_valid_meta_loss_reads_the_outer_validation_split():
+def test_valid_meta_loss_reads_the_outer_validation_split():
   """Relabelling the outer-validation split (and only it) changes every meta-loss; relabelling
   the inner-validation or test split changes none: the loss reads that split, not another."""
-  system = _system(horizon=20, meta_loss="outer_valid")
+  system = _system(horizon=20, meta_loss="valid")
   (digits,) = system.data
 
   def losses(split):
