@@ -8,6 +8,7 @@
     meta-train export RUN_DIR --out lopt.npz                  # the learned optimizer, for optax
     meta-train plot RUN_DIR [RUN_DIR ...] --out runs.png
     meta-train search --task many_hparams --budget 60000 --out checkpoints/random  # a baseline
+    meta-train bench small_mix_nres --out bench.png          # the held-out suite vs tuned Adam
 
 Flags come from the typed configuration in :mod:`meta_train.config` (parsed by ``tyro``, which is
 imported when a command line is parsed, not with this module). Bad
@@ -126,8 +127,28 @@ class Search:
   """Replace what is at --out."""
 
 
+@dataclasses.dataclass
+class Bench:
+  """Run an optimizer on the held-out suite (tasks in no training distribution) beside Adam, AdamW
+  and SGD with momentum, each tuned per task on a learning-rate grid. Prints a table and a JSON
+  line; writes nothing unless --out is given."""
+
+  optimizer: _tyro().conf.Positional[str]
+  """An exported .npz, a pretrained name (lopt_meta.PRETRAINED), or an optax family by name (adam, adamw, sgdm; NAME:LR sets its learning rate)."""
+  tasks: tuple[str, ...] = ()
+  """Run these tasks of the suite only (default: all)."""
+  steps_scale: float = 1.0
+  """Run every task this many times its length."""
+  out: Path | None = None
+  """Write the loss curves to this PNG."""
+  data_dir: str | None = None
+  """Where FashionMNIST is (default: a prepared tfds dir or /usr/share/datasets/fashion-mnist)."""
+  seed: int = 0
+  """The seed of every run's initialization and data order."""
+
+
 COMMANDS = {"train": Train, "resume": Resume, "eval": Eval, "export": Export, "plot": Plot,
-            "search": Search}
+            "search": Search, "bench": Bench}
 
 
 def _config_path(args: Sequence[str]) -> str | None:
@@ -176,7 +197,30 @@ def run_command(command) -> int:
     _plot(command)
   elif isinstance(command, Search):
     _search(command)
+  elif isinstance(command, Bench):
+    _bench(command)
   return 0
+
+
+def _bench(command: Bench) -> None:
+  from meta_train import bench
+  from tasks import heldout
+  suite = heldout.suite(command.tasks or None, steps_scale=command.steps_scale)
+  if command.out is not None and Path(command.out).suffix != ".png":
+    raise ConfigError("out", f"the curves are written as a PNG; got {command.out}")
+  label, optimizer, arg = bench.resolve_optimizer(command.optimizer)
+  rows = []
+  for held in suite:
+    rows.append(bench.bench_task(held, optimizer, arg, data_dir=command.data_dir,
+                                 seed=command.seed))
+    print(f"meta-train: {held.name}: {rows[-1]['train']:.4g} against tuned Adam's "
+          f"{rows[-1]['adam']['train']:.4g} ({rows[-1]['seconds']:.0f} s)", file=sys.stderr,
+          flush=True)
+  print(bench.table(rows, label))
+  if command.out is not None:
+    print(f"meta-train: wrote {bench.plot(rows, label, Path(command.out))}", file=sys.stderr)
+  print(json.dumps({**bench.summary(rows, label),
+                    "rows": [{k: v for k, v in r.items() if k != "curves"} for r in rows]}))
 
 
 def _plot(command: Plot) -> None:
@@ -234,7 +278,7 @@ def _eval(command: Eval) -> None:
   if command.episodes is not None:
     config = dataclasses.replace(config, run=dataclasses.replace(
         config.run, eval_episodes=command.episodes))
-  evaluator = evaluation.Evaluator(config, loaded.system)  # the run's system, built once
+  evaluator = evaluation.make_evaluator(config, loaded.system)  # the run's system, built once
   result = {"run_dir": str(command.run_dir), "step": loaded.step, **evaluator(loaded.theta),
             **evaluator.baseline()}
   line = f"{command.run_dir} at outer step {loaded.step}: eval_loss {result['eval_loss']:.6g}"

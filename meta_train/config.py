@@ -37,7 +37,7 @@ def _tyro():
 
 
 def _task_names() -> list[str]:
-  return sorted(tasks.TASKS) + sorted(tasks.INNER_TASKS)
+  return sorted(tasks.TASKS) + sorted(tasks.INNER_TASKS) + sorted(tasks.DISTRIBUTIONS)
 
 
 def _yaml_values(pairs: dict[str, str]) -> dict[str, Any]:
@@ -65,14 +65,17 @@ class TaskConfig:
            "(default mlp).")] = None
   lopt_option: dict[str, str] = dataclasses.field(default_factory=dict)
   """Learned-optimizer overrides as NAME VALUE pairs, e.g. --lopt-option hidden_sizes [16,16]."""
-  meta_loss: Literal["train", "outer_valid", "telescoping"] = "train"
-  """Per-step meta-loss of learned-optimizer training."""
+  meta_loss: Literal["train", "valid", "telescoping"] = "train"
+  """Per-step meta-loss of inner training: the training loss, the loss on a fresh outer-validation batch, or the per-step differences of the loss on a fixed training batch (their sum is the final loss)."""
   truncation: Literal["constant", "log_uniform"] = "constant"
   """Episode lengths of learned-optimizer training: always T, or log-uniform in [min_horizon, T]."""
   min_horizon: int | None = None
   """Shortest episode for --truncation log_uniform (default T // 10)."""
   data_dir: str | None = None
   """Where datasets are (a tfds data dir, FashionMNIST IDX files, cifar-10-batches-py)."""
+  distribution: Annotated[dict[str, Any] | None, _tyro().conf.Suppress] = None
+  """A task distribution declared inline (the YAML form of tasks.Distribution, set in a --config
+  file under task: {task: NAME, distribution: {...}}); NAME then names it in logs."""
 
   def options(self) -> dict[str, Any]:
     """The task overrides with typed values."""
@@ -82,8 +85,31 @@ class TaskConfig:
     return _yaml_values(self.lopt_option)
 
   @property
+  def is_distribution(self) -> bool:
+    return self.distribution is not None or self.task in tasks.DISTRIBUTIONS
+
+  @property
   def is_inner(self) -> bool:
-    return self.task in tasks.INNER_TASKS
+    """Whether a learned optimizer is trained (on an inner task or a task distribution)."""
+    return self.task in tasks.INNER_TASKS or self.is_distribution
+
+  def declared_distribution(self) -> tasks.Distribution:
+    """The distribution this config trains on, with its ``--task-option`` overrides
+    (``tasks_per_step``, ``normalize``, ``truncation``)."""
+    if self.distribution is not None:
+      dist = tasks.Distribution.from_dict(self.distribution)
+    else:
+      dist = tasks.get_distribution(self.task)
+    overrides = self.options()
+    allowed = ("tasks_per_step", "normalize", "truncation")
+    for name in overrides:
+      if name not in allowed:
+        raise ConfigError("task_option", f"a distribution takes {', '.join(allowed)}; got {name!r}")
+    if self.truncation == "log_uniform":
+      overrides.setdefault("truncation", "log_uniform")
+    dist = dataclasses.replace(dist, **overrides)
+    dist.check()
+    return dist
 
 
 @dataclasses.dataclass(frozen=True)
@@ -192,6 +218,8 @@ class TrainConfig:
         valid = sorted(set().union(*members.values()))
         raise ConfigError(key, f"unknown setting {key!r}; valid: {', '.join(valid)}")
       nested[owner][key] = value
+    if nested["task"].get("meta_loss") == "outer_valid":  # its name in runs before 2026-12
+      nested["task"]["meta_loss"] = "valid"
     run = nested["run"]
     if run.get("out") is not None:
       run["out"] = Path(run["out"])
@@ -229,15 +257,19 @@ DEFAULT_INNER_HORIZON = 1000
 
 def build_system(config: TrainConfig, *, for_evaluation: bool = False,
                  lopt: lopt_meta.LearnedOptimizer | None = None,
-                 meta_loss: str = "train") -> tasks.UnrolledSystem:
+                 meta_loss: str = "train", member: str | None = None):
   """The configured system (raises ConfigError for an unknown task or option).
 
   For inner tasks, the system trains the task with the learned optimizer (``lopt`` replaces the
   configured one, e.g. Adam for the evaluation baseline); ``for_evaluation`` gives every episode
   the full horizon and the meta-loss ``meta_loss`` (the training loss: the quantity compared
-  with Adam).
+  with Adam). For a task distribution: a :class:`tasks.DistributionSystem` of the members'
+  systems, or with ``member`` that member's system alone.
   """
   t = config.task
+  if t.is_distribution:
+    return _distribution_system(config, for_evaluation=for_evaluation, lopt=lopt,
+                                meta_loss=meta_loss, member=member)
   if t.task in tasks.TASKS:
     takes = tasks.override_names(t.task)  # a task that reads data, or has meta-losses, takes them
     for field, value in (("lopt", t.lopt), ("meta_loss", t.meta_loss != "train" or None),
@@ -264,10 +296,8 @@ def build_system(config: TrainConfig, *, for_evaluation: bool = False,
       raise ConfigError("data_dir", f"task {t.task!r} reads no dataset")
     options["data_dir"] = t.data_dir
   inner = tasks.get_inner_task(t.task, **options)
-  if lopt is None:
-    lopt = lopt_meta.get_optimizer(t.lopt or "mlp", **t.lopt_options())
+  lopt, theta0 = _lopt_and_theta0(config, lopt)
   horizon = t.horizon if t.horizon is not None else DEFAULT_INNER_HORIZON
-  theta0 = lopt.init_theta(jax.random.fold_in(jax.random.key(config.run.seed), 1))
   if for_evaluation:
     return tasks.learned_optimizer_system(inner, lopt, horizon=horizon, meta_loss=meta_loss,
                                           truncation="constant", theta0=theta0)
@@ -276,8 +306,33 @@ def build_system(config: TrainConfig, *, for_evaluation: bool = False,
                                         theta0=theta0)
 
 
-def build_estimator(config: TrainConfig, system: tasks.UnrolledSystem) -> estimators.Estimator:
-  """The configured estimator; only the options the chosen estimator takes are passed."""
+def _lopt_and_theta0(config: TrainConfig, lopt):
+  t = config.task
+  if lopt is None:
+    lopt = lopt_meta.get_optimizer(t.lopt or "mlp", **t.lopt_options())
+  return lopt, lopt.init_theta(jax.random.fold_in(jax.random.key(config.run.seed), 1))
+
+
+def _distribution_system(config: TrainConfig, *, for_evaluation, lopt, meta_loss, member):
+  t = config.task
+  for field, value in (("horizon", t.horizon), ("min_horizon", t.min_horizon)):
+    if value is not None:
+      raise ConfigError(field, "the members of a task distribution carry their own horizons "
+                        "(a member's 'horizon'; log_uniform episodes start at horizon // 10)")
+  dist = t.declared_distribution()
+  lopt, theta0 = _lopt_and_theta0(config, lopt)
+  systems = dist.systems(lopt, theta0=theta0, meta_loss=meta_loss if for_evaluation else t.meta_loss,
+                         data_dir=t.data_dir, for_evaluation=for_evaluation)
+  if member is not None:
+    if member not in systems:
+      raise unknown_name("member", member, list(systems))
+    return systems[member]
+  return tasks.DistributionSystem(systems, name=f"{t.task}/{lopt.name}")
+
+
+def build_estimator(config: TrainConfig, system) -> estimators.Estimator:
+  """The configured estimator; only the options the chosen estimator takes are passed. For a
+  task distribution, one such estimator per member, combined by :class:`estimators.OverTasks`."""
   e = config.estimator
   if e.estimator not in estimators.ESTIMATORS:
     raise unknown_name("estimator", e.estimator, estimators.ESTIMATORS)
@@ -288,7 +343,14 @@ def build_estimator(config: TrainConfig, system: tasks.UnrolledSystem) -> estima
     raise ConfigError("K", "gpes needs K, the steps per noise block (e.g. --K 100)")
   kwargs = {"num_particles": e.num_particles, "sigma": e.sigma, "unroll_length": e.unroll_length,
             "K": e.K, "lockstep": e.lockstep}
-  return estimators.make(e.estimator, system, **{k: v for k, v in kwargs.items() if k in allowed})
+  kwargs = {k: v for k, v in kwargs.items() if k in allowed}
+  if isinstance(system, tasks.DistributionSystem):
+    dist = config.task.declared_distribution()
+    return estimators.OverTasks({name: estimators.make(e.estimator, s, **kwargs)
+                                 for name, s in system.systems.items()},
+                                tasks_per_step=dist.tasks_per_step, normalize=dist.normalize,
+                                name=system.name)
+  return estimators.make(e.estimator, system, **kwargs)
 
 
 def validate(config: TrainConfig) -> tuple[tasks.UnrolledSystem, estimators.Estimator]:

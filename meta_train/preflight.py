@@ -40,10 +40,14 @@ def affected() -> bool:
   return jax.default_backend() == "cpu" and jax.lib.__version__.startswith("0.10.")
 
 
-def lapack_warning(system: UnrolledSystem, num_pairs: int) -> str | None:
-  """A one-line warning if ``system`` calls LAPACK under vmap where that can deadlock, else None."""
+def lapack_warning(system, num_pairs: int) -> str | None:
+  """A one-line warning if ``system`` (or a member of a task distribution, whose ``systems``
+  are checked one by one) calls LAPACK under vmap where that can deadlock, else None."""
   if num_pairs < 2 or system.theta0 is None or not affected():
     return None
+  if hasattr(system, "systems"):
+    warnings = (lapack_warning(s, num_pairs) for s in system.systems.values())
+    return next((w for w in warnings if w is not None), None)
   calls = lapack_calls(system, num_pairs)
   found = [f"{name} ({', '.join(c)})" for name, c in calls.items() if c]
   if not found:

@@ -266,7 +266,7 @@ def _resume_locked(config, run_dir, system, estimator, trainer):
 
 def _loop(config, run_dir, system, estimator, trainer, state, *, meta, resumed):
   c_run, total = config.run, config.outer.outer_steps
-  evaluate = evaluation.Evaluator(config, system) if c_run.eval_every else None
+  evaluate = evaluation.make_evaluator(config, system) if c_run.eval_every else None
   writer = distributed.is_writer()
   log = (RunLog(run_dir, config.to_dict(), mode=c_run.wandb, name=run_dir.name, resume=resumed)
          if writer else _NoLog())

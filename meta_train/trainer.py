@@ -99,10 +99,16 @@ class Trainer:
 
 
 def summarize(chunk_metrics: dict[str, jax.Array]) -> dict[str, Any]:
-  """Reduces per-step metrics of a chunk: counts are summed, everything else averaged."""
+  """Reduces per-step metrics of a chunk: counts are summed, everything else averaged. A
+  per-task metric (``NAME/TASK``, NaN at the steps that did not draw the task) is averaged over
+  the steps that drew it, and left out when none did."""
   summed = ("nonfinite", "resets", "unroll_steps", "skipped_updates")
   out = {}
   for name, values in chunk_metrics.items():
     values = np.asarray(values)
-    out[name] = int(values.sum()) if name in summed else float(values.mean())
+    if "/" in name:
+      if np.any(~np.isnan(values)):
+        out[name] = float(np.nanmean(values))
+    else:
+      out[name] = int(values.sum()) if name in summed else float(values.mean())
   return out

@@ -20,7 +20,10 @@ from tasks.hparam_tuning import lr_decay_schedule, many_hparams
 from tasks.hyperparameters import (Fraction, Logit, LogUniform, Uniform, hparam_system,
                                    optax_system)
 from tasks.policy_learning import gym_mujoco, policy_system
-from tasks.lopt_system import META_LOSSES, TRUNCATIONS, learned_optimizer_system
+from tasks.inner_training import META_LOSSES, TRUNCATIONS, Augmentation, InnerState, inner_training
+from tasks.lopt_system import learned_optimizer_system
+from tasks.distribution import (DISTRIBUTIONS, Distribution, DistributionSystem, Member,
+                                get_distribution)
 from tasks.registry import TASKS, get, override_names, register
 
 __all__ = [
@@ -31,5 +34,7 @@ __all__ = [
     "Fraction", "Logit", "LogUniform", "Uniform", "hparam_system", "optax_system",
     "lr_decay_schedule", "many_hparams",
     "INNER_TASKS", "InnerTask", "get_inner_task",
-    "META_LOSSES", "TRUNCATIONS", "learned_optimizer_system",
+    "META_LOSSES", "TRUNCATIONS", "Augmentation", "InnerState", "inner_training",
+    "learned_optimizer_system",
+    "DISTRIBUTIONS", "Distribution", "DistributionSystem", "Member", "get_distribution",
 ]

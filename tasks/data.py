@@ -8,6 +8,10 @@ Sources, tried in this order:
    ``data_dir`` or in ``/usr/share/datasets/fashion-mnist`` (Debian's ``dataset-fashion-mnist``);
    CIFAR-10's ``cifar-10-batches-py`` folder (in ``data_dir``, or ``data_dir`` itself).
 3. ``digits``: scikit-learn's bundled 8x8 digits (no download; the offline default).
+4. Tables, stored as one-row "images" ``[n, 1, features, 1]`` with each feature scaled by its
+   range to ``0..255`` (8 bits), so that they live and batch as images do: ``breast_cancer``
+   (scikit-learn's bundled Wisconsin data, 569 x 30, 2 classes) and ``synthetic`` (scikit-learn's
+   ``make_classification``, seed 0: 8000 x 40, 24 informative, 5 classes).
 
 Splits: the source's train split is cut (in file order) into ``train`` 80%, ``inner_valid`` 10%
 and ``outer_valid`` 10%; its test split is ``test``. Digits has no test split: a fixed shuffle
@@ -34,7 +38,9 @@ from lopt_meta.errors import ConfigError
 
 SPLITS = ("train", "inner_valid", "outer_valid", "test")
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
-NUM_CLASSES = {"fashion_mnist": 10, "cifar10": 10, "digits": 10}
+NUM_CLASSES = {"fashion_mnist": 10, "cifar10": 10, "digits": 10, "breast_cancer": 2,
+               "synthetic": 5}
+TABLES = ("breast_cancer", "synthetic")
 
 
 class Split(NamedTuple):
@@ -137,6 +143,22 @@ def _digits():
   return images[order], labels[order]
 
 
+def _table(name: str):
+  """A table as uint8 one-row images (each feature scaled by its range) and int32 labels."""
+  if name == "breast_cancer":
+    from sklearn.datasets import load_breast_cancer  # bundled with scikit-learn: no download
+    features, labels = load_breast_cancer(return_X_y=True)
+  else:
+    from sklearn.datasets import make_classification
+    features, labels = make_classification(
+        n_samples=8000, n_features=40, n_informative=24, n_redundant=8, n_classes=5,
+        n_clusters_per_class=2, class_sep=1.0, random_state=0)
+  low, high = features.min(axis=0), features.max(axis=0)
+  scaled = np.rint((features - low) / np.maximum(high - low, 1e-12) * 255.0).astype(np.uint8)
+  order = np.random.default_rng(0).permutation(len(labels))
+  return scaled[order][:, None, :, None], labels[order].astype(np.int32)
+
+
 def _cut(images: np.ndarray, labels: np.ndarray, fractions) -> list[tuple[np.ndarray, np.ndarray]]:
   n = len(labels)
   edges = np.rint(np.cumsum((0.0,) + tuple(fractions)) * n).astype(int)
@@ -162,7 +184,7 @@ def load(name: str, *, data_dir: str | None = None, image_size: int | None = Non
   """The four splits of dataset ``name`` on the device (cached per process).
 
   Args:
-    name: ``fashion_mnist``, ``cifar10`` or ``digits``.
+    name: ``fashion_mnist``, ``cifar10``, ``digits``, ``breast_cancer`` or ``synthetic``.
     data_dir: where to look first (a tfds data dir, an IDX folder, or a CIFAR-10 folder).
     image_size: resize images to ``image_size x image_size`` (bilinear, antialiased) once at load.
 
@@ -173,6 +195,8 @@ def load(name: str, *, data_dir: str | None = None, image_size: int | None = Non
     raise ConfigError("dataset", f"unknown dataset {name!r}; valid: {', '.join(sorted(NUM_CLASSES))}")
   if name == "digits":
     parts = _cut(*_digits(), (0.7, 0.1, 0.1, 0.1))
+  elif name in TABLES:
+    parts = _cut(*_table(name), (0.7, 0.1, 0.1, 0.1))
   else:
     tried = []
     arrays = _from_tfds(name, data_dir)

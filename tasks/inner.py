@@ -15,7 +15,11 @@ An :class:`InnerTask` is pure functions over pytrees, with its data passed in ex
 
 Registered tasks (:data:`INNER_TASKS`): ``fashion_mnist_mlp`` (8x8 images, 64 -> 32 -> 10 ReLU,
 batch 128), ``fashion_mnist_mlp28`` (784 -> 32 -> 10), ``digits_mlp`` (scikit-learn's digits, the
-8x8 MLP: the offline default), ``cifar10_resnet`` (a ResNet-8 on 32x32x3) and ``lstm_copy``.
+8x8 MLP: the offline default), ``cifar10_resnet`` (a ResNet-8 on 32x32x3), ``lstm_copy``, and the
+general ``image_mlp``, ``image_conv`` and ``image_autoencoder`` (any dataset of
+:data:`tasks.data.NUM_CLASSES`, the tables included; any size, widths, activation and batch
+size: the members of task distributions, :mod:`tasks.distribution`, and of the held-out
+benchmark, :mod:`tasks.heldout`).
 """
 
 from __future__ import annotations
@@ -86,17 +90,43 @@ class InnerTask(abc.ABC):
 # Image classification
 # ---------------------------------------------------------------------------------------------
 
+ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "relu": nn.relu, "tanh": jnp.tanh, "gelu": nn.gelu, "elu": nn.elu, "sigmoid": nn.sigmoid}
+
+
+def check_activation(activation: str) -> None:
+  if activation not in ACTIVATIONS:
+    raise ConfigError("activation", f"unknown activation {activation!r}; valid: "
+                      f"{', '.join(sorted(ACTIVATIONS))}")
+
+
 class MLP(nn.Module):
-  """Flattens its input, then ``Dense(h) -> relu`` for each hidden size, then ``Dense(classes)``."""
+  """Flattens its input, then ``Dense(h) -> activation`` for each hidden size, then
+  ``Dense(classes)``."""
   hidden_sizes: Sequence[int]
   num_classes: int
+  activation: str = "relu"
 
   @nn.compact
   def __call__(self, x):
     x = jnp.reshape(x, (x.shape[0], -1))
     for h in self.hidden_sizes:
-      x = nn.relu(nn.Dense(h)(x))
+      x = ACTIVATIONS[self.activation](nn.Dense(h)(x))
     return nn.Dense(self.num_classes)(x)
+
+
+class ConvNet(nn.Module):
+  """A small CNN: for each channel count a 3x3 convolution (stride 2) and the activation, then
+  global average pooling and ``Dense(classes)``."""
+  channels: Sequence[int]
+  num_classes: int
+  activation: str = "relu"
+
+  @nn.compact
+  def __call__(self, x):
+    for c in self.channels:
+      x = ACTIVATIONS[self.activation](nn.Conv(c, (3, 3), strides=2)(x))
+    return nn.Dense(self.num_classes)(jnp.mean(x, axis=(1, 2)))
 
 
 class ResidualBlock(nn.Module):
@@ -181,6 +211,34 @@ class ImageClassification(InnerTask):
   def loss(self, params, batch):
     logits = self.model.apply({"params": params}, batch["image"])
     return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]))
+
+
+class Autoencoder(nn.Module):
+  """An MLP autoencoder: flatten, ``Dense(h) -> activation`` for each hidden size, then a
+  ``Dense`` back to the input's size (logits of the pixels)."""
+  hidden_sizes: Sequence[int]
+  activation: str = "relu"
+
+  @nn.compact
+  def __call__(self, x):
+    flat = jnp.reshape(x, (x.shape[0], -1))
+    h = flat
+    for size in self.hidden_sizes:
+      h = ACTIVATIONS[self.activation](nn.Dense(size)(h))
+    return jnp.reshape(nn.Dense(flat.shape[-1])(h), x.shape)
+
+
+class ImageAutoencoder(ImageClassification):
+  """Reconstruct an image dataset's images: the loss is the mean squared error between the
+  sigmoid of the model's output and the pixels in ``[0, 1]`` (labels unused); ``normalize``
+  clips it to ``[0, 1]`` (NaN to 1)."""
+
+  def loss(self, params, batch):
+    out = jax.nn.sigmoid(self.model.apply({"params": params}, batch["image"]))
+    return jnp.mean((out - batch["image"]) ** 2)
+
+  def normalize(self, loss):
+    return jnp.where(jnp.isnan(loss), 1.0, jnp.clip(loss, 0.0, 1.0))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -303,6 +361,40 @@ def digits_mlp(*, batch_size: int = 128, hidden_sizes: Sequence[int] = (32,)) ->
                              batch_size=batch_size)
 
 
+def image_mlp(*, dataset: str = "digits", image_size: int | None = None,
+              hidden_sizes: Sequence[int] = (32,), activation: str = "relu",
+              batch_size: int = 128, data_dir: str | None = None) -> ImageClassification:
+  """An MLP on any image dataset (``digits``, ``fashion_mnist``, ``cifar10``), optionally resized
+  to ``image_size`` squared: ``hidden_sizes`` layers of ``activation``."""
+  check_activation(activation)
+  size = "" if image_size is None else f"{image_size}"
+  name = f"{dataset}{size}_mlp_{'x'.join(map(str, hidden_sizes)) or 'linear'}_{activation}_b{batch_size}"
+  return ImageClassification(name, dataset, MLP(tuple(hidden_sizes), data_lib.NUM_CLASSES.get(
+      dataset, 10), activation), batch_size=batch_size, image_size=image_size, data_dir=data_dir)
+
+
+def image_conv(*, dataset: str = "digits", image_size: int | None = None,
+               channels: Sequence[int] = (8, 16), activation: str = "relu",
+               batch_size: int = 128, data_dir: str | None = None) -> ImageClassification:
+  """A small CNN (:class:`ConvNet`) on any image dataset, optionally resized."""
+  check_activation(activation)
+  size = "" if image_size is None else f"{image_size}"
+  name = f"{dataset}{size}_conv_{'x'.join(map(str, channels))}_{activation}_b{batch_size}"
+  return ImageClassification(name, dataset, ConvNet(tuple(channels), data_lib.NUM_CLASSES.get(
+      dataset, 10), activation), batch_size=batch_size, image_size=image_size, data_dir=data_dir)
+
+
+def image_autoencoder(*, dataset: str = "digits", image_size: int | None = None,
+                      hidden_sizes: Sequence[int] = (32,), activation: str = "relu",
+                      batch_size: int = 128, data_dir: str | None = None) -> ImageAutoencoder:
+  """An MLP autoencoder (:class:`Autoencoder`) of an image dataset's images."""
+  check_activation(activation)
+  size = "" if image_size is None else f"{image_size}"
+  name = f"{dataset}{size}_autoencoder_{'x'.join(map(str, hidden_sizes))}_{activation}_b{batch_size}"
+  return ImageAutoencoder(name, dataset, Autoencoder(tuple(hidden_sizes), activation),
+                          batch_size=batch_size, image_size=image_size, data_dir=data_dir)
+
+
 def cifar10_resnet(*, batch_size: int = 128, widths: Sequence[int] = (16, 32, 64),
                    blocks_per_stage: int = 1, data_dir: str | None = None) -> ImageClassification:
   """CIFAR-10 (32x32x3), ResNet-8 by default (GroupNorm), batch 128."""
@@ -324,6 +416,9 @@ INNER_TASKS: dict[str, Callable[..., InnerTask]] = {
     "digits_mlp": digits_mlp,
     "cifar10_resnet": cifar10_resnet,
     "lstm_copy": lstm_copy,
+    "image_mlp": image_mlp,
+    "image_conv": image_conv,
+    "image_autoencoder": image_autoencoder,
 }
 
 

@@ -17,6 +17,7 @@ from lopt_meta.errors import check_options, unknown_name
 from meta_train.estimators.base import Estimator, Metrics, OnlineES
 from meta_train.estimators.full_es import FullES
 from meta_train.estimators.nres import NRES
+from meta_train.estimators.over_tasks import OverTasks, OverTasksState
 from meta_train.estimators.pes import GPES, PES
 from meta_train.estimators.tbptt import TBPTT
 from meta_train.estimators.truncated_es import TruncatedES
@@ -45,5 +46,5 @@ def make(name: str, system, **kwargs) -> Estimator:
   return ESTIMATORS[name](system, **kwargs)
 
 
-__all__ = ["ESTIMATORS", "Estimator", "FullES", "GPES", "Metrics", "NRES", "OnlineES", "PES",
-           "TBPTT", "TruncatedES", "make", "options"]
+__all__ = ["ESTIMATORS", "Estimator", "FullES", "GPES", "Metrics", "NRES", "OnlineES",
+           "OverTasks", "OverTasksState", "PES", "TBPTT", "TruncatedES", "make", "options"]
