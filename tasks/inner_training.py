@@ -218,60 +218,78 @@ def inner_training(task: InnerTask | Sequence[InnerTask], optimizer: InnerOptimi
   min_horizon = check_options(family, horizon=horizon, meta_loss=meta_loss, truncation=truncation,
                               min_horizon=min_horizon, fixed_batch_size=fixed_batch_size,
                               augment=augment)
+  core = _Core(family, optimizer, horizon=horizon, meta_loss=meta_loss, truncation=truncation,
+               min_horizon=min_horizon, fixed_batch_size=fixed_batch_size, augment=augment)
+  return core.init, core.step, min_horizon
 
-  def each(fn):
-    """Branches ``fn(task_number, task)`` for ``_switch``."""
-    return [lambda *a, i=i, t=t: fn(i, t)(*a) for i, t in enumerate(family)]
 
-  def measure(state, params, key, data, split, batch_size=None):
-    """Normalized loss of ``params`` on a random batch of ``split`` of the episode's task."""
-    return _switch(state.task_index, each(lambda i, t: lambda p, k: t.normalize(t.loss(
-        _natural(p, state.scales), t.eval_batch(data[i], split, k, batch_size=batch_size)))),
-        params, key)
+@dataclasses.dataclass(frozen=True)
+class _Core:
+  """The two functions of :func:`inner_training` over checked settings."""
+  family: tuple[InnerTask, ...]
+  optimizer: InnerOptimizer
+  horizon: int
+  meta_loss: str
+  truncation: str
+  min_horizon: int | None
+  fixed_batch_size: int
+  augment: Augmentation
 
-  def init(key, data):
+  def each(self, fn):
+    """Branches ``fn(task_number, task)(*operands)`` for ``_switch``, one per task."""
+    return [lambda *a, i=i, t=t: fn(i, t)(*a) for i, t in enumerate(self.family)]
+
+  def init(self, key, data) -> InnerState:
     k_index, k_len, k_params, k_state, k_fixed = jax.random.split(as_typed_key(key), 5)
-    index = jax.random.randint(k_index, (), 0, len(family))
-    params = _switch(index, each(lambda i, t: t.init_params), k_params)
-    task_state = _switch(index, each(lambda i, t: t.init_state), k_state)
+    index = jax.random.randint(k_index, (), 0, len(self.family))
+    params = _switch(index, self.each(lambda i, t: t.init_params), k_params)
+    task_state = _switch(index, self.each(lambda i, t: t.init_state), k_state)
     scales = None
-    if augment.param_scale is not None:
-      scales = _draw_scales(jax.random.fold_in(k_params, 1), params, augment.param_scale)
+    if self.augment.param_scale is not None:
+      scales = _draw_scales(jax.random.fold_in(k_params, 1), params, self.augment.param_scale)
       params = jax.tree.map(lambda p, c: p * c, params, scales)
-    return InnerState(params=params, opt_state=optimizer.init(params), task_state=task_state,
+    return InnerState(params=params, opt_state=self.optimizer.init(params), task_state=task_state,
                       step=jnp.zeros((), jnp.int32),
-                      length=_episode_length(k_len, truncation, horizon, min_horizon),
+                      length=_episode_length(k_len, self.truncation, self.horizon,
+                                             self.min_horizon),
                       task_index=index, previous=jnp.zeros((), jnp.float32),
                       fixed_key=jax.random.key_data(k_fixed), scales=scales)
 
-  def gradient(state, key, data):
+  def step(self, arg, state: InnerState, key, data) -> tuple[InnerState, jax.Array]:
+    k_batch, k_eval = jax.random.split(key)
+    loss, grads, task_state = self._gradient(state, k_batch, data)
+    updates, opt_state = self.optimizer.update(arg, grads, state.opt_state, state.params,
+                                               loss=loss)
+    params = optax.apply_updates(state.params, updates)
+    new = state._replace(params=params, opt_state=opt_state, task_state=task_state,
+                         step=state.step + 1)
+    if self.meta_loss == "train":
+      return new, _switch(state.task_index, self.each(lambda i, t: t.normalize), loss)
+    if self.meta_loss == "valid":
+      return new, self._measure(new, k_eval, data, "outer_valid")
+    current = self._measure(new, jax.random.wrap_key_data(state.fixed_key), data, "train",
+                            self.fixed_batch_size)
+    return new._replace(previous=current), current - state.previous
+
+  def _gradient(self, state: InnerState, key, data):
     """The training loss of the episode task's next batch, its gradient and the task state."""
     def run(i, t):
       def branch(params, task_state, k):
         batch, task_state = t.train_batch(data[i], task_state, k)
-        if augment.label_noise and "label" in batch:
-          batch = augment.relabel(batch, jax.random.fold_in(k, 1), t.num_classes)
+        if self.augment.label_noise and "label" in batch:
+          batch = self.augment.relabel(batch, jax.random.fold_in(k, 1), t.num_classes)
         loss, grads = jax.value_and_grad(
             lambda p: t.loss(_natural(p, state.scales), batch))(params)
         return loss, grads, t.update_state(task_state, loss)
       return branch
-    return _switch(state.task_index, each(run), state.params, state.task_state, key)
+    return _switch(state.task_index, self.each(run), state.params, state.task_state, key)
 
-  def step(arg, state, key, data):
-    k_batch, k_eval = jax.random.split(key)
-    loss, grads, task_state = gradient(state, k_batch, data)
-    updates, opt_state = optimizer.update(arg, grads, state.opt_state, state.params, loss=loss)
-    params = optax.apply_updates(state.params, updates)
-    new = state._replace(params=params, opt_state=opt_state, task_state=task_state,
-                         step=state.step + 1)
-    if meta_loss == "train":
-      meta = _switch(state.task_index, each(lambda i, t: t.normalize), loss)
-    elif meta_loss == "valid":
-      meta = measure(new, params, k_eval, data, "outer_valid")
-    else:
-      current = measure(new, params, jax.random.wrap_key_data(state.fixed_key), data, "train",
-                        fixed_batch_size)
-      meta, new = current - state.previous, new._replace(previous=current)
-    return new, meta
-
-  return init, step, min_horizon
+  def _measure(self, state: InnerState, key, data, split, batch_size=None):
+    """Normalized loss of ``state``'s parameters on a random batch of ``split`` of the
+    episode's task."""
+    def run(i, t):
+      def branch(params, k):
+        batch = t.eval_batch(data[i], split, k, batch_size=batch_size)
+        return t.normalize(t.loss(_natural(params, state.scales), batch))
+      return branch
+    return _switch(state.task_index, self.each(run), state.params, key)
