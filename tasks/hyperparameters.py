@@ -38,7 +38,7 @@ import optax
 from lopt_meta.errors import ConfigError
 from tasks.base import UnrolledSystem
 from tasks.inner import InnerTask
-from tasks.inner_training import META_LOSSES, inner_training
+from tasks.inner_training import inner_training
 
 Space = Mapping[str, "Transform"]
 

@@ -49,11 +49,13 @@ def test_same_seed_same_run(tmp_path):
     (["--outer-lr", "-1"], "outer_lr: must be a positive finite number; got -1.0"),
     (["--task", "lorenz63"],
      "task: unknown task 'lorenz63'; valid: cifar10_resnet, digits_mix, digits_mlp, "
-     "fashion_mnist_mlp, fashion_mnist_mlp28, halfcheetah, hopper, image_conv, image_mlp, "
+     "fashion_mnist_mlp, fashion_mnist_mlp28, halfcheetah, hopper, image_autoencoder, "
+     "image_conv, image_mlp, "
      "influence_balancing, lorenz, lr_decay_schedule, lstm_copy, many_hparams, small_mix, "
      "swimmer, toy2d, walker2d"),
     (["--lopt", "mlp"], "lopt: applies to inner tasks (cifar10_resnet, digits_mlp, "
-     "fashion_mnist_mlp, fashion_mnist_mlp28, image_conv, image_mlp, lstm_copy), not to 'toy2d'"),
+     "fashion_mnist_mlp, fashion_mnist_mlp28, image_autoencoder, image_conv, image_mlp, "
+     "lstm_copy), not to 'toy2d'"),
     (["--task", "digits_mlp", "--lopt", "bogus"],
      "lopt: unknown lopt 'bogus'; valid: adafac, adam, hyper_adam, lr_schedule, mlp, sgdm"),
     (["--estimator", "es"],

@@ -17,30 +17,7 @@ from meta_train import cli
 from meta_train import config as config_lib
 from meta_train import run as run_lib
 from meta_train.estimators import NRES, PES, OverTasks
-
-
-def _leaves_equal(a, b):
-  la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
-  assert len(la) == len(lb)
-  for x, y in zip(la, lb):
-    if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
-      x, y = jax.random.key_data(x), jax.random.key_data(y)
-    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
-
-
-def _within_ulps(a, b, ulps=4):
-  """Float leaves within ``ulps`` units in the last place (the same maths compiled in two
-  programs may round differently); integer and key leaves bitwise equal."""
-  la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
-  assert len(la) == len(lb)
-  for x, y in zip(la, lb):
-    if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
-      x, y = jax.random.key_data(x), jax.random.key_data(y)
-    x, y = np.asarray(x), np.asarray(y)
-    if np.issubdtype(x.dtype, np.floating):
-      np.testing.assert_array_max_ulp(x, y, maxulp=ulps)
-    else:
-      np.testing.assert_array_equal(x, y)
+from tests.trees import assert_trees_equal, assert_trees_within_ulps
 
 
 def _digits_system(**kw):
@@ -112,9 +89,9 @@ def test_one_member_distribution_is_the_single_task_estimate(kind):
     g_over, ws_over, m_over = over.estimate(k, theta, ws_over)
     window_key = jax.random.split(jax.random.split(k)[1], 1)[0]
     g_single, ws_single, m_single = single.estimate(window_key, theta, ws_single)
-    _within_ulps(g_over, g_single)
-    _within_ulps(ws_over.members[0], ws_single)
-    _within_ulps({n: m_over[n] for n in m_single}, m_single)
+    assert_trees_within_ulps(g_over, g_single)
+    assert_trees_within_ulps(ws_over.members[0], ws_single)
+    assert_trees_within_ulps({n: m_over[n] for n in m_single}, m_single)
     assert float(m_over["weight/only"]) == 1.0
     ws_over = ws_over.replace(members=(ws_single,))  # the next window from the same workers
 
@@ -217,7 +194,7 @@ def test_multi_task_run_resumes_bit_for_bit(tmp_path):
   assert cli.main(["resume", str(tmp_path / "split"), "--outer-steps", "12"]) == 0
   whole, split = run_lib.load_run(tmp_path / "whole"), run_lib.load_run(tmp_path / "split")
   assert whole.step == split.step == 12
-  _leaves_equal(whole.state, split.state)
+  assert_trees_equal(whole.state, split.state)
   assert len(whole.state.workers.members) == 2
   records = [json.loads(line) for line in (tmp_path / "whole" / "metrics.jsonl").open()]
   logged = {k.split("/", 1)[1] for r in records for k in r if k.startswith("meta_loss/")}

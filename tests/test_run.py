@@ -11,7 +11,6 @@ import sys
 import time
 from pathlib import Path
 
-import jax
 import numpy as np
 import pytest
 
@@ -19,6 +18,7 @@ from meta_train import cli
 from meta_train import run as run_lib
 from meta_train.logs import default_wandb_mode, read_metrics
 from meta_train.progress import Progress
+from tests.trees import assert_trees_equal
 
 TOY = ["--task", "lorenz", "--horizon", "100", "--estimator", "nres", "--num-particles", "8",
        "--sigma", "0.04", "--unroll-length", "10", "--outer-lr", "1e-5", "--outer-optimizer", "sgd",
@@ -27,15 +27,6 @@ TOY = ["--task", "lorenz", "--horizon", "100", "--estimator", "nres", "--num-par
 
 def _train(out, steps, *extra):
   return cli.main(["train", *TOY, "--outer-steps", str(steps), "--out", str(out), *extra])
-
-
-def _leaves_equal(a, b):
-  la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
-  assert len(la) == len(lb)
-  for x, y in zip(la, lb):
-    if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
-      x, y = jax.random.key_data(x), jax.random.key_data(y)
-    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
 @pytest.mark.parametrize("first, checkpoint_every", [(20, 10), (25, 100)])
@@ -48,7 +39,7 @@ def test_resume_is_exact(tmp_path, first, checkpoint_every):
   assert cli.main(["resume", str(tmp_path / "split"), "--outer-steps", "40"]) == 0
   whole, split = run_lib.load_run(tmp_path / "whole"), run_lib.load_run(tmp_path / "split")
   assert whole.step == split.step == 40
-  _leaves_equal(whole.state, split.state)
+  assert_trees_equal(whole.state, split.state)
   assert json.loads((tmp_path / "split" / "config.json").read_text())["outer"]["outer_steps"] == 40
   split_records = {r["step"]: r for r in read_metrics(tmp_path / "split")}
   whole_records = {r["step"]: r for r in read_metrics(tmp_path / "whole")}

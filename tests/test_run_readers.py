@@ -17,13 +17,12 @@ import sys
 import time
 from pathlib import Path
 
-import jax
-import numpy as np
 import pytest
 
 from meta_train import cli
 from meta_train import run as run_lib
 from meta_train.run_lock import LOCK_FILE, RunLock
+from tests.trees import assert_trees_equal
 
 LOPT = ["--task", "digits_mlp", "--lopt", "mlp", "--estimator", "nres", "--num-particles", "4",
         "--sigma", "0.01", "--unroll-length", "5", "--horizon", "50", "--eval-every", "0",
@@ -60,15 +59,6 @@ def _snapshot(folder: Path) -> dict[str, tuple[int, int]]:
   return out
 
 
-def _states_equal(a, b) -> None:
-  la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
-  assert len(la) == len(lb)
-  for x, y in zip(la, lb):
-    if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
-      x, y = jax.random.key_data(x), jax.random.key_data(y)
-    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
-
-
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory) -> Path:
   """A finished 150-step run: the undisturbed reference and the readers' warm-up."""
@@ -97,7 +87,7 @@ def test_reading_a_live_run_never_disturbs_it(finished_run, tmp_path):
   assert not errors, errors[0]["trace"]
   live_reads = [r["step"] for r in reads if "step" in r and r["step"] < 150]
   assert len(live_reads) >= 3, reads  # the reads overlapped the training
-  _states_equal(run_lib.load_run(live).state, run_lib.load_run(finished_run).state)
+  assert_trees_equal(run_lib.load_run(live).state, run_lib.load_run(finished_run).state)
 
 
 def test_readers_write_nothing(finished_run, tmp_path, capsys):

@@ -1,0 +1,31 @@
+"""Tree comparisons for tests: bitwise equality, and equality to within a few ulps."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+
+
+def _arrays(a, b):
+  la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
+  assert len(la) == len(lb), (len(la), len(lb))
+  for x, y in zip(la, lb):
+    if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+      x, y = jax.random.key_data(x), jax.random.key_data(y)
+    yield np.asarray(x), np.asarray(y)
+
+
+def assert_trees_equal(a, b) -> None:
+  """Every leaf bitwise equal (PRNG keys compared by their data)."""
+  for x, y in _arrays(a, b):
+    np.testing.assert_array_equal(x, y)
+
+
+def assert_trees_within_ulps(a, b, ulps: int = 4) -> None:
+  """Float leaves within ``ulps`` units in the last place (the same maths compiled in two
+  programs may round differently); integer and key leaves bitwise equal."""
+  for x, y in _arrays(a, b):
+    if np.issubdtype(x.dtype, np.floating):
+      np.testing.assert_array_max_ulp(x, y, maxulp=ulps)
+    else:
+      np.testing.assert_array_equal(x, y)
