@@ -81,17 +81,17 @@ class Checkpoints:
   def __init__(self, run_dir: Path, *, max_to_keep: int = 3, read_only: bool = False):
     self.directory = Path(run_dir).resolve() / "checkpoints"
     self.read_only = read_only
-    if read_only:
-      options = ocp.CheckpointManagerOptions(read_only=True, create=False,
-                                             enable_async_checkpointing=False,
-                                             cleanup_tmp_directories=False)
-    else:
-      options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
-                                             enable_async_checkpointing=False,
-                                             cleanup_tmp_directories=True)
     # Orbax notes the read-only mode it was asked for; not a problem, so not printed.
     with absl_notes.dropped("read_only=True, setting save_interval_steps",
                             "Given directory is read only"):
+      if read_only:
+        options = ocp.CheckpointManagerOptions(read_only=True, create=False,
+                                               enable_async_checkpointing=False,
+                                               cleanup_tmp_directories=False)
+      else:
+        options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
+                                               enable_async_checkpointing=False,
+                                               cleanup_tmp_directories=True)
       self.manager = self._retry(lambda: ocp.CheckpointManager(
           self.directory, options=options, item_names=("state", "meta")))
 

@@ -114,17 +114,25 @@ def _abstract_state(trainer: Trainer, system) -> TrainState:
 
 def _state_shardings(like: TrainState, estimator):
   """Where each array of the state lives when the run spans processes: the workers' pairs axis
-  split over the estimator's mesh, everything else (theta, optimizer state, key) replicated."""
+  split over the estimator's mesh, everything else (theta, optimizer state, key, and a task
+  distribution's per-task counters) replicated."""
   from jax.sharding import Mesh, NamedSharding, PartitionSpec
   from meta_train import sharding
-  mesh = getattr(estimator, "mesh", None)
+  from meta_train.estimators import OverTasksState
+  members = getattr(estimator, "members", None)
+  mesh = getattr(next(iter(members.values())) if members else estimator, "mesh", None)
   if mesh is None:
     mesh = Mesh(np.asarray(jax.devices()), (sharding.AXIS,))
   replicated = NamedSharding(mesh, PartitionSpec())
   split = NamedSharding(mesh, sharding.SHARDED)
   out = jax.tree.map(lambda _: replicated, like)
-  return out.replace(workers=jax.tree.map(lambda x: split if x.ndim else replicated,
-                                          like.workers))
+
+  def workers(tree):
+    return jax.tree.map(lambda x: split if x.ndim else replicated, tree)
+  if isinstance(like.workers, OverTasksState):
+    return out.replace(workers=out.workers.replace(
+        members=tuple(workers(w) for w in like.workers.members)))
+  return out.replace(workers=workers(like.workers))
 
 
 def load_run(run_dir: str | os.PathLike, step: int | None = None) -> LoadedRun:

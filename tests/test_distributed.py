@@ -217,6 +217,43 @@ def test_killing_one_process_ends_the_other_and_the_run_resumes(tmp_path, victim
   assert f"resuming {run} at outer step {last} -> {last + 5}" in results[0][1]
 
 
+DISTRIBUTION = """
+task:
+  task: two_structures
+  distribution:
+    members:
+      - {task: image_mlp, dataset: digits, hidden_sizes: [8], batch_size: 16, horizon: 20}
+      - {task: image_conv, dataset: digits, channels: [4], batch_size: 8, horizon: 15}
+    tasks_per_step: 2
+estimator: {estimator: nres, num_particles: 8, sigma: 0.01, unroll_length: 5}
+outer: {outer_lr: 0.001}
+run: {eval_every: 0, log_every: 4, checkpoint_every: 4, wandb: disabled}
+"""
+
+
+def test_a_task_distribution_runs_over_two_processes_as_over_one(tmp_path):
+  """A distribution's workers (an MLP's and a CNN's) are split over 2 processes x 2 devices;
+  stopped at step 4 and resumed to 8, its theta is a one-process run's on the same 4 devices up
+  to float summation order."""
+  config = tmp_path / "dist.yaml"
+  config.write_text(DISTRIBUTION)
+  run, one = tmp_path / "run", tmp_path / "one"
+  args = ["train", "--config", str(config)]
+  results = run_to_end(two(args + ["--outer-steps", "4", "--out", str(run)], tmp_path / "l1"))
+  assert [rc for rc, _, _ in results] == [0, 0], [err[-2000:] for _, _, err in results]
+  results = run_to_end(two(["resume", str(run), "--outer-steps", "8"], tmp_path / "l2"))
+  assert [rc for rc, _, _ in results] == [0, 0], [err[-2000:] for _, _, err in results]
+  [(rc, _, err)] = run_to_end(Processes([meta_train(*args, "--outer-steps", "8", "--out",
+                                                    str(one))], devices=4, logs=tmp_path / "l3"))
+  assert rc == 0, err[-2000:]
+  import jax
+  import numpy as np
+  from meta_train import run as run_lib
+  a, b = run_lib.load_run(run).theta, run_lib.load_run(one).theta
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-4, atol=1e-6)
+
+
 def test_bad_input_ends_with_one_clear_error(tmp_path):
   # nobody at the coordinator's address: a clear error after --init-timeout-s
   start = time.monotonic()

@@ -10,6 +10,7 @@
 """
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -90,9 +91,9 @@ def test_reading_a_live_run_never_disturbs_it(finished_run, tmp_path):
   assert_trees_equal(run_lib.load_run(live).state, run_lib.load_run(finished_run).state)
 
 
-def test_readers_write_nothing(finished_run, tmp_path, capsys):
+def test_readers_write_nothing(finished_run, tmp_path, capsys, caplog):
   """Not a file is created, changed or removed in the run folder, not even the temporary folder
-  of a checkpoint being saved; readers print no warning."""
+  of a checkpoint being saved; readers print and log no warning."""
   pending = finished_run / "checkpoints" / "151.orbax-checkpoint-tmp"
   pending.mkdir(exist_ok=True)
   (pending / "being_written").write_text("a save in progress")
@@ -103,6 +104,7 @@ def test_readers_write_nothing(finished_run, tmp_path, capsys):
   assert cli.main(["plot", str(finished_run), "--out", str(tmp_path / "p.png")]) == 0
   assert _snapshot(finished_run) == before
   assert "WARNING" not in capsys.readouterr().err
+  assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
 
 
 def test_a_second_writer_is_refused_naming_the_holder(tmp_path, capsys):

@@ -15,7 +15,7 @@ SCRIPT = textwrap.dedent("""
     import json, os
     os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
     import jax, numpy as np, lopt_meta, tasks
-    from meta_train.estimators import NRES, PES, FullES, TBPTT
+    from meta_train.estimators import NRES, PES, FullES, TBPTT, OverTasks
 
     def flat(tree):
         return np.concatenate([np.ravel(np.asarray(x)) for x in jax.tree.leaves(tree)])
@@ -30,6 +30,12 @@ SCRIPT = textwrap.dedent("""
         "tbptt_lorenz": (lorenz, lambda d: TBPTT(lorenz, num_particles=8, unroll_length=10, devices=d)),
         "nres_lopt": (lopt, lambda d: NRES(lopt, num_particles=8, sigma=0.01, unroll_length=5, devices=d)),
     }
+    conv = tasks.learned_optimizer_system(tasks.get_inner_task(
+        "image_conv", dataset="digits", channels=(4,), batch_size=16), lopt_meta.MLPLOpt(), horizon=20)
+    cases["over_tasks_lopt"] = (lopt, lambda d: OverTasks(  # an MLP and a CNN, both drawn
+        {"mlp": NRES(lopt, num_particles=8, sigma=0.01, unroll_length=5, devices=d),
+         "conv": NRES(conv, num_particles=8, sigma=0.01, unroll_length=5, devices=d)},
+        tasks_per_step=2))
     try:  # the MuJoCo host callback, once per step per device (the RL extra is installed in CI)
         swimmer = tasks.get("swimmer", horizon=20)
         cases["nres_swimmer"] = (swimmer, lambda d: NRES(swimmer, num_particles=8, sigma=0.3, unroll_length=5, devices=d))
@@ -44,7 +50,8 @@ SCRIPT = textwrap.dedent("""
             g_many, w_many, _ = many.estimate(jax.random.key(i), system.theta0, w_many)
             g_one, w_one, _ = one.estimate(jax.random.key(i), system.theta0, w_one)
         a, b = flat(g_many), flat(g_one)
-        shards = None if w_many is None else len(w_many.t.sharding.device_set)
+        workers = getattr(w_many, "members", (w_many,))[-1]  # a distribution: its last member
+        shards = None if workers is None else len(workers.t.sharding.device_set)
         out[name] = {"rel_diff": float(np.max(np.abs(a - b)) / np.max(np.abs(b))), "shards": shards}
     print(json.dumps(out))
 """)
