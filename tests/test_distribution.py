@@ -218,3 +218,24 @@ def test_named_distribution_from_the_command_line_and_its_errors(capsys):
   config = config_lib.TrainConfig(task=config_lib.TaskConfig(
       task="digits_mix", task_option={"tasks_per_step": "2"}))
   assert config_lib.validate(config)[1].tasks_per_step == 2
+
+
+def test_a_distribution_is_evaluated_per_task_beside_adam():
+  from meta_train import evaluation
+  distribution = {"members": TINY["members"]}
+  config = config_lib.TrainConfig.from_dict({
+      "task": {"task": "tiny_mix", "distribution": distribution},
+      "estimator": {"num_particles": 4, "sigma": 0.01, "unroll_length": 5},
+      "run": {"eval_episodes": 1, "baseline_lrs": [1e-3, 1e-2]}})
+  system, _ = config_lib.validate(config)
+  evaluator = evaluation.make_evaluator(config, system)
+  out = {**evaluator(system.theta0), **evaluator.baseline()}
+  names = list(system.systems)
+  for name in names:
+    assert out[f"eval_vs_adam/{name}"] == pytest.approx(
+        out[f"eval_loss/{name}"] / out[f"adam_loss/{name}"])
+    assert out[f"adam_lr/{name}"] in (1e-3, 1e-2)
+    assert len(out[f"eval_curve/{name}"]["loss"]) == system.systems[name].horizon
+  assert out["eval_vs_adam"] == pytest.approx(
+      math.exp(np.mean([math.log(out[f"eval_vs_adam/{n}"]) for n in names])))
+  assert out["eval_loss"] == pytest.approx(np.mean([out[f"eval_loss/{n}"] for n in names]))
