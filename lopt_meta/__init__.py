@@ -23,6 +23,7 @@ from lopt_meta.baselines import SGDM, Adam, HyperAdam, LRScheduleSGDM
 from lopt_meta.errors import ConfigError, build_named
 from lopt_meta.export import load_optimizer, read_optimizer, save_optimizer
 from lopt_meta.mlp_lopt import MLPLOpt
+from lopt_meta.pretrained import PRETRAINED, load_pretrained, read_pretrained
 
 __version__ = "0.1.0"
 
@@ -42,5 +43,6 @@ def get_optimizer(name: str, **options) -> LearnedOptimizer:
 
 
 __all__ = ["OPTIMIZERS", "Adam", "AdafacMLPLOpt", "ConfigError", "HyperAdam", "LRScheduleSGDM",
-           "LearnedOptimizer", "MLPLOpt", "SGDM", "__version__", "get_optimizer", "load_optimizer",
-           "read_optimizer", "save_optimizer"]
+           "LearnedOptimizer", "MLPLOpt", "PRETRAINED", "SGDM", "__version__", "get_optimizer",
+           "load_optimizer", "load_pretrained", "read_optimizer", "read_pretrained",
+           "save_optimizer"]

@@ -285,6 +285,8 @@ def _eval(command: Eval) -> None:
   if "adam_loss" in result:
     line += (f"; Adam lr {result['adam_lr']:g}: {result['adam_loss']:.6g} "
              f"(ratio {result['eval_vs_adam']:.3f})")
+  elif "eval_vs_adam" in result:  # a task distribution: the geometric mean over its tasks
+    line += f" ({result['eval_vs_adam']:.3f}x tuned Adam, geometric mean over the tasks)"
   print(line)
   print(json.dumps({k: v for k, v in result.items() if not k.endswith("_curve")}))
 
