@@ -1,0 +1,55 @@
+"""Pretrained learned optimizers shipped inside the package (no download).
+
+    tx = lopt_meta.load_pretrained()                 # the default, as an optax transformation
+    updates, state = tx.update(grads, state, params, loss=loss)   # loss is optional
+
+Each name in :data:`PRETRAINED` has its weights (``NAME.npz``, the ``meta-train export`` format)
+and its recipe (``NAME.yaml``: ``meta-train train --config lopt_meta/pretrained/NAME.yaml``
+reproduces it) in this folder; the README's card says what it was trained on, with how much
+compute, its held-out benchmark and where it fails.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import optax
+
+from lopt_meta.errors import ConfigError
+
+FOLDER = Path(__file__).resolve().parent
+
+PRETRAINED: dict[str, str] = {
+    "small_mix_nres": "MLPLOpt (LOLv2) meta-trained with NRES over 8 small tasks of different "
+                      "structures (digits, FashionMNIST 8x8/28x28 MLPs and CNNs, an LSTM copy "
+                      "task); see the README's card",
+}
+DEFAULT = "small_mix_nres"
+
+
+def path(name: str = DEFAULT) -> Path:
+  """The weights file of pretrained optimizer ``name``."""
+  if name not in PRETRAINED:
+    raise ConfigError("name", f"unknown pretrained optimizer {name!r}; valid: "
+                      f"{', '.join(sorted(PRETRAINED))}")
+  return FOLDER / f"{name}.npz"
+
+
+def recipe(name: str = DEFAULT) -> Path:
+  """The recipe (a ``meta-train train --config`` file) of pretrained optimizer ``name``."""
+  return path(name).with_suffix(".yaml")
+
+
+def read_pretrained(name: str = DEFAULT) -> tuple[Any, Any, dict[str, Any]]:
+  """``(lopt, theta, metadata)`` of pretrained optimizer ``name`` (see
+  :func:`lopt_meta.read_optimizer`)."""
+  from lopt_meta.export import read_optimizer
+  return read_optimizer(path(name))
+
+
+def load_pretrained(name: str = DEFAULT) -> optax.GradientTransformationExtraArgs:
+  """Pretrained optimizer ``name`` as an optax transformation, with the interface of
+  :func:`lopt_meta.load_optimizer`: ``update(grads, state, params, loss=None)``."""
+  lopt, theta, _ = read_pretrained(name)
+  return lopt.as_optax(theta)
