@@ -1,0 +1,129 @@
+"""The held-out benchmark (meta-train bench) and the pretrained optimizers in the package."""
+
+import json
+import math
+import subprocess
+import sys
+from importlib import resources
+
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import lopt_meta
+import tasks
+from lopt_meta.errors import ConfigError
+from meta_train import bench, cli
+from tasks import heldout
+
+TINY = heldout.HeldOutTask("breast_cancer_tiny", "image_mlp",
+                           {"dataset": "breast_cancer", "hidden_sizes": (16,), "batch_size": 32},
+                           100)
+
+
+def test_suite_tasks_are_in_no_training_distribution():
+  trained = set()
+  for dist in tasks.DISTRIBUTIONS.values():
+    trained |= {(m.task, tuple(sorted(m.options.items()))) for m in dist.members}
+  for held in heldout.SUITE:
+    assert (held.task, tuple(sorted(held.options.items()))) not in trained
+    assert held.steps >= 2000  # at least 2x the longest training horizon (1000)
+  assert len({t.name for t in heldout.SUITE}) == len(heldout.SUITE) >= 5
+
+
+def test_bench_row_tunes_every_baseline_and_compares_on_common_random_numbers():
+  """Adam at a rate of its own grid reproduces that grid point exactly (same initialization,
+  same batches), so at tuned Adam's rate the optimizer is 1.0x Adam and reaches its loss; every
+  grid is at least 7 log-spaced points whose best lies inside it."""
+  rates = bench._grid(*bench.GRIDS["adam"])
+  assert len(rates) == 7 and np.allclose(np.diff(np.log10(rates)), 0.5)
+  task = TINY.build()
+  tuned = bench.tune(task, "adam", TINY.steps)
+  best = float(tuned["rates"][tuned["best"]])
+  _, optimizer, arg = bench.resolve_optimizer(f"adam:{best!r}")
+  row = bench.bench_task(TINY, optimizer, arg)
+  assert row["adam"]["lr"] == pytest.approx(best)
+  assert row["vs_adam"] == 1.0 and row["train"] == row["adam"]["train"]
+  assert row["steps_to_adam"] is not None and row["steps_to_adam"] <= TINY.steps
+  for family in bench.BASELINES:
+    grid = [float(r) for r in row[family]["grid"]]
+    lr = row[family]["lr"]
+    assert len(grid) >= 7
+    assert min(grid) < lr < max(grid) or not (
+        bench.LIMITS[0] + 0.5 < math.log10(lr) < bench.LIMITS[1] - 0.5)
+  assert set(row["curves"]) >= {"optimizer"} and not row["diverged"]
+
+
+def test_a_grid_whose_best_is_on_its_edge_is_widened(monkeypatch):
+  monkeypatch.setitem(bench.GRIDS, "sgdm", (-5.0, -2.0))  # far too small rates for this task
+  tuned = bench.tune(TINY.build(), "sgdm", TINY.steps)
+  assert max(tuned["rates"]) > 10 ** -2 + 1e-9  # extended past the top edge
+  assert tuned["best"] < len(tuned["rates"]) - 1  # and the best is now inside
+
+
+def test_a_diverging_run_is_flagged_and_never_best():
+  runs = bench.train_runs(TINY.build(), bench._OptaxAtRate(optax.sgd),
+                          jnp.asarray([1e-2, 1e4], jnp.float32), TINY.steps)
+  assert list(runs.diverged) == [False, True]
+
+
+def test_bench_command_prints_a_table_and_a_json_line(tmp_path, capsys, monkeypatch):
+  monkeypatch.setattr(heldout, "suite", lambda names=None, steps_scale=1.0: (TINY,))
+  assert cli.main(["bench", "sgdm:0.05", "--out", str(tmp_path / "b.png")]) == 0
+  out = capsys.readouterr().out.strip().splitlines()
+  assert out[0].split()[:2] == ["task", "steps"]
+  result = json.loads(out[-1])
+  assert result["optimizer"] == "sgdm lr 0.05" and result["tasks"] == 1
+  assert math.isfinite(result["vs_adam_geomean"])
+  assert (tmp_path / "b.png").stat().st_size > 0
+
+
+def test_bad_bench_input_is_one_clear_error(capsys):
+  assert cli.main(["bench", "rmsprop"]) == 2
+  assert capsys.readouterr().err.startswith(
+      "meta-train: error: optimizer: 'rmsprop' is not a .npz file, a pretrained optimizer")
+  assert cli.main(["bench", "adam", "--tasks", "mnist"]) == 2
+  assert capsys.readouterr().err.startswith(
+      "meta-train: error: tasks: unknown held-out task 'mnist'; valid: fmnist28_mlp_128x128")
+  with pytest.raises(ConfigError, match="^name: unknown pretrained optimizer 'velo'"):
+    lopt_meta.load_pretrained("velo")
+
+
+def test_every_pretrained_optimizer_ships_with_its_recipe():
+  folder = resources.files("lopt_meta") / "pretrained"
+  assert lopt_meta.PRETRAINED and lopt_meta.pretrained.DEFAULT in lopt_meta.PRETRAINED
+  for name in lopt_meta.PRETRAINED:
+    assert (folder / f"{name}.npz").is_file() and (folder / f"{name}.yaml").is_file()
+    lopt, theta, metadata = lopt_meta.read_pretrained(name)
+    assert metadata["task"] == "small_mix"  # produced by the project's distribution training
+    from meta_train import config as config_lib
+    config = config_lib.TrainConfig.from_file(lopt_meta.pretrained.recipe(name))
+    assert config.task.is_distribution and config.task.lopt == lopt.name
+
+
+LOAD_OFFLINE = """
+import socket
+def refuse(*args, **kwargs):
+    raise OSError("no network in this test")
+socket.socket.connect = refuse
+socket.create_connection = refuse
+import jax, jax.numpy as jnp, optax, lopt_meta
+tx = optax.chain(optax.clip_by_global_norm(1.0), lopt_meta.load_pretrained())
+params = {"w": jnp.ones((3, 2)), "b": jnp.zeros(2)}
+state = tx.init(params)
+grads = jax.tree.map(lambda p: 0.1 * jnp.ones_like(p), params)
+updates, state = jax.jit(tx.update)(grads, state, params, loss=jnp.float32(1.0))
+lopt, theta, _ = lopt_meta.read_pretrained()
+direct, _ = lopt.update(theta, grads, lopt.init(params), params, loss=jnp.float32(1.0))
+same = all(bool(jnp.allclose(a, b)) for a, b in zip(jax.tree.leaves(updates), jax.tree.leaves(direct)))
+finite = all(bool(jnp.all(jnp.isfinite(u))) for u in jax.tree.leaves(updates))
+print(same, finite, sorted(lopt_meta.PRETRAINED))
+"""
+
+
+def test_load_pretrained_works_offline_in_a_fresh_interpreter():
+  out = subprocess.run([sys.executable, "-c", LOAD_OFFLINE], capture_output=True, text=True,
+                       timeout=300)
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert out.stdout.split("\n")[-2] == f"True True {sorted(lopt_meta.PRETRAINED)}"
