@@ -361,14 +361,22 @@ def digits_mlp(*, batch_size: int = 128, hidden_sizes: Sequence[int] = (32,)) ->
                              batch_size=batch_size)
 
 
+def _image_task_name(dataset: str, image_size: int | None, kind: str, widths: str,
+                     activation: str, batch_size: int) -> str:
+  """The name of a general image task, its activation checked first:
+  ``DATASET[SIZE]_KIND_WIDTHS_ACTIVATION_bBATCH``."""
+  check_activation(activation)
+  size = "" if image_size is None else f"{image_size}"
+  return f"{dataset}{size}_{kind}_{widths}_{activation}_b{batch_size}"
+
+
 def image_mlp(*, dataset: str = "digits", image_size: int | None = None,
               hidden_sizes: Sequence[int] = (32,), activation: str = "relu",
               batch_size: int = 128, data_dir: str | None = None) -> ImageClassification:
   """An MLP on any image dataset (``digits``, ``fashion_mnist``, ``cifar10``), optionally resized
   to ``image_size`` squared: ``hidden_sizes`` layers of ``activation``."""
-  check_activation(activation)
-  size = "" if image_size is None else f"{image_size}"
-  name = f"{dataset}{size}_mlp_{'x'.join(map(str, hidden_sizes)) or 'linear'}_{activation}_b{batch_size}"
+  name = _image_task_name(dataset, image_size, "mlp", "x".join(map(str, hidden_sizes)) or "linear",
+                          activation, batch_size)
   return ImageClassification(name, dataset, MLP(tuple(hidden_sizes), data_lib.NUM_CLASSES.get(
       dataset, 10), activation), batch_size=batch_size, image_size=image_size, data_dir=data_dir)
 
@@ -377,9 +385,8 @@ def image_conv(*, dataset: str = "digits", image_size: int | None = None,
                channels: Sequence[int] = (8, 16), activation: str = "relu",
                batch_size: int = 128, data_dir: str | None = None) -> ImageClassification:
   """A small CNN (:class:`ConvNet`) on any image dataset, optionally resized."""
-  check_activation(activation)
-  size = "" if image_size is None else f"{image_size}"
-  name = f"{dataset}{size}_conv_{'x'.join(map(str, channels))}_{activation}_b{batch_size}"
+  name = _image_task_name(dataset, image_size, "conv", "x".join(map(str, channels)), activation,
+                          batch_size)
   return ImageClassification(name, dataset, ConvNet(tuple(channels), data_lib.NUM_CLASSES.get(
       dataset, 10), activation), batch_size=batch_size, image_size=image_size, data_dir=data_dir)
 
@@ -388,9 +395,8 @@ def image_autoencoder(*, dataset: str = "digits", image_size: int | None = None,
                       hidden_sizes: Sequence[int] = (32,), activation: str = "relu",
                       batch_size: int = 128, data_dir: str | None = None) -> ImageAutoencoder:
   """An MLP autoencoder (:class:`Autoencoder`) of an image dataset's images."""
-  check_activation(activation)
-  size = "" if image_size is None else f"{image_size}"
-  name = f"{dataset}{size}_autoencoder_{'x'.join(map(str, hidden_sizes))}_{activation}_b{batch_size}"
+  name = _image_task_name(dataset, image_size, "autoencoder", "x".join(map(str, hidden_sizes)),
+                          activation, batch_size)
   return ImageAutoencoder(name, dataset, Autoencoder(tuple(hidden_sizes), activation),
                           batch_size=batch_size, image_size=image_size, data_dir=data_dir)
 
