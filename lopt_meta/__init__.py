@@ -12,7 +12,7 @@ The three import packages:
 
 >>> import jax, lopt_meta
 >>> sorted(lopt_meta.OPTIMIZERS)
-['adafac', 'adam', 'hyper_adam', 'lr_schedule', 'mlp', 'sgdm']
+['adafac', 'adam', 'hyper_adam', 'lr_schedule', 'mlp', 'nominal_mlp', 'sgdm']
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from lopt_meta.baselines import SGDM, Adam, HyperAdam, LRScheduleSGDM
 from lopt_meta.errors import ConfigError, build_named
 from lopt_meta.export import load_optimizer, read_optimizer, save_optimizer
 from lopt_meta.mlp_lopt import MLPLOpt
+from lopt_meta.nominal_mlp_lopt import NominalMLPLOpt
 from lopt_meta.pretrained import PRETRAINED, load_pretrained, read_pretrained
 
 __version__ = "0.1.0"
@@ -30,6 +31,7 @@ __version__ = "0.1.0"
 OPTIMIZERS: dict[str, type[LearnedOptimizer]] = {
     "mlp": MLPLOpt,
     "adafac": AdafacMLPLOpt,
+    "nominal_mlp": NominalMLPLOpt,
     "adam": Adam,
     "sgdm": SGDM,
     "hyper_adam": HyperAdam,
@@ -43,6 +45,6 @@ def get_optimizer(name: str, **options) -> LearnedOptimizer:
 
 
 __all__ = ["OPTIMIZERS", "Adam", "AdafacMLPLOpt", "ConfigError", "HyperAdam", "LRScheduleSGDM",
-           "LearnedOptimizer", "MLPLOpt", "PRETRAINED", "SGDM", "__version__", "get_optimizer",
+           "LearnedOptimizer", "MLPLOpt", "NominalMLPLOpt", "PRETRAINED", "SGDM", "__version__", "get_optimizer",
            "load_optimizer", "load_pretrained", "read_optimizer", "read_pretrained",
            "save_optimizer"]

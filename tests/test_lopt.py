@@ -9,6 +9,7 @@ import pytest
 import lopt_meta
 from lopt_meta import features
 from lopt_meta.adafac_mlp_lopt import leaf_features
+from tests.trees import assert_trees_within_ulps
 
 KEY = jax.random.key(0)
 
@@ -164,7 +165,7 @@ def test_unknown_optimizer_and_option_rejected():
   with pytest.raises(ValueError) as err:
     lopt_meta.get_optimizer("lolv3")
   assert str(err.value) == ("lopt: unknown lopt 'lolv3'; valid: adafac, adam, hyper_adam, "
-                            "lr_schedule, mlp, sgdm")
+                            "lr_schedule, mlp, nominal_mlp, sgdm")
   with pytest.raises(ValueError, match="^hidden: lopt 'mlp' takes no option 'hidden'; valid: "):
     lopt_meta.get_optimizer("mlp", hidden=3)
 
@@ -175,3 +176,45 @@ def test_as_optax_needs_params():
   params = _params()
   with pytest.raises(ValueError, match="needs params"):
     tx.update(params, tx.init(params))
+
+
+def test_nominal_mlp_lopt_before_meta_training_is_adam():
+  """NominalMLPLOpt at init_theta is optax.adam(learning_rate) step for step (20 steps, jitted;
+  within 4 ulps: the same arithmetic, compiled as another program, may fuse a multiply-add
+  differently): its learned step is exactly zero and its nominal step is Adam's arithmetic."""
+  lopt = lopt_meta.NominalMLPLOpt(learning_rate=3e-3)
+  theta = lopt.init_theta(KEY)
+  adam = optax.adam(3e-3)
+  params_l = params_a = _params()
+  state_l, state_a = lopt.init(params_l), adam.init(params_a)
+  step_l = jax.jit(lambda g, s, p: lopt.update(theta, g, s, p))
+  step_a = jax.jit(adam.update)
+  for i in range(20):
+    grads = jax.tree.map(lambda p: jnp.sin(3.0 * p + i), params_l)  # the same gradients for both
+    u_l, state_l = step_l(grads, state_l, params_l)
+    u_a, state_a = step_a(grads, state_a, params_a)
+    assert_trees_within_ulps(u_l, u_a, ulps=1)
+    params_l = params_a = optax.apply_updates(params_l, u_l)
+
+
+def test_nominal_mlp_lopt_theta_moves_rate_and_learned_step():
+  """log_lr_scale multiplies the nominal step by exp(log_lr_scale); a nonzero last layer adds
+  the per-parameter MLP's step (MLPLOpt's formula on the 12 normalized features)."""
+  lopt = lopt_meta.NominalMLPLOpt()
+  theta = lopt.init_theta(KEY)
+  params = _params()
+  grads = jax.tree.map(jnp.cos, params)
+  base, _ = lopt.update(theta, grads, lopt.init(params), params)
+  scaled, _ = lopt.update({**theta, "log_lr_scale": jnp.log(jnp.float32(2.0))}, grads,
+                          lopt.init(params), params)
+  for a, b in zip(jax.tree.leaves(base), jax.tree.leaves(scaled)):
+    np.testing.assert_allclose(b, 2.0 * a, rtol=1e-6)
+  mlp = {**theta["mlp"], "w2": jnp.ones_like(theta["mlp"]["w2"])}
+  moved, _ = lopt.update({**theta, "mlp": mlp}, grads, lopt.init(params), params)
+  diff = features.flatten(moved) - features.flatten(base)
+  assert float(jnp.max(jnp.abs(diff))) > 1e-4  # the learned step is on
+
+
+def test_nominal_mlp_lopt_rejects_beta1_outside_momenta():
+  with pytest.raises(ValueError, match=r"^beta1: 0\.8 must be one of momentum_decays"):
+    lopt_meta.NominalMLPLOpt(beta1=0.8)
