@@ -33,7 +33,7 @@ import lopt_meta
 import tasks
 from benchmarks.common import emit_json, print_table, time_interleaved
 from meta_train.estimators import NRES, OverTasks
-from meta_train.trainer import Trainer
+from meta_train.engine.trainer import Trainer
 
 
 def main() -> None:

@@ -37,10 +37,10 @@ import jax
 import numpy as np
 
 from benchmarks.common import emit_json, print_table
-from meta_train import config as config_lib
-from meta_train import hpo_plots, search
-from meta_train import run as run_lib
-from meta_train.logs import read_metrics
+from meta_train.command import config as config_lib
+from tasks.hpo import plots as hpo_plots, search
+from meta_train.command import run as run_lib
+from meta_train.command.logs import read_metrics
 
 
 def _config(task: str, estimator: str, *, seed: int, num_particles: int, sigma: float,

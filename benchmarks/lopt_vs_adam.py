@@ -27,8 +27,8 @@ import tasks
 from benchmarks.common import emit_json, print_table
 from lopt_meta.errors import ConfigError
 from meta_train.estimators import NRES, PES
-from meta_train.evaluation import _curve_fn
-from meta_train.trainer import Trainer
+from meta_train.command.evaluation import _curve_fn
+from meta_train.engine.trainer import Trainer
 
 ADAM_LRS = (1e-3, 3e-3, 1e-2, 3e-2)
 HELD_OUT_SEEDS = 5

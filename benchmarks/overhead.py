@@ -3,7 +3,7 @@
 For each system: one ``NRES.estimate`` window (W steps over N particles: noise, pairing, episode
 resets, credit, masking, metrics) against a plain rollout of the same N particles for the same W
 steps at fixed theta (``vmap`` over particles of ``scan`` over steps, per-step keys derived the
-same way, with the same fused threefry of :mod:`meta_train.keys`, losses returned). Both are
+same way, with the same fused threefry of :mod:`meta_train.engine.keys`, losses returned). Both are
 timed two ways, medians of interleaved repetitions in one process:
 
 * ``in_loop`` (the figure the target applies to): ``K`` consecutive windows inside one compiled
@@ -40,7 +40,7 @@ import jax.numpy as jnp
 
 import tasks
 from benchmarks.common import emit_json, mlp_lr_system, print_table, time_interleaved
-from meta_train import keys as keys_lib
+from meta_train.engine import keys as keys_lib
 from meta_train.estimators import NRES
 
 TARGET = 1.3

@@ -33,8 +33,8 @@ import numpy as np
 
 import tasks
 from benchmarks.common import emit_json, print_table, time_interleaved
-from meta_train import estimators
-from meta_train.trainer import Trainer, outer_optimizer
+from meta_train.engine import estimators
+from meta_train.engine.trainer import Trainer, outer_optimizer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -149,7 +149,7 @@ def throughput(args) -> dict:
   import mujoco
   import mujoco.rollout
 
-  from tasks import physics
+  from tasks.locomotion import physics
 
   n, w = args.num_particles, 20
   system = tasks.get("halfcheetah")
@@ -158,7 +158,7 @@ def throughput(args) -> dict:
   ws = nres.init(jax.random.key(0), theta)
   window = lambda: nres.estimate(jax.random.key(1), theta, ws)  # noqa: E731
 
-  engine = physics.make("mujoco", tasks.locomotion.from_gymnasium("HalfCheetah-v5")[0])
+  engine = physics.make("mujoco", tasks.locomotion.environments.from_gymnasium("HalfCheetah-v5")[0])
   model = engine.model
   nstep = w * engine.spec.frame_skip
   full = mujoco.mjtState.mjSTATE_FULLPHYSICS

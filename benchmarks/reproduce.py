@@ -15,7 +15,7 @@
   updates, ending with a in [9.5, 11.5] and r in [26, 27.5].
 
 Learning rates are for lopt-meta's normalization (mean over pairs and window steps; see
-``meta_train/maths.py``) and are printed with the results. Prints a table, then one
+``meta_train/engine/maths.py``) and are printed with the results. Prints a table, then one
 JSON line.
 """
 
@@ -33,7 +33,7 @@ import optax
 import tasks
 from benchmarks.common import emit_json, print_table
 from meta_train.estimators import NRES, PES, TBPTT, TruncatedES
-from meta_train.trainer import Trainer
+from meta_train.engine.trainer import Trainer
 
 TOY2D_LR = 1e-2          # Adam: scale-free, so the papers' value carries over
 INFLUENCE_LR = 1e-4      # SGD; with W=1 our estimate equals the summed-window convention's

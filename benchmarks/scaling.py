@@ -33,13 +33,13 @@ import sys
 import time
 
 from benchmarks.common import emit_json, print_table
-from meta_train import distributed
+from meta_train.command import distributed
 
 TASK, W, HORIZON = "fashion_mnist_mlp", 50, 1000
 
 WORKER = """
 import json, sys, time
-from meta_train import distributed
+from meta_train.command import distributed
 address, pid, n, windows = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 if address != "-":
     distributed.initialize(distributed.Distributed(coordinator_address=address, num_processes=2,

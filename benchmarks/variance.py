@@ -28,9 +28,9 @@ import numpy as np
 
 import tasks
 from benchmarks.common import emit_json, print_table
-from meta_train import workers
+from meta_train.engine import workers
 from meta_train.estimators import GPES, NRES, PES, FullES
-from meta_train.estimators.base import ANTITHETIC
+from meta_train.engine.estimators.base import ANTITHETIC
 
 
 def _flat(tree) -> jax.Array:

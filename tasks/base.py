@@ -61,7 +61,7 @@ class UnrolledSystem:
     differentiable: whether ``step`` can be differentiated in theta (truncated backprop needs
       it; a system that calls out of JAX, e.g. MuJoCo's C engine, cannot).
     space: for hyperparameter optimization, the declaration ``{name: transform}`` that maps theta
-      (unconstrained values) to the hyperparameters (:mod:`tasks.hyperparameters`); ``None``
+      (unconstrained values) to the hyperparameters (:mod:`tasks.hpo`); ``None``
       for other systems.
   """
 

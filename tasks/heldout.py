@@ -5,7 +5,7 @@ data (scikit-learn's breast-cancer table, a synthetic 40-feature table), archite
 128x128 MLP, an autoencoder, a wider CNN at another resolution) or objective (reconstruction),
 and runs 2-6x longer than the training horizons of its kind (MLPs 400-1000 steps, CNNs 300-500). ``meta-train bench`` trains
 each with the optimizer under test and with Adam, AdamW and SGD with momentum, each tuned per
-task on a learning-rate grid (:mod:`meta_train.bench`).
+task on a learning-rate grid (:mod:`meta_train.command.bench`).
 """
 
 from __future__ import annotations

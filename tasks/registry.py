@@ -14,7 +14,9 @@ import inspect
 from collections.abc import Callable
 
 from lopt_meta.errors import ConfigError, build_named, unknown_name
-from tasks import dynamical, hparam_tuning, policy_learning
+from tasks import dynamical
+from tasks.hpo import paper_tasks as hparam_tuning
+from tasks.locomotion import policy_learning
 from tasks.base import UnrolledSystem
 
 TASKS: dict[str, Callable[..., UnrolledSystem]] = {

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import tasks
-from meta_train import cli
+from meta_train.command import cli
 
 
 _LIBC = ctypes.CDLL(None)

@@ -31,9 +31,10 @@ import numpy as np
 import lopt_meta
 import tasks
 from lopt_meta.errors import ConfigError
-from meta_train import config as config_lib
-from meta_train import estimators
-from tasks import data, policy_learning
+from meta_train.command import config as config_lib
+from meta_train.engine import estimators
+from tasks import data
+from tasks.locomotion import policy_learning
 
 UNROLL_LENGTH = 4
 INNER_HORIZON = 8

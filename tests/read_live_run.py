@@ -22,7 +22,7 @@ from pathlib import Path
 
 import meta_train
 from lopt_meta.errors import CheckpointError, ConfigError
-from meta_train import cli
+from meta_train.command import cli
 
 
 def _read_all(run_dir: Path, scratch: Path) -> int:

@@ -55,7 +55,7 @@ def test_every_module_imports_without_the_optional_packages():
             importlib.import_module(info.name)
           except Exception as error:
             failed[info.name] = repr(error)
-      from meta_train import logs
+      from meta_train.command import logs
       print(json.dumps({{"failed": failed, "wandb_mode": logs.default_wandb_mode(),
                          "accelerator": "benchmarks.accelerator" in sys.modules,
                          "throughput": "benchmarks.throughput" in sys.modules}}))
@@ -70,7 +70,7 @@ def test_importing_the_packages_leaves_the_optional_packages_alone():
   line = _python(f"""
       import json, sys
       import lopt_meta, tasks, meta_train
-      import meta_train.cli, meta_train.config, meta_train.run, meta_train.evaluation
+      import meta_train.command.cli, meta_train.command.config, meta_train.command.run, meta_train.command.evaluation
       import benchmarks.throughput, benchmarks.accelerator
       optional = {OPTIONAL + ("matplotlib",)!r}
       print(json.dumps(sorted({{m.split(".")[0] for m in sys.modules}} & set(optional))))
@@ -79,7 +79,7 @@ def test_importing_the_packages_leaves_the_optional_packages_alone():
 
 
 def test_the_run_log_names_a_missing_wandb(tmp_path, monkeypatch):
-  from meta_train import logs
+  from meta_train.command import logs
   monkeypatch.setitem(sys.modules, "wandb", None)
   assert logs.default_wandb_mode() == "disabled"
   with pytest.raises(lopt_meta.ConfigError, match=r"^wandb: --wandb offline needs the wandb "

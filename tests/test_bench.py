@@ -14,7 +14,7 @@ import pytest
 import lopt_meta
 import tasks
 from lopt_meta.errors import ConfigError
-from meta_train import bench, cli
+from meta_train.command import bench, cli
 from tasks import heldout
 
 TINY = heldout.HeldOutTask("breast_cancer_tiny", "image_mlp",
@@ -97,7 +97,7 @@ def test_every_pretrained_optimizer_ships_with_its_recipe():
     assert (folder / f"{name}.npz").is_file() and (folder / f"{name}.yaml").is_file()
     lopt, theta, metadata = lopt_meta.read_pretrained(name)
     assert metadata["task"] == "small_mix"  # produced by the project's distribution training
-    from meta_train import config as config_lib
+    from meta_train.command import config as config_lib
     config = config_lib.TrainConfig.from_file(lopt_meta.pretrained.recipe(name))
     assert config.task.is_distribution and config.task.lopt == lopt.name
 

@@ -9,9 +9,9 @@ import optax
 import pytest
 
 import tasks
-from meta_train import cli
+from meta_train.command import cli
 from meta_train.estimators import NRES
-from meta_train.trainer import Trainer
+from meta_train.engine.trainer import Trainer
 
 BASE = ["train", "--task", "toy2d", "--estimator", "nres", "--num-particles", "8", "--sigma", "0.1",
         "--unroll-length", "10", "--outer-steps", "40", "--outer-lr", "1e-2", "--seed", "0",
@@ -67,7 +67,7 @@ def test_same_seed_same_run(tmp_path):
      "horizn: task 'toy2d' takes no option 'horizn'; valid: horizon, x0, theta0"),
     (["--task", "digits_mlp", "--lopt", "sgdm"],
      "lopt: 'sgdm' has no meta-parameters (a fixed optimizer, for comparison): nothing to "
-     "meta-train; learned optimizers: adafac, hyper_adam, lr_schedule, mlp"),
+     "meta-train; learned optimizers: adafac, hyper_adam, lr_schedule, mlp, nominal_mlp"),
     (["--stop-grace-s", "0"], "stop_grace_s: must be a positive finite number; got 0.0"),
     (["--stall-warning-s", "nan"], "stall_warning_s: must be a positive finite number; got nan"),
 ])

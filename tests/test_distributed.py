@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from lopt_meta import ConfigError
-from meta_train import distributed
+from meta_train.command import distributed
 
 TIMEOUT_S = 180
 TOY = ["--task", "toy2d", "--num-particles", "8", "--unroll-length", "5", "--eval-every", "0",
@@ -57,7 +57,7 @@ class Processes:
 
 
 def meta_train(*args: str) -> list[str]:
-  return [sys.executable, "-m", "meta_train.cli", *args]
+  return [sys.executable, "-m", "meta_train.command.cli", *args]
 
 
 def two(args: list[str], logs: Path, port: int | None = None, extra=(("", ""),) * 2) -> Processes:
@@ -86,7 +86,7 @@ def theta_at(run_dir: Path, step: int):
 
 ESTIMATE = textwrap.dedent("""
     import json, sys
-    from meta_train import distributed
+    from meta_train.command import distributed
     if len(sys.argv) > 1:
         distributed.initialize(distributed.Distributed(
             coordinator_address=sys.argv[1], num_processes=2, process_id=int(sys.argv[2])))
@@ -248,7 +248,7 @@ def test_a_task_distribution_runs_over_two_processes_as_over_one(tmp_path):
   assert rc == 0, err[-2000:]
   import jax
   import numpy as np
-  from meta_train import run as run_lib
+  from meta_train.command import run as run_lib
   a, b = run_lib.load_run(run).theta, run_lib.load_run(one).theta
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
     np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-4, atol=1e-6)

@@ -13,9 +13,9 @@ import yaml
 import lopt_meta
 import tasks
 from lopt_meta.errors import ConfigError
-from meta_train import cli
-from meta_train import config as config_lib
-from meta_train import run as run_lib
+from meta_train.command import cli
+from meta_train.command import config as config_lib
+from meta_train.command import run as run_lib
 from meta_train.estimators import NRES, PES, OverTasks
 from tests.trees import assert_trees_equal, assert_trees_within_ulps
 
@@ -221,7 +221,7 @@ def test_named_distribution_from_the_command_line_and_its_errors(capsys):
 
 
 def test_a_distribution_is_evaluated_per_task_beside_adam():
-  from meta_train import evaluation
+  from meta_train.command import evaluation
   distribution = {"members": TINY["members"]}
   config = config_lib.TrainConfig.from_dict({
       "task": {"task": "tiny_mix", "distribution": distribution},

@@ -11,8 +11,8 @@ import pytest
 
 import lopt_meta
 from lopt_meta import export
-from meta_train import cli
-from meta_train import run as run_lib
+from meta_train.command import cli
+from meta_train.command import run as run_lib
 from tasks import data
 
 

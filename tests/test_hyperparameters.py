@@ -13,9 +13,10 @@ import pytest
 
 import tasks
 from lopt_meta.errors import ConfigError
-from meta_train import cli, hpo_plots, search
-from tasks import hparam_tuning
-from tasks import hyperparameters as hp
+from meta_train.command import cli
+from tasks.hpo import plots as hpo_plots, search
+from tasks.hpo import paper_tasks as hparam_tuning
+from tasks import hpo as hp
 from tasks.inner import MLP, ImageClassification
 
 SPACE = {"lr": hp.LogUniform(1e-4, 1e-2), "momentum": hp.Logit(0.01, 0.9),

@@ -1,6 +1,6 @@
 """Every module of ``lopt_meta``, ``tasks`` and ``meta_train`` imports as the first project import
 of a fresh interpreter, so that no import cycle hides behind the order in which modules happen to
-be imported elsewhere (``import meta_train.workers`` first once failed on one).
+be imported elsewhere (``import meta_train.engine.workers`` first once failed on one).
 
 The modules are found by walking the packages' source folders, so a new module is covered without
 editing this test. A fresh ``python -c`` per module would cost a jax import each (seconds), so one
@@ -98,7 +98,7 @@ def project_modules() -> list[str]:
 def test_every_module_imports_alone():
   """Each module, imported first and alone in a fresh interpreter (see the module docstring)."""
   modules = project_modules()
-  assert {"lopt_meta", "tasks", "meta_train", "meta_train.workers"} <= set(modules)
+  assert {"lopt_meta", "tasks", "meta_train", "meta_train.engine.workers"} <= set(modules)
   result = subprocess.run([sys.executable, "-c", PARENT, json.dumps(modules), str(LIMIT_S)],
                           cwd=ROOT, capture_output=True, text=True, timeout=30 * 60)
   assert result.returncode == 0, f"the forking parent failed:\n{result.stdout}\n{result.stderr}"

@@ -13,9 +13,10 @@ import lopt_meta
 import tasks
 from lopt_meta.errors import ConfigError
 from lopt_meta.prng import as_typed_key
-from meta_train import evaluation, keys
+from meta_train.command import evaluation
+from meta_train.engine import keys
 from meta_train.estimators import ESTIMATORS, NRES
-from meta_train.trainer import Trainer
+from meta_train.engine.trainer import Trainer
 from tests import systems
 
 SEEDS = [0, 1, 42, 2**31 - 1]

@@ -23,8 +23,8 @@ import jax
 import pytest
 
 import lopt_meta
-from meta_train import estimators
-from tasks import policy_learning
+from meta_train.engine import estimators
+from tasks.locomotion import policy_learning
 from tests.every_system import NAMES, runnable
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -14,11 +14,11 @@ import pytest
 
 import tasks
 from lopt_meta.errors import ConfigError
-from meta_train import cli
-from meta_train import run as run_lib
+from meta_train.command import cli
+from meta_train.command import run as run_lib
 from meta_train.estimators import NRES, TBPTT, FullES
-from meta_train.logs import read_metrics
-from tasks import locomotion, physics, policy_learning
+from meta_train.command.logs import read_metrics
+from tasks.locomotion import environments as locomotion, physics, policy_learning
 from tests import systems
 
 mujoco = pytest.importorskip("mujoco")

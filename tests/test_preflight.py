@@ -9,8 +9,8 @@ import jax.numpy as jnp
 import pytest
 
 import tasks
-from meta_train import config as config_lib
-from meta_train import preflight
+from meta_train.command import config as config_lib
+from meta_train.command import preflight
 from tests.every_system import NAMES, configs, runnable
 
 @pytest.mark.parametrize("name", NAMES)

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from meta_train import cli
-from meta_train import run as run_lib
-from meta_train.run_lock import LOCK_FILE, RunLock
+from meta_train.command import cli
+from meta_train.command import run as run_lib
+from meta_train.command.run_lock import LOCK_FILE, RunLock
 from tests.trees import assert_trees_equal
 
 LOPT = ["--task", "digits_mlp", "--lopt", "mlp", "--estimator", "nres", "--num-particles", "4",
@@ -33,7 +33,7 @@ ENV = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
 
 
 def _train_process(out: Path, steps: int) -> subprocess.Popen:
-  return subprocess.Popen([sys.executable, "-m", "meta_train.cli", "train", *LOPT, "--outer-steps",
+  return subprocess.Popen([sys.executable, "-m", "meta_train.command.cli", "train", *LOPT, "--outer-steps",
                            str(steps), "--out", str(out)], env=ENV, stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, text=True)
 
@@ -134,7 +134,7 @@ def test_a_second_writer_is_refused_naming_the_holder(tmp_path, capsys):
 
 def test_a_lock_left_by_kill_nine_does_not_block(tmp_path):
   holder = subprocess.Popen(
-      [sys.executable, "-c", "import sys, time; from meta_train.run_lock import RunLock; "
+      [sys.executable, "-c", "import sys, time; from meta_train.command.run_lock import RunLock; "
        f"RunLock({str(tmp_path)!r}).acquire(); print('locked', flush=True); time.sleep(600)"],
       env=ENV, stdout=subprocess.PIPE, text=True)
   assert holder.stdout.readline() == "locked\n"

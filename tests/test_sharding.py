@@ -9,7 +9,7 @@ import textwrap
 import jax
 import pytest
 
-from meta_train import sharding
+from meta_train.engine import sharding
 
 SCRIPT = textwrap.dedent("""
     import json, os

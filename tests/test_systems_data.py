@@ -6,7 +6,7 @@ import optax
 import pytest
 
 from meta_train.estimators import NRES, PES, TBPTT, FullES, TruncatedES
-from meta_train.trainer import Trainer
+from meta_train.engine.trainer import Trainer
 from tests import systems
 
 KEY = jax.random.key(0)

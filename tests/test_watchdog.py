@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from meta_train.watchdog import Watchdog
+from meta_train.command.watchdog import Watchdog
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -112,7 +112,7 @@ def test_window_forms_agree_exactly(name):
   window; with W not dividing T pairs straddle episode boundaries and take the general one.
   Integers agree exactly, floats to rounding (hoisting theta-only work out of the loop may
   reorder a sum)."""
-  from meta_train import window, workers
+  from meta_train.engine import window, workers
   system = systems.linear_pytree(12)
   theta = system.theta0
   cls = {"nres": NRES, "pes": PES, "gpes": functools.partial(GPES, K=4), "tes": TruncatedES}[name]
@@ -304,7 +304,7 @@ def test_plan_window_matches_stepping_through_the_window(every_window, block):
   episode of ``length`` steps starts a new one (position 0) when ``t`` reaches ``length`` or is
   0, and draws noise at an episode start, at step 0 (every_window) and at positions that are
   multiples of ``block``; a burn-in pair stops after ``end`` steps."""
-  from meta_train import window
+  from meta_train.engine import window
   rng = np.random.default_rng(0)
   W, P = 5, 400
   schedule = window.NoiseSchedule(every_window=every_window, block=block)

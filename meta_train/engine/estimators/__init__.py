@@ -1,0 +1,50 @@
+"""Gradient estimators for unrolled systems, all behind one interface.
+
+>>> est = NRES(system, num_particles=N, sigma=s, unroll_length=W)   # doctest: +SKIP
+>>> ws = est.init(key, theta)                                        # doctest: +SKIP
+>>> grad, ws, metrics = est.estimate(key, theta, ws)                 # doctest: +SKIP
+
+``N`` counts particles (``N/2`` antithetic pairs). Every ES estimate is the mean over pairs and
+over the window's steps of ``(L+_t - L-_t) * credit / (2 sigma^2)``: it targets the gradient of the
+mean per-step loss (see :mod:`meta_train.engine.maths` for the convention and conversions).
+"""
+
+from __future__ import annotations
+
+import inspect
+
+from lopt_meta.errors import check_options, unknown_name
+from meta_train.engine.estimators.base import Estimator, Metrics, OnlineES
+from meta_train.engine.estimators.full_es import FullES
+from meta_train.engine.estimators.nres import NRES
+from meta_train.engine.estimators.over_tasks import OverTasks, OverTasksState
+from meta_train.engine.estimators.pes import GPES, PES
+from meta_train.engine.estimators.tbptt import TBPTT
+from meta_train.engine.estimators.truncated_es import TruncatedES
+
+ESTIMATORS: dict[str, type[Estimator]] = {
+    "nres": NRES,
+    "pes": PES,
+    "gpes": GPES,
+    "full_es": FullES,
+    "tes": TruncatedES,
+    "tbptt": TBPTT,
+}
+
+
+def options(name: str) -> list[str]:
+  """The keyword arguments estimator ``name`` takes (besides the system)."""
+  if name not in ESTIMATORS:
+    raise unknown_name("estimator", name, ESTIMATORS)
+  params = inspect.signature(ESTIMATORS[name].__init__).parameters
+  return [p for p in params if p not in ("self", "system")]
+
+
+def make(name: str, system, **kwargs) -> Estimator:
+  """Builds estimator ``name`` for ``system``; options it does not take are an error naming them."""
+  check_options("estimator", name, kwargs, options(name))
+  return ESTIMATORS[name](system, **kwargs)
+
+
+__all__ = ["ESTIMATORS", "Estimator", "FullES", "GPES", "Metrics", "NRES", "OnlineES",
+           "OverTasks", "OverTasksState", "PES", "TBPTT", "TruncatedES", "make", "options"]

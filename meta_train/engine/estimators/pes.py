@@ -1,0 +1,73 @@
+"""Persistent ES (Vicol, Metz & Sohl-Dickstein, ICML 2021, arXiv:2112.13835) and its
+generalization GPES_K (Li et al. 2023, arXiv:2304.12180).
+
+PES draws fresh noise for every window and credits each window's loss differences to the sum of
+all the noise the pair has used in the episode so far:
+
+    xi_k = eps_1 + ... + eps_k,   g = 1 / (2 sigma^2 W) * sum_{t in window k} (L+_t - L-_t) * xi_k
+
+GPES_K draws fresh noise every ``K`` steps counted from the start of the episode instead of every
+window. Both are unbiased (each for its own smoothed objective, see DESIGN §6: only NRES and
+FullES share one); their variance grows with the number of noise blocks per episode.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+
+from lopt_meta.errors import check_positive_int
+from meta_train.engine import tree as tree_lib
+from meta_train.engine.estimators.base import OnlineES
+from meta_train.engine.window import NoiseSchedule
+
+PyTree = Any
+
+
+def accumulated_credit(credit: PyTree, noise: PyTree, new_episode: jax.Array) -> PyTree:
+  """PES's credit after a pair draws ``noise``: ``xi_k = eps_1 + ... + eps_k``, the sum of the
+  episode's noise blocks so far (``xi_1 = eps_1`` when the draw starts an episode).
+
+  Args:
+    credit: theta-like, leaves ``[P, ...]``: ``xi_{k-1}``.
+    noise: theta-like, leaves ``[P, ...]``: the fresh ``eps_k``.
+    new_episode: ``[P] bool``, the draw is the first of an episode.
+  """
+  return tree_lib.where_leading(new_episode, noise, jax.tree.map(jax.numpy.add, credit, noise))
+
+
+class PES(OnlineES):
+  """Persistent ES: fresh noise every window, accumulated over the episode.
+
+  Args: as :class:`meta_train.engine.estimators.NRES`. A window that straddles an episode boundary
+  switches to the new episode's fresh noise (and a restarted accumulator) at the boundary.
+  """
+
+  name = "pes"
+  # Fresh noise at the first step of every window (and at an episode start inside one); each
+  # step's L+ - L- is credited to the sum of the episode's noise blocks so far.
+  schedule = NoiseSchedule(every_window=True, block=None, credit=accumulated_credit)
+
+
+class GPES(OnlineES):
+  """Generalized PES: fresh noise every ``K`` steps of an episode, accumulated over the episode.
+
+  Args:
+    K: steps per noise block, counted from the start of each episode (any ``K >= 1``). With
+      ``lockstep=True`` and ``W`` dividing ``T``, ``K = W`` is PES; ``K >= T`` is NRES.
+    others: as :class:`meta_train.engine.estimators.NRES`.
+  """
+
+  name = "gpes"
+
+  def __init__(self, system, *, num_particles: int, sigma: float, unroll_length: int, K: int,
+               lockstep: bool = False, devices=None):
+    check_positive_int("K", K, "steps per noise block")
+    self.K = K
+    self.schedule = NoiseSchedule(every_window=False, block=K, credit=accumulated_credit)
+    super().__init__(system, num_particles=num_particles, sigma=sigma,
+                     unroll_length=unroll_length, lockstep=lockstep, devices=devices)
+
+  def _config(self):
+    return {**super()._config(), "K": self.K}
