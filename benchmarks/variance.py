@@ -28,7 +28,7 @@ import numpy as np
 
 import tasks
 from benchmarks.common import emit_json, print_table
-from meta_train.engine import workers
+from meta_train.engine import window
 from meta_train.estimators import GPES, NRES, PES, FullES
 from meta_train.engine.estimators.base import ANTITHETIC
 
@@ -44,7 +44,7 @@ def replicate(est, system, theta, positions, key, num: int) -> np.ndarray:
     k_init, k_burn, k_est = jax.random.split(k, 3)
     ws = est.init(k_init, theta)
     if positions is not None:
-      ws = workers.burn_in(system, theta, ws, k_burn, positions, signs=ANTITHETIC,
+      ws = window.burn_in(system, theta, ws, k_burn, positions, signs=ANTITHETIC,
                            sigma=est.sigma, schedule=est.schedule,
                            window_length=est.unroll_length)
     grad, _, _ = est.estimate(k_est, theta, ws)

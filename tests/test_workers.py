@@ -112,7 +112,7 @@ def test_window_forms_agree_exactly(name):
   window; with W not dividing T pairs straddle episode boundaries and take the general one.
   Integers agree exactly, floats to rounding (hoisting theta-only work out of the loop may
   reorder a sum)."""
-  from meta_train.engine import window, workers
+  from meta_train.engine import window
   system = systems.linear_pytree(12)
   theta = system.theta0
   cls = {"nres": NRES, "pes": PES, "gpes": functools.partial(GPES, K=4), "tes": TruncatedES}[name]
@@ -120,7 +120,7 @@ def test_window_forms_agree_exactly(name):
   for W, aligned in ((4, True), (5, False)):
     est = cls(system, num_particles=16, sigma=0.1, unroll_length=W)
     ws = est.init(KEY, theta)
-    run = functools.partial(workers.run_window, system, theta, num_steps=W, signs=signs,
+    run = functools.partial(window.run_window, system, theta, num_steps=W, signs=signs,
                             sigma=est.sigma, schedule=est.schedule)
     run_default = jax.jit(lambda ws, key: run(ws, key))  # the fast form when it applies
     run_general = jax.jit(lambda ws, key: run(ws, key, general_form=True))

@@ -34,7 +34,7 @@ import jax.numpy as jnp
 
 from lopt_meta.errors import ConfigError, check_positive_int
 from lopt_meta.prng import as_typed_key
-from meta_train.engine import sharding, workers
+from meta_train.engine import sharding, window, workers
 from meta_train.engine import maths
 from meta_train.engine.window import NoiseSchedule
 from meta_train.engine.workers import WorkerState
@@ -43,7 +43,7 @@ from tasks.base import UnrolledSystem
 PyTree = Any
 Metrics = dict[str, jax.Array]
 
-ANTITHETIC = workers.ANTITHETIC
+ANTITHETIC = window.ANTITHETIC
 
 
 def check_num_particles(num_particles, *, antithetic: bool = True) -> int:
@@ -171,11 +171,11 @@ def make_metrics(grad: PyTree, *, meta_loss: jax.Array, grad_variance: jax.Array
           "unroll_steps": jnp.asarray(unroll_steps, jnp.int32)}
 
 
-def es_estimate(out: workers.WindowOut, sigma: float, steps: int) -> tuple[PyTree, Metrics]:
+def es_estimate(out: window.WindowOut, sigma: float, steps: int) -> tuple[PyTree, Metrics]:
   """The estimate and metrics of an antithetic window (see the module docstring), from its
   per-pair sums (:func:`maths.antithetic_summary`: two products over the pairs)."""
   grad, variance, totals = maths.antithetic_summary(
-      out.gsum, out.count, sigma, {"loss": out.loss_sum[:, :2], "nonfinite": out.nonfinite,
+      out.gsum, out.count, sigma, {"loss": out.loss_plus_minus, "nonfinite": out.nonfinite,
                                    "resets": out.resets})
   valid_terms = jnp.maximum(totals["count"], 1).astype(jnp.float32)
   return grad, make_metrics(grad, meta_loss=jnp.sum(totals["loss"]) / (2.0 * valid_terms),
@@ -235,7 +235,7 @@ class OnlineES(Estimator):
                          accumulate=self.schedule.accumulates)
 
   def _estimate(self, key, theta, ws):
-    ws, out = workers.run_window(self.system, theta, ws, key, self.unroll_length, signs=ANTITHETIC,
+    ws, out = window.run_window(self.system, theta, ws, key, self.unroll_length, signs=ANTITHETIC,
                                  sigma=self.sigma, schedule=self.schedule, mesh=self.mesh)
     grad, metrics = es_estimate(out, self.sigma, self.steps_per_estimate)
     return grad, ws, metrics

@@ -12,7 +12,7 @@ that does not grow with ``T / W``; the lowest-variance GPES_K estimator (K = T).
 from __future__ import annotations
 
 from meta_train.engine.estimators.base import OnlineES
-from meta_train.engine.window import NoiseSchedule
+from meta_train.engine.window import NoiseSchedule, noise_in_use
 
 
 class NRES(OnlineES):
@@ -38,8 +38,10 @@ class NRES(OnlineES):
   """
 
   name = "nres"
-  # The noise-reuse rule: a pair draws fresh noise only when it starts an episode (no draw per
-  # window, no blocks), and credits each step's L+ - L- to the noise in use (credit=None), so
-  # per window  gsum_i = (sum_{t in window} L+_t - L-_t) * eps_i  and the estimate is
-  # maths.antithetic_grad over the pairs.
-  schedule = NoiseSchedule(every_window=False, block=None, credit=None)
+  # The noise-reuse rule, as the window engine runs it: a pair draws noise only when it starts
+  # an episode (no draw per window, no blocks), and each step's L+ - L- is credited to the noise
+  # in use. Per window, gsum_i = (sum_{t in window} L+_t - L-_t) * eps_i, and the estimate is
+  # meta_train.engine.maths.antithetic_grad over the pairs.
+  schedule = NoiseSchedule(every_window=False,   # no draw at each window's start,
+                           block=None,           # nor every K steps: one draw per episode,
+                           credit=noise_in_use)  # and L+ - L- times the noise in use

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from lopt_meta.errors import ConfigError
-from meta_train.engine import sharding, workers
+from meta_train.engine import sharding, window
 from meta_train.engine import tree as tree_lib
 from meta_train.engine import maths
 from meta_train.engine.estimators.base import (Estimator, check_num_particles, check_system,
@@ -62,8 +62,8 @@ class TBPTT(Estimator):
     theta_pp = tree_lib.broadcast_leading(theta, (self.num_particles,))
 
     def window_loss(theta_pp):
-      new_ws, out = workers.tbptt_window(self.system, theta_pp, ws, key, W, mesh=self.mesh)
-      return jnp.sum(out.loss_sum[:, 0]) / W, (new_ws, out)
+      new_ws, out = window.tbptt_window(self.system, theta_pp, ws, key, W, mesh=self.mesh)
+      return jnp.sum(out.loss_only) / W, (new_ws, out)
 
     grads, (ws, out) = jax.grad(window_loss, has_aux=True)(theta_pp)
     ok = (out.count == W) & tree_lib.all_finite(grads, num_leading=1)
@@ -72,7 +72,7 @@ class TBPTT(Estimator):
     grads = tree_lib.where_leading(ok, grads, jax.tree.map(jnp.zeros_like, grads))
     grad = jax.tree.map(lambda g: jnp.sum(g, axis=0) / n_ok, grads)
     return grad, ws, make_metrics(
-        grad, meta_loss=jnp.sum(jnp.where(ok, out.loss_sum[:, 0], 0.0)) / (n_ok * W),
+        grad, meta_loss=jnp.sum(jnp.where(ok, out.loss_only, 0.0)) / (n_ok * W),
         grad_variance=maths.variance_of_mean(grads, weights),
         nonfinite=jnp.sum(jnp.where(ok, 0, W)), resets=jnp.sum(out.resets),
         unroll_steps=self.steps_per_estimate)

@@ -14,9 +14,9 @@ import jax
 import jax.numpy as jnp
 
 from meta_train.engine import tree as tree_lib
-from meta_train.engine import workers
+from meta_train.engine import window
 from meta_train.engine.estimators.base import OnlineES, es_estimate, start_workers
-from meta_train.engine.window import NoiseSchedule
+from meta_train.engine.window import NoiseSchedule, noise_in_use
 
 _SIGNS = (1.0, -1.0, 0.0)  # theta + eps, theta - eps, theta (the shared state's own branch)
 
@@ -29,7 +29,7 @@ class TruncatedES(OnlineES):
   """
 
   name = "tes"
-  schedule = NoiseSchedule(every_window=True, block=None, credit=None)
+  schedule = NoiseSchedule(every_window=True, block=None, credit=noise_in_use)
 
   @property
   def steps_per_estimate(self) -> int:
@@ -42,11 +42,11 @@ class TruncatedES(OnlineES):
   def _estimate(self, key, theta, ws):
     branches = ws.replace(states=tree_lib.expand_axis(
         jax.tree.map(lambda x: x[:, 0], ws.states), 1, len(_SIGNS)))
-    branches, out = workers.run_window(self.system, theta, branches, key, self.unroll_length,
+    branches, out = window.run_window(self.system, theta, branches, key, self.unroll_length,
                                        signs=_SIGNS, sigma=self.sigma, schedule=self.schedule,
                                        mesh=self.mesh)
     ws = branches.replace(states=jax.tree.map(lambda x: x[:, 2:3], branches.states))
     grad, metrics = es_estimate(out, self.sigma, self.steps_per_estimate)
-    metrics["meta_loss_center"] = (jnp.sum(out.loss_sum[:, 2])
+    metrics["meta_loss_center"] = (jnp.sum(out.loss_centre)
                                    / jnp.maximum(jnp.sum(out.count), 1).astype(jnp.float32))
     return grad, ws, metrics

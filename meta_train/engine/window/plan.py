@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from meta_train.engine import xla_cpu
+
+
+def noise_in_use(credit, noise, new_episode):
+  """The credit rule of NRES and truncated ES: each step's ``L+ - L-`` is credited to the noise
+  the pair runs at that step (``credit(credit_before, noise, new_episode) -> noise``). The workers
+  keep no credit of their own under it (``WorkerState.xi`` is ``None``)."""
+  del credit, new_episode
+  return noise
 
 
 class NoiseSchedule(NamedTuple):
@@ -21,17 +30,18 @@ class NoiseSchedule(NamedTuple):
       with ``block=K``).
     credit: how a draw changes the credit, ``credit(credit_before, noise, new_episode) ->
       credit`` over theta-like ``[P, ...]`` trees (``new_episode: [P] bool``: the draw starts an
-      episode). ``None``: the credit is the noise in use (NRES, truncated ES), kept nowhere else.
-      See :func:`meta_train.engine.estimators.pes.accumulated_credit`.
+      episode): :func:`noise_in_use` (NRES, truncated ES) or
+      :func:`meta_train.engine.estimators.pes.accumulated_credit` (PES, GPES_K).
   """
   every_window: bool = False
   block: int | None = None
-  credit: object = None
+  credit: Callable[[Any, Any, jax.Array], Any] = noise_in_use
 
   @property
   def accumulates(self) -> bool:
-    """Whether the workers keep a credit of their own (``WorkerState.xi``)."""
-    return self.credit is not None
+    """Whether the workers keep a credit of their own (``WorkerState.xi``): any rule but
+    :func:`noise_in_use`."""
+    return self.credit is not noise_in_use
 
 
 class WindowPlan(NamedTuple):

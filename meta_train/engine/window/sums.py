@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -10,24 +10,49 @@ import jax.numpy as jnp
 from meta_train.engine.xla_cpu import sum_leading
 
 
-class WindowSums(NamedTuple):
-  """Per-pair sums over a window's valid steps (a step is valid when it was taken and every
-  branch's loss is finite).
+class WindowOut(NamedTuple):
+  """What a window adds up per pair over its valid steps (a step is valid when it was taken and
+  every branch's loss is finite); built by keyword, each stage filling its fields.
 
   Attributes:
-    count: ``[P] float32``, valid steps (whole numbers: exact).
-    loss: ``[P, S]``, the sum of each branch's valid losses.
-    dl: ``[E, P]``, the sum of ``L+ - L-`` (branches 0 and 1) over the valid steps of each noise
-      segment; ``None`` when the window estimates no gradient.
+    count: ``[P] int32``, valid steps.
+    loss: ``[P, S]``, the sum of each branch's valid losses; read it by branch with
+      :attr:`loss_plus_minus` and :attr:`loss_centre`.
+    dl: ``[E, P]``, the sum of ``L+ - L-`` over the valid steps of each noise segment (from
+      :func:`window_sums`; ``None`` once credited, and in windows that estimate nothing).
+    gsum: theta-like, leaves ``[P, ...]``: ``sum_t (L+_t - L-_t) * credit_t`` per pair (``None``
+      in windows that estimate nothing).
+    nonfinite: ``[P] int32``, steps masked because a loss was not finite (set when the window
+      closes).
+    resets: ``[P] int32``, episodes begun during the window (set when the window closes).
   """
   count: jax.Array
   loss: jax.Array
-  dl: jax.Array | None
+  dl: jax.Array | None = None
+  gsum: Any = None
+  nonfinite: jax.Array | None = None
+  resets: jax.Array | None = None
+
+  @property
+  def loss_plus_minus(self) -> jax.Array:
+    """``[P, 2]``: the loss sums of the antithetic branches ``theta + eps`` and ``theta - eps``."""
+    return self.loss[:, :2]
+
+  @property
+  def loss_centre(self) -> jax.Array:
+    """``[P]``: the loss sums of the unperturbed branch (truncated ES's third branch)."""
+    return self.loss[:, 2]
+
+  @property
+  def loss_only(self) -> jax.Array:
+    """``[P]``: the loss sums of a window with one branch (truncated backprop)."""
+    return self.loss[:, 0]
 
 
 def window_sums(losses: jax.Array, *, num_segments: int, taken: jax.Array | None = None,
-                segment: jax.Array | None = None) -> WindowSums:
-  """The sums of a window's losses ``[W, P, S]``.
+                segment: jax.Array | None = None) -> WindowOut:
+  """The sums of a window's losses ``[W, P, S]``: ``count``, ``loss`` and ``dl`` of a
+  :class:`WindowOut`.
 
   Args:
     losses: every step's losses.
@@ -54,7 +79,8 @@ def window_sums(losses: jax.Array, *, num_segments: int, taken: jax.Array | None
       diff = safe[..., 0] - safe[..., 1]
       dl = jnp.stack([sum_leading(jnp.where(segment == e, diff, 0.0))
                       for e in range(num_segments)])
-    return WindowSums(sum_leading(finite.astype(jnp.float32)), sum_leading(safe), dl)
+    count = sum_leading(finite.astype(jnp.float32)).astype(jnp.int32)
+    return WindowOut(count=count, loss=sum_leading(safe), dl=dl)
 
   if taken is not None or num_segments > 1:
     return masked(None)
@@ -62,5 +88,5 @@ def window_sums(losses: jax.Array, *, num_segments: int, taken: jax.Array | None
 
   def unmasked(_):
     dl = sum_leading(losses[..., 0] - losses[..., 1])[None] if num_segments else None
-    return WindowSums(jnp.full((num_pairs,), W, jnp.float32), loss_sums, dl)
+    return WindowOut(count=jnp.full((num_pairs,), W, jnp.int32), loss=loss_sums, dl=dl)
   return jax.lax.cond(jnp.isfinite(jnp.sum(loss_sums)), unmasked, masked, None)
