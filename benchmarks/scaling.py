@@ -33,7 +33,7 @@ import sys
 import time
 
 from benchmarks.common import emit_json, print_table
-from meta_train.command import distributed
+from tests import processes as local_processes
 
 TASK, W, HORIZON = "fashion_mnist_mlp", 50, 1000
 
@@ -69,9 +69,9 @@ print(json.dumps({"window_s": float(np.median(times)), "compile_s": compile_s,
 def run_config(processes: int, devices: int, particles: int, windows: int,
                timeout_s: float) -> dict:
   """One configuration in fresh subprocesses; returns process 0's measurement."""
-  address = f"127.0.0.1:{distributed.free_local_port()}" if processes > 1 else "-"
+  address = f"127.0.0.1:{local_processes.free_local_port()}" if processes > 1 else "-"
   procs = [subprocess.Popen([sys.executable, "-c", WORKER, address, str(i), str(particles),
-                             str(windows)], env=distributed.local_cpu_env(devices),
+                             str(windows)], env=local_processes.local_cpu_env(devices),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
            for i in range(processes)]
   try:

@@ -12,7 +12,8 @@ Every estimate costs 2T unroll steps:
 
 Each estimator is run for R independent replicates (vmapped); tr(Cov) is the sum of the
 per-coordinate sample variances, with a percentile bootstrap 95% interval over the replicates.
-GPES_K estimators target different smoothed objectives (DESIGN §6), so the table also gives the
+GPES_K estimators target other smoothed objectives than FullES and NRES (see
+meta_train/engine/estimators/pes.py), so the table also gives the
 norm of each mean. The NRES poster reports, for a learned-optimizer task with T=1000 and W=1,
 NRES ~1.5 against FullES ~860; this prints what it measures here, whatever it is.
 """

@@ -1,8 +1,8 @@
 """Per-parameter input features of learned optimizers, and the flat layout that batches them.
 
 The learned optimizers compute their features for every tensor and feed the per-parameter
-network *one* matrix ``[n, F]`` holding the features of all ``n`` parameters (DESIGN §7: few,
-large matrices keep the CPU busy). :class:`FlatLayout` records where each tensor sits in the
+network *one* matrix ``[n, F]`` holding the features of all ``n`` parameters (few, large
+matrices keep the CPU busy; see benchmarks/README.md). :class:`FlatLayout` records where each tensor sits in the
 flattened vector, so that per-tensor normalization stays a cheap reduction per slice.
 """
 

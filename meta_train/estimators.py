@@ -6,7 +6,8 @@ public name, as ``optax`` re-exports from ``optax._src``.
 
 from meta_train.engine.estimators import (ESTIMATORS, GPES, NRES, PES, TBPTT, Estimator, FullES,
                                           Metrics, OnlineES, OverTasks, OverTasksState,
-                                          TruncatedES, make, options)
+                                          SystemEstimator, TruncatedES, make, options)
 
 __all__ = ["ESTIMATORS", "Estimator", "FullES", "GPES", "Metrics", "NRES", "OnlineES",
-           "OverTasks", "OverTasksState", "PES", "TBPTT", "TruncatedES", "make", "options"]
+           "OverTasks", "OverTasksState", "PES", "SystemEstimator", "TBPTT", "TruncatedES", "make",
+           "options"]

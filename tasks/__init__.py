@@ -17,8 +17,7 @@ from tasks.base import PRNGKey, State, Theta, UnrolledSystem
 from tasks.dynamical import influence_balancing, lorenz, toy2d
 from tasks.inner import INNER_TASKS, InnerTask, get_inner_task
 from tasks.hpo.paper_tasks import lr_decay_schedule, many_hparams
-from tasks.hpo import (Fraction, Logit, LogUniform, Uniform, hparam_system,
-                                   optax_system)
+from tasks.hpo import Fraction, Logit, LogUniform, Uniform, hparam_system, optax_system
 from tasks.locomotion.policy_learning import gym_mujoco, policy_system
 from tasks.inner_training import META_LOSSES, TRUNCATIONS, Augmentation, InnerState, inner_training
 from tasks.lopt_system import learned_optimizer_system

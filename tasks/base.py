@@ -22,7 +22,7 @@ state can be any pytree of arrays.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
@@ -63,6 +63,9 @@ class UnrolledSystem:
     space: for hyperparameter optimization, the declaration ``{name: transform}`` that maps theta
       (unconstrained values) to the hyperparameters (:mod:`tasks.hpo`); ``None``
       for other systems.
+    constants: for hyperparameter optimization, ``{name: value}`` that give the exported
+      hyperparameters their meaning beside theta (``lr_decay_schedule``: its time scale ``Q``);
+      written with them by ``meta-train export``.
   """
 
   init: Callable[..., State]
@@ -76,6 +79,7 @@ class UnrolledSystem:
   loss_is_negative_reward: bool = False
   differentiable: bool = True
   space: Any = None
+  constants: Mapping[str, Any] | None = None
 
   def __post_init__(self):
     if not callable(self.init):

@@ -70,7 +70,8 @@ def test_importing_the_packages_leaves_the_optional_packages_alone():
   line = _python(f"""
       import json, sys
       import lopt_meta, tasks, meta_train
-      import meta_train.command.cli, meta_train.command.config, meta_train.command.run, meta_train.command.evaluation
+      import meta_train.command.cli, meta_train.command.config
+      import meta_train.command.run, meta_train.command.evaluation
       import benchmarks.throughput, benchmarks.accelerator
       optional = {OPTIONAL + ("matplotlib",)!r}
       print(json.dumps(sorted({{m.split(".")[0] for m in sys.modules}} & set(optional))))

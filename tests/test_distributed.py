@@ -20,6 +20,7 @@ import pytest
 
 from lopt_meta import ConfigError
 from meta_train.command import distributed
+from tests import processes
 
 TIMEOUT_S = 180
 TOY = ["--task", "toy2d", "--num-particles", "8", "--unroll-length", "5", "--eval-every", "0",
@@ -35,7 +36,7 @@ class Processes:
     for i, argv in enumerate(argvs):
       out, err = open(logs / f"{i}.out", "w+"), open(logs / f"{i}.err", "w+")
       self.files.append((out, err))
-      self.procs.append(subprocess.Popen(argv, stdout=out, stderr=err, env=distributed.local_cpu_env(devices, PYTHONUNBUFFERED="1"),
+      self.procs.append(subprocess.Popen(argv, stdout=out, stderr=err, env=processes.local_cpu_env(devices, PYTHONUNBUFFERED="1"),
                                          cwd=Path(__file__).parents[1]))
 
   def wait(self, timeout: float = TIMEOUT_S) -> list[tuple[int, str, str]]:
@@ -57,11 +58,11 @@ class Processes:
 
 
 def meta_train(*args: str) -> list[str]:
-  return [sys.executable, "-m", "meta_train.command.cli", *args]
+  return [sys.executable, "-m", "meta_train", *args]
 
 
 def two(args: list[str], logs: Path, port: int | None = None, extra=(("", ""),) * 2) -> Processes:
-  port = port or distributed.free_local_port()
+  port = port or processes.free_local_port()
   return Processes([meta_train(*args, "--coordinator-address", f"127.0.0.1:{port}",
                                "--num-processes", "2", "--process-id", str(i),
                                *[x for x in extra[i] if x])
@@ -105,7 +106,7 @@ ESTIMATE = textwrap.dedent("""
 
 
 def test_two_processes_give_the_four_device_estimate(tmp_path):
-  port = distributed.free_local_port()
+  port = processes.free_local_port()
   procs = Processes([[sys.executable, "-c", ESTIMATE, f"127.0.0.1:{port}", str(i)]
                      for i in range(2)], devices=2, logs=tmp_path / "two")
   reference = Processes([[sys.executable, "-c", ESTIMATE]], devices=4, logs=tmp_path / "one")
@@ -258,7 +259,7 @@ def test_bad_input_ends_with_one_clear_error(tmp_path):
   # nobody at the coordinator's address: a clear error after --init-timeout-s
   start = time.monotonic()
   lonely = Processes([meta_train("train", *TOY, "--out", str(tmp_path / "a"),
-                                 "--coordinator-address", f"127.0.0.1:{distributed.free_local_port()}",
+                                 "--coordinator-address", f"127.0.0.1:{processes.free_local_port()}",
                                  "--num-processes", "2", "--process-id", "1",
                                  "--init-timeout-s", "3")], devices=2, logs=tmp_path / "l1")
   [(rc, _, err)] = run_to_end(lonely, timeout=60)
@@ -323,9 +324,9 @@ def test_a_plain_run_is_never_joined_to_anything(monkeypatch):
                           ("SLURM_STEP_NODELIST", "node1"), ("SLURM_PROCID", "0"),
                           ("SLURM_LOCALID", "0")):
     monkeypatch.setenv(variable, value)
-  assert distributed._cluster_processes() == 1  # a one-task SLURM job is a plain run
+  assert distributed.settings._cluster_processes() == 1  # a one-task SLURM job is a plain run
   assert distributed.initialize(distributed.Distributed()) is False
   monkeypatch.setenv("SLURM_NTASKS", "2")
-  assert distributed._cluster_processes() == 2  # two tasks: initialize would join them
+  assert distributed.settings._cluster_processes() == 2  # two tasks: initialize would join them
   monkeypatch.delenv("SLURM_STEP_NODELIST")  # salloc without srun: not what JAX detects
-  assert distributed._cluster_processes() == 1
+  assert distributed.settings._cluster_processes() == 1

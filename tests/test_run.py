@@ -63,7 +63,7 @@ def test_load_run(tmp_path):
 
 def _meta_train_process(out, steps, *extra):
   env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
-  args = [sys.executable, "-m", "meta_train.command.cli", "train", *TOY, "--outer-steps", str(steps),
+  args = [sys.executable, "-m", "meta_train", "train", *TOY, "--outer-steps", str(steps),
           "--out", str(out), *extra]
   return subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
@@ -105,7 +105,7 @@ def test_kill_nine_at_any_moment_loses_at_most_the_last_interval(tmp_path):
     previous_latest = latest
     if attempt < 2:
       env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
-      process = subprocess.Popen([sys.executable, "-m", "meta_train.command.cli", "resume", str(out),
+      process = subprocess.Popen([sys.executable, "-m", "meta_train", "resume", str(out),
                                   "--outer-steps", "100000"], env=env, stdout=subprocess.PIPE,
                                  stderr=subprocess.PIPE, text=True)
       _wait_for_checkpoints(out, 1, process, after_step=latest)

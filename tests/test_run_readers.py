@@ -33,7 +33,7 @@ ENV = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
 
 
 def _train_process(out: Path, steps: int) -> subprocess.Popen:
-  return subprocess.Popen([sys.executable, "-m", "meta_train.command.cli", "train", *LOPT, "--outer-steps",
+  return subprocess.Popen([sys.executable, "-m", "meta_train", "train", *LOPT, "--outer-steps",
                            str(steps), "--out", str(out)], env=ENV, stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, text=True)
 

@@ -173,7 +173,8 @@ def _parse(name: str, args: list[str]):
 
 def run_command(command) -> int:
   if isinstance(command, (Train, Resume)):
-    from meta_train.command import distributed  # joins the other processes before any other JAX call
+    # joins the other processes before any other JAX call
+    from meta_train.command import distributed
     distributed.initialize(command.distributed)
     from meta_train.command import run as run_lib
     try:
@@ -321,12 +322,9 @@ def _export_hyperparameters(command: Export, config, out: Path) -> None:
   if out.suffix != ".json":
     raise ConfigError("out", f"hyperparameters are written as JSON; got {out}")
   loaded = run_lib.load_run(command.run_dir, command.step)
-  extra = {}
-  if config.task.task == "lr_decay_schedule":
-    extra["Q"] = float(config.task.options().get("Q") or system.horizon)
   hyperparameters.to_json(system.space, loaded.theta, out, run_dir=str(command.run_dir),
                           step=loaded.step, task=config.task.task,
-                          estimator=config.estimator.estimator, **extra)
+                          estimator=config.estimator.estimator, **(system.constants or {}))
   print(f"meta-train: wrote {out} (hyperparameters of outer step {loaded.step})")
 
 

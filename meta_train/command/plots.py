@@ -34,16 +34,7 @@ def plot_runs(run_dirs: Sequence[str | Path], out: str | Path) -> Path:
   matplotlib.use("Agg")  # no screen needed
   import matplotlib.pyplot as plt
 
-  runs = []
-  for run_dir in run_dirs:
-    run_dir = Path(run_dir)
-    if not (run_dir / "config.json").is_file():
-      raise ConfigError("run_dir", f"{run_dir} is not a run folder (no config.json)")
-    records = read_metrics(run_dir)
-    if not any("meta_loss" in r for r in records):
-      raise ConfigError("run_dir", f"{run_dir} has no logged meta-loss yet")
-    runs.append((run_dir.name, records, _smoothing(run_dir, records)))
-
+  runs = [_read_run(Path(run_dir)) for run_dir in run_dirs]
   returns = any("eval_return" in r for _, records, _ in runs for r in records)
   fig, axes = plt.subplots(3 if returns else 2, 2, figsize=(12, 12.5 if returns else 8.5))
   panels = [(axes[0, 0], "step", "outer step"), (axes[0, 1], "time_s", "wall time (s)"),
@@ -65,7 +56,24 @@ def plot_runs(run_dirs: Sequence[str | Path], out: str | Path) -> Path:
     ax.grid(alpha=0.3)
   axes[0, 0].legend(fontsize="small")
 
-  ax = axes[1, 1]
+  _draw_evaluations(axes[1, 1], runs)
+  if returns:
+    _draw_returns(axes[2], runs)
+  return save_figure(fig, out)
+
+
+def _read_run(run_dir: Path):
+  """``(name, records, smoothing)`` of a run folder with a logged meta-loss."""
+  if not (run_dir / "config.json").is_file():
+    raise ConfigError("run_dir", f"{run_dir} is not a run folder (no config.json)")
+  records = read_metrics(run_dir)
+  if not any("meta_loss" in r for r in records):
+    raise ConfigError("run_dir", f"{run_dir} has no logged meta-loss yet")
+  return run_dir.name, records, _smoothing(run_dir, records)
+
+
+def _draw_evaluations(ax, runs) -> None:
+  """Each run's last evaluation curve, and its baseline's (Adam) dashed in the same colour."""
   drew = False
   values = []
   for name, records, _ in runs:
@@ -88,9 +96,6 @@ def plot_runs(run_dirs: Sequence[str | Path], out: str | Path) -> Path:
   ax.grid(alpha=0.3)
   if drew:
     ax.legend(fontsize="small")
-  if returns:
-    _draw_returns(axes[2], runs)
-  return save_figure(fig, out)
 
 
 def save_figure(fig, out: str | Path) -> Path:

@@ -14,8 +14,9 @@ compute. Readers (:func:`load_run` and the commands built on it) take no lock an
 they open the checkpoints read-only, so a run can be evaluated, exported and plotted while it
 trains.
 
-The loop runs the compiled :class:`~meta_train.engine.trainer.Trainer` in chunks that end at every log,
-evaluation and checkpoint step. SIGINT and SIGTERM are caught: the current chunk finishes, a
+The loop (:class:`~meta_train.command.session.RunSession`) runs the compiled
+:class:`~meta_train.engine.trainer.Trainer` in chunks that end at every log, evaluation and
+checkpoint step. SIGINT and SIGTERM are caught: the current chunk finishes, a
 checkpoint is saved, and the process exits with 130 or 143. A :class:`~meta_train.command.watchdog.
 Watchdog` covers what the loop cannot see while it waits for compiled code: a second signal, or a
 phase still running ``stop_grace_s`` after the signal (a compiled step that never returns), ends
@@ -35,9 +36,6 @@ import dataclasses
 import json
 import os
 import shutil
-import signal
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -46,24 +44,15 @@ import numpy as np
 
 from lopt_meta.errors import ConfigError
 from meta_train.command import config as config_lib
-from meta_train.command import distributed, evaluation, preflight
+from meta_train.command import distributed
 from meta_train.command.checkpointing import Checkpoints
-from meta_train.command.logs import RunLog, read_metrics
-from meta_train.command.progress import Progress
+from meta_train.command.logs import read_metrics
 from meta_train.command.run_lock import LOCK_FILE, RunLock
-from meta_train.engine.trainer import Trainer, TrainState, outer_optimizer, summarize
-from meta_train.command.watchdog import EXIT_CODES, Watchdog
+from meta_train.command.session import Interrupted, RunSession  # noqa: F401  (the run's error)
+from meta_train.engine.trainer import Trainer, TrainState, outer_optimizer
 
 RUN_FILES = ("config.json", "metrics.jsonl", "checkpoints", "unreadable_checkpoints", "wandb",
              "wandb_id")
-
-
-class Interrupted(Exception):
-  """The run stopped on a signal after saving a checkpoint; ``code`` is the exit status."""
-
-  def __init__(self, code: int, step: int):
-    super().__init__(f"stopped at outer step {step} (checkpoint saved)")
-    self.code, self.step = code, step
 
 
 @dataclasses.dataclass
@@ -205,7 +194,8 @@ def train(config: config_lib.TrainConfig, *, overwrite: bool = False) -> tuple[T
   distributed.on_process_0(lambda: _claim(lock, "out", prepare_run_dir, config, overwrite),
                            "the run folder check")
   try:
-    return _loop(config, run_dir, system, estimator, trainer, None, meta={}, resumed=False)
+    session = RunSession(config, run_dir, system, estimator, trainer, meta={}, resumed=False)
+    return session.run(None), run_dir
   finally:
     lock.release()
 
@@ -269,250 +259,5 @@ def _resume_locked(config, run_dir, system, estimator, trainer):
     return state, run_dir
   if distributed.is_writer():
     _write_json(run_dir / "config.json", config.to_dict())
-  return _loop(config, run_dir, system, estimator, trainer, state, meta=meta, resumed=True)
-
-
-def _loop(config, run_dir, system, estimator, trainer, state, *, meta, resumed):
-  c_run, total = config.run, config.outer.outer_steps
-  evaluate = evaluation.make_evaluator(config, system) if c_run.eval_every else None
-  writer = distributed.is_writer()
-  log = (RunLog(run_dir, config.to_dict(), mode=c_run.wandb, name=run_dir.name, resume=resumed)
-         if writer else _NoLog())
-  checkpoints = Checkpoints(run_dir, max_to_keep=c_run.keep_checkpoints)
-  stop = {"signal": None}
-  previous = _catch_signals(stop)
-  start = time.perf_counter()
-  elapsed0 = float(meta.get("elapsed_s", 0.0))
-  total_unroll = int(meta.get("total_unroll_steps", 0))
-  burn_in = int(meta.get("burn_in_steps", 0))
-  progress = None
-
-  def write(line):
-    if progress is not None and writer:
-      progress.write(line)
-    else:  # other processes print their own warnings, marked
-      prefix = "" if writer else f"[process {jax.process_index()}] "
-      print(prefix + line, file=sys.stderr, flush=True)
-
-  watchdog = Watchdog(write, grace_s=c_run.stop_grace_s, stall_min_s=c_run.stall_warning_s)
-  watchdog.start()
-  try:
-    hazard = preflight.lapack_warning(system, getattr(estimator, "num_pairs",
-                                                      estimator.num_particles))
-    if hazard is not None and writer:
-      write(hazard)
-    if state is None:
-      distributed.say(f"meta-train: {estimator!r} on {system.name!r}, {total} outer steps -> "
-                      f"{run_dir}" + (f" ({jax.process_count()} processes, {jax.device_count()} "
-                                      "devices)" if jax.process_count() > 1 else ""))
-      state, burn_in = _start(system, estimator, trainer, c_run.seed, evaluate, log,
-                              watchdog, start)
-      total_unroll = burn_in
-    else:
-      _say_resume(run_dir, state, total, log, watchdog)
-    done = int(state.step)
-    progress = Progress(total, done) if writer else Progress(total, done, stream=_DevNull(),
-                                                             bar=False)
-    pending, window_start, window_time = [], done, time.perf_counter()
-    compiled = set()  # chunk lengths run before (a new length compiles: its time is not counted)
-    while done < total:
-      everies = [c_run.log_every, c_run.checkpoint_every] + ([c_run.eval_every] if evaluate else [])
-      n = min([total] + [_next(done, every) for every in everies]) - done
-      state, metrics = _run_chunk(trainer, state, done, n, watchdog, compiled)
-      pending.append(metrics)
-      total_unroll += int(np.sum(pending[-1]["unroll_steps"]))
-      done += n
-      now = time.perf_counter()
-      stopping = stop["signal"] is not None
-      if jax.process_count() > 1:  # a signal to any process stops all at this step
-        stopping = distributed.any_process(stopping)
-      evaluating = evaluate is not None and (done % c_run.eval_every == 0 or done == total)
-      if done % c_run.log_every == 0 or done == total or evaluating or stopping:
-        record = _window_record(pending, done=done, window_start=window_start,
-                                window_s=now - window_time, time_s=elapsed0 + now - start,
-                                total_unroll=total_unroll, theta=state.theta)
-        record["burn_in_steps"] = burn_in
-        _report(record, first=window_start + 1, done=done, theta=state.theta,
-                evaluate=evaluate if evaluating else None, watchdog=watchdog, progress=progress,
-                log=log, writer=writer)
-        pending, window_start = [], done
-        window_time = time.perf_counter()  # evaluation time is not counted as training time
-      if done % c_run.checkpoint_every == 0 or done == total or stopping:
-        _save(checkpoints, watchdog, run_dir, state, {
-            "step": done, "elapsed_s": elapsed0 + now - start, "total_unroll_steps": total_unroll,
-            "burn_in_steps": burn_in, "num_processes": jax.process_count(),
-            "config": config.to_dict()})
-      if stopping:
-        with watchdog.writing():
-          log.event("interrupted", step=done, signal=int(stop["signal"]))
-        raise Interrupted(EXIT_CODES[stop["signal"] or signal.SIGTERM], done)
-    return state, run_dir
-  finally:
-    _close(progress, checkpoints, log, watchdog, previous)
-
-
-def _catch_signals(stop: dict[str, Any]) -> dict[int, Any]:
-  """Handlers for SIGINT and SIGTERM that record the first signal in ``stop["signal"]`` (the
-  loop stops at its next check; a second signal is the watchdog's); returns the previous ones.
-  Outside the main thread nothing is installed."""
-  def on_signal(signum, frame):
-    del frame
-    if stop["signal"] is None:
-      stop["signal"] = signum
-
-  previous = {}
-  for signum in (signal.SIGINT, signal.SIGTERM):
-    try:
-      previous[signum] = signal.signal(signum, on_signal)
-    except ValueError:  # not the main thread: no signal handling
-      pass
-  return previous
-
-
-def _report(record, *, first, done, theta, evaluate, watchdog, progress, log, writer) -> None:
-  """Evaluates ``theta`` into ``record`` (when ``evaluate`` is given), warns about masked steps,
-  and writes the record to the log and the progress bar."""
-  if evaluate is not None:
-    with watchdog.phase(f"evaluating theta at step {done}"):
-      record.update(evaluate(_local(theta)))
-    progress.note(done, _eval_line(done, record))
-  if writer and (record["nonfinite"] or record["skipped_updates"]):
-    progress.write(f"meta-train: steps {first}..{done}: masked "
-                   f"{record['nonfinite']} non-finite losses, skipped "
-                   f"{record['skipped_updates']} non-finite updates")
-  with watchdog.writing():
-    log.write(record)
-  progress.update(done, record)
-
-
-def _close(progress, checkpoints, log, watchdog, previous_handlers) -> None:
-  """Closes the progress bar, checkpoints and logs, stops the watchdog, restores the signals."""
-  with watchdog.phase("closing the run (logs, checkpoints)"):
-    if progress is not None:
-      progress.close()
-    checkpoints.close()
-    log.close()
-  watchdog.stop()
-  for signum, handler in previous_handlers.items():
-    signal.signal(signum, handler)
-
-
-def _say_resume(run_dir, state, total, log, watchdog) -> None:
-  """A resumed run: the watchdog's last checkpoint, the log's event and the console line."""
-  watchdog.last_checkpoint = int(state.step)
-  log.event("resume", step=int(state.step))
-  distributed.say(f"meta-train: resuming {run_dir} at outer step {int(state.step)} -> {total}")
-
-
-def _save(checkpoints, watchdog, run_dir, state, meta: dict) -> None:
-  """Saves checkpoint ``meta["step"]`` (every process takes part) and tells the watchdog and the
-  failure hint that it is complete."""
-  done = meta["step"]
-  with watchdog.phase(f"saving checkpoint {done}"), watchdog.writing():
-    checkpoints.save(done, state, meta)
-  watchdog.last_checkpoint = done
-  distributed.set_hint(f"the last complete checkpoint is step {done}; continue with "
-                       f"'meta-train resume {run_dir}' on {jax.process_count()} processes")
-
-
-def _run_chunk(trainer, state, done, n, watchdog, compiled):
-  """Outer steps ``done + 1 .. done + n``; returns the state and the metrics on the host. The
-  chunk's time goes to the watchdog unless its length is new (``compiled``), i.e. compiled."""
-  with watchdog.phase(f"running outer steps {done + 1}..{done + n}", steps=n):
-    chunk_start = time.perf_counter()
-    state, metrics = trainer.run(state, n)
-    metrics = distributed.to_host(metrics) if jax.process_count() > 1 else jax.device_get(metrics)
-  if n in compiled:
-    watchdog.completed(n, time.perf_counter() - chunk_start)
-  compiled.add(n)
-  return state, metrics
-
-
-def _start(system, estimator, trainer, seed, evaluate, log, watchdog, start):
-  """A fresh run's workers (burned in) and, with evaluation on, its step-0 record; returns
-  ``(state, burn-in trajectory steps)``."""
-  with watchdog.phase("initializing the workers (compilation and burn-in)"):
-    state = trainer.init(jax.random.key(seed), system.theta0)
-    burn_in = estimator.burn_in_steps(state.workers)
-  if evaluate is not None:
-    with watchdog.phase("evaluating theta at step 0"):
-      record = {"step": 0, "time_s": time.perf_counter() - start, "total_unroll_steps": burn_in,
-                "burn_in_steps": burn_in, **evaluate(_local(state.theta)), **evaluate.baseline()}
-    _add_theta(record, _local(state.theta))
-    with watchdog.writing():
-      log.write(record)
-    distributed.say(_eval_line(0, record))
-  return state, burn_in
-
-
-def _window_record(pending, *, done, window_start, window_s, time_s, total_unroll, theta):
-  """One record per log window: the per-step metrics of all its chunks reduced together, with
-  the rates over the window's ``window_s`` seconds."""
-  record = summarize({k: np.concatenate([np.atleast_1d(m[k]) for m in pending])
-                      for k in pending[0]})
-  record.update(step=done, time_s=time_s, outer_steps_per_s=(done - window_start) / window_s,
-                unroll_steps_per_s=record["unroll_steps"] / window_s,
-                total_unroll_steps=total_unroll)
-  _add_theta(record, _local(theta))
-  return record
-
-
-def _local(tree):
-  """``tree`` readable by this process alone (a copy on the host when the run spans processes;
-  theta is replicated, so every process holds all of it)."""
-  return distributed.to_host(tree) if jax.process_count() > 1 else tree
-
-
-class _NoLog:
-  """The run log of a process other than 0: writes nothing."""
-
-  def write(self, record):
-    del record
-
-  def event(self, name, **fields):
-    del name, fields
-
-  def close(self):
-    pass
-
-
-class _DevNull:
-  """A stream that drops what is written (the progress display of processes other than 0)."""
-
-  def write(self, text):
-    return len(text)
-
-  def flush(self):
-    pass
-
-  def isatty(self):
-    return False
-
-
-def _add_theta(record: dict[str, Any], theta) -> None:
-  """Logs theta itself when it is small (at most 32 numbers)."""
-  if sum(np.size(x) for x in jax.tree.leaves(theta)) <= 32:
-    record["theta"] = _jsonable(theta)
-
-
-def _next(done: int, every: int) -> int:
-  return (done // every + 1) * every
-
-
-def _jsonable(x):
-  leaves = jax.tree.leaves(x)
-  if len(leaves) == 1 and not isinstance(x, dict):
-    x = np.asarray(leaves[0])
-    return x.item() if x.ndim == 0 else x.tolist()
-  return jax.tree.map(lambda v: np.asarray(v).tolist(), x)
-
-
-def _eval_line(step: int | None, record: dict[str, Any]) -> str:
-  line = f"eval_loss {record['eval_loss']:.6g}"
-  if "eval_return" in record:
-    line += f" (return {record['eval_return']:.6g})"
-  if "adam_loss" in record:
-    line += f" (Adam lr {record['adam_lr']:g}: {record['adam_loss']:.6g})"
-  elif "eval_vs_adam" in record:
-    line += f" ({record['eval_vs_adam']:.3f}x Adam)"
-  return line if step is None else f"step {step}: {line}"
+  session = RunSession(config, run_dir, system, estimator, trainer, meta=meta, resumed=True)
+  return session.run(state), run_dir

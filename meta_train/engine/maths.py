@@ -3,7 +3,7 @@
 A leaf of the engine: it imports only :mod:`meta_train.engine.tree` and :mod:`meta_train.engine.xla_cpu`,
 so the workers (below the estimators) and the estimators both use it without an import cycle.
 
-Normalization convention (one for every ES estimator in lopt-meta, DESIGN §2):
+Normalization convention (one for every ES estimator in lopt-meta):
 
     g = 1 / (2 sigma^2 * C) * sum_{i in pairs} sum_{t in window} (L+_{i,t} - L-_{i,t}) * c_{i,t}
 

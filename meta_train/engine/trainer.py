@@ -82,7 +82,7 @@ class Trainer:
     return self._run(state, self.estimator.system.data, num_steps)
 
   def _outer_step(self, data, state: TrainState, _):
-    key, est_key = keys_lib.split(state.key, 2)  # = jax.random.split, fused (meta_train.engine.keys)
+    key, est_key = keys_lib.split(state.key, 2)  # = jax.random.split, fused (engine.keys)
     grad, workers, metrics = self.estimator.estimate_fn(est_key, state.theta, state.workers, data)
     finite = tree_lib.all_finite(grad)
     updates, opt_state = self.optimizer.update(grad, state.opt_state, state.theta)

@@ -20,6 +20,7 @@ The paper trains on MNIST for the schedule and on FashionMNIST for the others; o
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -94,10 +95,11 @@ def lr_decay_schedule(*, horizon: int = 5000, Q: float | None = None, meta_loss:
 
   def make_optimizer(h):
     return optax.sgd(lr_decay(h["lr"], h["decay"], Q), momentum=momentum)
-  return hp.optax_system(LR_DECAY_SPACE, make_optimizer, task, horizon=horizon,
-                         meta_loss=meta_loss, fixed_batch_size=fixed_batch_size,
-                         theta0=None if init_seed is not None else {"lr": lr, "decay": decay},
-                         init_seed=init_seed, name="lr_decay_schedule")
+  system = hp.optax_system(LR_DECAY_SPACE, make_optimizer, task, horizon=horizon,
+                           meta_loss=meta_loss, fixed_batch_size=fixed_batch_size,
+                           theta0=None if init_seed is not None else {"lr": lr, "decay": decay},
+                           init_seed=init_seed, name="lr_decay_schedule")
+  return dataclasses.replace(system, constants={"Q": Q})
 
 
 def schedule_from_json(path: str | Path) -> optax.Schedule:

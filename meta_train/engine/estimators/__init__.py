@@ -14,7 +14,7 @@ from __future__ import annotations
 import inspect
 
 from lopt_meta.errors import check_options, unknown_name
-from meta_train.engine.estimators.base import Estimator, Metrics, OnlineES
+from meta_train.engine.estimators.base import Estimator, Metrics, OnlineES, SystemEstimator
 from meta_train.engine.estimators.full_es import FullES
 from meta_train.engine.estimators.nres import NRES
 from meta_train.engine.estimators.over_tasks import OverTasks, OverTasksState
@@ -47,4 +47,5 @@ def make(name: str, system, **kwargs) -> Estimator:
 
 
 __all__ = ["ESTIMATORS", "Estimator", "FullES", "GPES", "Metrics", "NRES", "OnlineES",
-           "OverTasks", "OverTasksState", "PES", "TBPTT", "TruncatedES", "make", "options"]
+           "OverTasks", "OverTasksState", "PES", "SystemEstimator", "TBPTT", "TruncatedES", "make",
+           "options"]

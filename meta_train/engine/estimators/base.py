@@ -89,7 +89,10 @@ def check_system(system) -> UnrolledSystem:
 class Estimator(abc.ABC):
   """A gradient estimator for the mean per-step loss of an unrolled system.
 
-  Subclasses implement ``_init`` and ``_estimate`` as pure functions; this base jit-compiles them.
+  Subclasses implement the pure functions :meth:`init_fn` and :meth:`estimate_fn` (the system's
+  data an argument); this base jit-compiles them as ``init`` and ``estimate``. Estimators of one
+  system derive from :class:`SystemEstimator`, which binds the data; :class:`OverTasks` (a
+  distribution of systems) implements the two functions itself.
 
   Attributes:
     system: the unrolled system.
@@ -112,36 +115,17 @@ class Estimator(abc.ABC):
     self.estimate.__doc__ = ("``estimate(key, theta, ws) -> (grad, ws, metrics)``: jit-compiled, "
                              "with the system's own data.")
 
-  def init_fn(self, key: jax.Array, theta: PyTree, data: Any) -> WorkerState:
+  @abc.abstractmethod
+  def init_fn(self, key: jax.Array, theta: PyTree, data: Any) -> PyTree:
     """Pure ``init`` with the system's ``data`` as an argument (for use inside your own jit).
     ``key``: a typed key or a raw ``uint32[2]`` one (:func:`lopt_meta.prng.as_typed_key`)."""
-    check_theta(theta)
-    return self._with_data(data)._init(as_typed_key(key), theta)
 
-  def estimate_fn(self, key: jax.Array, theta: PyTree, ws: WorkerState,
-                  data: Any) -> tuple[PyTree, WorkerState, Metrics]:
+  @abc.abstractmethod
+  def estimate_fn(self, key: jax.Array, theta: PyTree, ws: PyTree,
+                  data: Any) -> tuple[PyTree, PyTree, Metrics]:
     """Pure ``estimate`` with the system's ``data`` as an argument (for use inside your own jit:
     the data then reaches the compiled code as an argument, not as a constant). ``key``: a typed
     key or a raw ``uint32[2]`` one (:func:`lopt_meta.prng.as_typed_key`)."""
-    check_theta(theta)
-    return self._with_data(data)._estimate(as_typed_key(key), theta, ws)
-
-  def _with_data(self, data: Any) -> "Estimator":
-    """A shallow copy whose system has ``data`` bound (itself, for a system without data)."""
-    if self.system.data is None and data is None:
-      return self
-    clone = copy.copy(self)
-    clone.system = self.system.bind(data)
-    return clone
-
-  @abc.abstractmethod
-  def _init(self, key: jax.Array, theta: PyTree) -> WorkerState:
-    """Workers for ``theta``: ``init(key, theta) -> ws``."""
-
-  @abc.abstractmethod
-  def _estimate(self, key: jax.Array, theta: PyTree,
-                ws: WorkerState) -> tuple[PyTree, WorkerState, Metrics]:
-    """One window: ``estimate(key, theta, ws) -> (grad, ws, metrics)``."""
 
   @property
   def steps_per_estimate(self) -> int:
@@ -161,6 +145,38 @@ class Estimator(abc.ABC):
 
   def _config(self) -> dict[str, Any]:
     return {"num_particles": self.num_particles, "unroll_length": self.unroll_length}
+
+
+class SystemEstimator(Estimator):
+  """An estimator of one system: :meth:`init_fn` and :meth:`estimate_fn` bind the data to the
+  system and call ``_init(key, theta)`` and ``_estimate(key, theta, ws)``, which subclasses
+  implement."""
+
+  def init_fn(self, key: jax.Array, theta: PyTree, data: Any) -> WorkerState:
+    check_theta(theta)
+    return self._with_data(data)._init(as_typed_key(key), theta)
+
+  def estimate_fn(self, key: jax.Array, theta: PyTree, ws: WorkerState,
+                  data: Any) -> tuple[PyTree, WorkerState, Metrics]:
+    check_theta(theta)
+    return self._with_data(data)._estimate(as_typed_key(key), theta, ws)
+
+  def _with_data(self, data: Any) -> "SystemEstimator":
+    """A shallow copy whose system has ``data`` bound (itself, for a system without data)."""
+    if self.system.data is None and data is None:
+      return self
+    clone = copy.copy(self)
+    clone.system = self.system.bind(data)
+    return clone
+
+  @abc.abstractmethod
+  def _init(self, key: jax.Array, theta: PyTree) -> WorkerState:
+    """Workers for ``theta``: ``init(key, theta) -> ws``."""
+
+  @abc.abstractmethod
+  def _estimate(self, key: jax.Array, theta: PyTree,
+                ws: WorkerState) -> tuple[PyTree, WorkerState, Metrics]:
+    """One window: ``estimate(key, theta, ws) -> (grad, ws, metrics)``."""
 
 
 def make_metrics(grad: PyTree, *, meta_loss: jax.Array, grad_variance: jax.Array,
@@ -198,7 +214,7 @@ def start_workers(est: Estimator, key: jax.Array, theta: PyTree, *, rows: int,
   return ws
 
 
-class OnlineES(Estimator):
+class OnlineES(SystemEstimator):
   """Persistent antithetic workers, one estimate per window of ``W`` steps (NRES, PES, GPES_K).
 
   Each of the ``N/2`` pairs keeps its two states (``theta + eps``, ``theta - eps``) across windows

@@ -20,11 +20,11 @@ from meta_train.engine import keys as keys_lib
 from meta_train.engine import sharding
 from meta_train.engine.window import sample_noise
 from meta_train.engine import maths
-from meta_train.engine.estimators.base import (Estimator, check_num_particles, check_sigma, check_system,
-                                        make_metrics)
+from meta_train.engine.estimators.base import (SystemEstimator, check_num_particles, check_sigma,
+                                               check_system, make_metrics)
 
 
-class FullES(Estimator):
+class FullES(SystemEstimator):
   """Antithetic ES over full episodes; one estimate per ``T`` steps (per episode: steps past the
   end of an episode shorter than ``T`` are left out).
 

@@ -172,12 +172,6 @@ class OverTasks(Estimator):
       out[f"loss_scale/{name}"] = ws.loss_scale[i]
     return out
 
-  def _init(self, key, theta):  # the distribution overrides init_fn/estimate_fn themselves
-    raise NotImplementedError
-
-  def _estimate(self, key, theta, ws):
-    raise NotImplementedError
-
   def __repr__(self):
     inner = next(iter(self.members.values()))
     return (f"OverTasks({self.system.name!r}, {len(self.members)} tasks, "

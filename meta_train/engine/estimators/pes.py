@@ -7,8 +7,10 @@ all the noise the pair has used in the episode so far:
     xi_k = eps_1 + ... + eps_k,   g = 1 / (2 sigma^2 W) * sum_{t in window k} (L+_t - L-_t) * xi_k
 
 GPES_K draws fresh noise every ``K`` steps counted from the start of the episode instead of every
-window. Both are unbiased (each for its own smoothed objective, see DESIGN §6: only NRES and
-FullES share one); their variance grows with the number of noise blocks per episode.
+window. Both are unbiased, each for its own smoothed objective (their noise changes within an
+episode, so they smooth each step's loss over other perturbations than FullES does; NRES alone
+shares FullES's ``E_eps (1/T) sum_t L_t(theta + eps)``); their variance grows with the number
+of noise blocks per episode.
 """
 
 from __future__ import annotations

@@ -17,11 +17,11 @@ from lopt_meta.errors import ConfigError
 from meta_train.engine import sharding, window
 from meta_train.engine import tree as tree_lib
 from meta_train.engine import maths
-from meta_train.engine.estimators.base import (Estimator, check_num_particles, check_system,
-                                        check_unroll_length, make_metrics, start_workers)
+from meta_train.engine.estimators.base import (SystemEstimator, check_num_particles, check_system,
+                                               check_unroll_length, make_metrics, start_workers)
 
 
-class TBPTT(Estimator):
+class TBPTT(SystemEstimator):
   """Truncated backprop over windows of ``W`` steps, averaged over ``N`` trajectories.
 
   Args:
