@@ -17,7 +17,7 @@ from meta_train.command import cli
 from meta_train.command import config as config_lib
 from meta_train.command import run as run_lib
 from meta_train.estimators import NRES, PES, OverTasks
-from tests.trees import assert_trees_equal, assert_trees_within_ulps
+from tests.trees import assert_trees_equal, assert_trees_within_ulps_of_scale
 
 
 def _digits_system(**kw):
@@ -72,7 +72,11 @@ def test_label_noise_changes_the_configured_fraction_of_training_labels():
 def test_one_member_distribution_is_the_single_task_estimate(kind):
   """A distribution of one task gives that task's estimator's estimates, worker states and
   metrics (the weight is 1, not computed): positions, counters and keys bitwise, floats to
-  within 4 ulps (the same computation compiled in another program may round differently)."""
+  within 16 ulps of each leaf's largest magnitude. The same computation compiled in another
+  program rounds differently: the noise and the inner states already differ by an ulp after one
+  window, the differences add up over three windows, and an element near zero differs by many
+  of its own ulps (any real difference, a weight, a key, a member's state, is orders of
+  magnitude larger)."""
   system = _digits_system()
   single = kind(system, num_particles=4, sigma=0.01, unroll_length=5)
   over = OverTasks({"only": kind(system, num_particles=4, sigma=0.01, unroll_length=5)})
@@ -89,9 +93,9 @@ def test_one_member_distribution_is_the_single_task_estimate(kind):
     g_over, ws_over, m_over = over.estimate(k, theta, ws_over)
     window_key = jax.random.split(jax.random.split(k)[1], 1)[0]
     g_single, ws_single, m_single = single.estimate(window_key, theta, ws_single)
-    assert_trees_within_ulps(g_over, g_single)
-    assert_trees_within_ulps(ws_over.members[0], ws_single)
-    assert_trees_within_ulps({n: m_over[n] for n in m_single}, m_single)
+    assert_trees_within_ulps_of_scale(g_over, g_single)
+    assert_trees_within_ulps_of_scale(ws_over.members[0], ws_single)
+    assert_trees_within_ulps_of_scale({n: m_over[n] for n in m_single}, m_single)
     assert float(m_over["weight/only"]) == 1.0
     ws_over = ws_over.replace(members=(ws_single,))  # the next window from the same workers
 
