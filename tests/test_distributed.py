@@ -224,7 +224,7 @@ task:
   distribution:
     members:
       - {task: image_mlp, dataset: digits, hidden_sizes: [8], batch_size: 16, horizon: 20}
-      - {task: image_mlp, dataset: digits, hidden_sizes: [4, 4], activation: tanh, batch_size: 8, horizon: 15}
+      - {task: image_conv, dataset: digits, channels: [4], batch_size: 8, horizon: 15}
     tasks_per_step: 2
 estimator: {estimator: nres, num_particles: 8, sigma: 0.01, unroll_length: 5}
 outer: {outer_lr: 0.001}
@@ -233,10 +233,9 @@ run: {eval_every: 0, log_every: 4, checkpoint_every: 4, wandb: disabled}
 
 
 def test_a_task_distribution_runs_over_two_processes_as_over_one(tmp_path):
-  """A distribution's workers (two MLPs of different depths: a CNN member would compile for a
-  minute more, and tests/test_distribution.py covers one in one process) are split over 2
-  processes x 2 devices; stopped at step 4 and resumed to 8, its theta is a one-process run's on
-  the same 4 devices up to float summation order."""
+  """A distribution's workers (an MLP's and a CNN's) are split over 2 processes x 2 devices;
+  stopped at step 4 and resumed to 8, its theta is a one-process run's on the same 4 devices up
+  to float summation order."""
   config = tmp_path / "dist.yaml"
   config.write_text(DISTRIBUTION)
   run, one = tmp_path / "run", tmp_path / "one"
