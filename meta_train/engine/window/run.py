@@ -173,23 +173,23 @@ def _estimator_window(system, theta, ws, pair_keys, *, num_steps, signs, sigma, 
     return forms.events_anywhere(system, s, segments, states, estimate=schedule is not None)
 
   if general_form:
-    out = events_anywhere(s.particles.flat(ws.states))
+    carry, out = events_anywhere(s.particles.flat(ws.states))
   else:
-    out = jax.lax.cond(s.plan.events_at_start(), events_at_start, events_anywhere,
-                       s.particles.flat(ws.states))
-  return _close_window(system, ws, s, *out)
+    carry, out = jax.lax.cond(s.plan.events_at_start(), events_at_start, events_anywhere,
+                              s.particles.flat(ws.states))
+  return _close_window(system, ws, s, carry, out)
 
 
 def _tbptt_window(system, theta_per_pair, ws, pair_keys, *, num_steps):
   """:func:`tbptt_window` on one device's pairs."""
   s = forms.setup(system, ws, pair_keys, num_steps=num_steps, signs=(0.0,), schedule=None)
   segments = segments_lib.unperturbed(theta_per_pair, ws.eps, ws.xi, particles=s.particles)
-  out = jax.lax.cond(
+  carry, out = jax.lax.cond(
       s.plan.events_at_start(),
       lambda states: forms.events_at_start(system, s, segments, states, estimate=False),
       lambda states: forms.events_anywhere(system, s, segments, states, estimate=False),
       s.particles.flat(ws.states))
-  return _close_window(system, ws, s, *out)
+  return _close_window(system, ws, s, carry, out)
 
 
 def _burn_in_window(system, theta, ws, pair_keys, steps_left, *, num_steps, signs, sigma,
@@ -197,14 +197,14 @@ def _burn_in_window(system, theta, ws, pair_keys, steps_left, *, num_steps, sign
   """One window of :func:`burn_in` on one device's pairs: pair ``i`` takes ``steps_left[i]``
   steps, drawing noise as the estimator's windows do, and estimates nothing."""
   s = forms.setup(system, ws, pair_keys, num_steps=num_steps, signs=signs, schedule=schedule,
-             end=steps_left)
+                  end=steps_left)
   segments = (segments_lib.unperturbed(theta, ws.eps, ws.xi) if schedule is None else
               segments_lib.at_every_draw(s.plan, theta, ws.eps, ws.xi, pair_step_key(
                   pair_keys[:, None], s.plan.draws, NOISE), particles=s.particles, sigma=sigma,
                   schedule=schedule))
-  out = forms.events_anywhere(system, s, segments, s.particles.flat(ws.states), estimate=False,
-                         stop=True)
-  return _close_window(system, ws, s, *out)[0]
+  carry, out = forms.events_anywhere(system, s, segments, s.particles.flat(ws.states),
+                                     estimate=False, stop=True)
+  return _close_window(system, ws, s, carry, out)[0]
 
 
 def _close_window(system, ws: WorkerState, s: forms.Setup, carry: forms.Carry,
