@@ -1,16 +1,20 @@
 """Policy learning in MuJoCo: the NRES paper's Swimmer and HalfCheetah comparisons, and throughput.
 
     python -m benchmarks.policy_learning --part learning --task swimmer --seeds 5
-    python -m benchmarks.policy_learning --part learning --task halfcheetah --seeds 2 --outer-steps 300
+    python -m benchmarks.policy_learning --part learning --task halfcheetah --seeds 2 \
+        --estimators nres,full_es,tes --out runs/halfcheetah     # resumes there if interrupted
     python -m benchmarks.policy_learning --part throughput
 
 **learning**: the authors' settings (``SETTINGS``; their N counts antithetic pairs and they
 average the window's losses, as lopt-meta does, so their learning rates carry over; our
 ``--num-particles`` is twice their N). Every estimator gets the same environment steps per outer
 update (NRES/PES/TES: N W; FullES: N T). Every ``--eval-every`` updates theta is evaluated on
-``--eval-episodes`` fresh episodes (fixed keys, no noise); the table prints the mean return
-(min/max over seeds) against environment steps (every particle, burn-in included), and the
-environment steps each estimator needed to first reach a few return levels.
+``--eval-episodes`` fresh episodes (fixed keys, no noise; defaults per task in ``DEFAULTS``); the
+table prints the mean return (min/max over seeds) against environment steps (every particle,
+burn-in included), the environment steps each estimator needed to first reach a few return
+levels (with and without its burn-in), and what explains a run that does not learn: the norm of
+theta and the fraction of saturated actions (``|a| > 1``) at the end. Seed ``s`` draws
+HalfCheetah's initial policy with ``policy_seed=s``.
 
 **throughput**: environment steps per second of one NRES window (N=600 particles, W=20,
 HalfCheetah, the C-engine backend) against ``mujoco.rollout`` of the same environments and steps
@@ -24,12 +28,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 import tasks
 from benchmarks.common import emit_json, print_table, time_interleaved
@@ -55,22 +61,51 @@ SETTINGS = {
         Setting("tes", 600, 20, 3e-5), Setting("full_es", 12, 1000, 3e-5)]},
 }
 THRESHOLDS = {"swimmer": (100.0, 200.0, 300.0, 340.0), "halfcheetah": (0.0, 500.0, 1000.0, 1500.0)}
+# Updates and evaluation: the NRES authors' HalfCheetah (1000 updates, 20 episodes every 4);
+# Swimmer evaluated after every update, so that steps-to-a-return resolves one update.
+DEFAULTS = {"swimmer": {"outer_steps": 200, "eval_every": 1, "eval_episodes": 5},
+            "halfcheetah": {"outer_steps": 1000, "eval_every": 4, "eval_episodes": 20}}
 
 
 def _evaluator(system, episodes: int):
+  """``theta -> (mean return, action saturation)`` over ``episodes`` fixed episodes (no noise).
+  Saturation is the fraction of action coordinates with ``|a| > 1`` (the control range of every
+  registered task: MuJoCo clamps them, but the control cost is charged on the raw action)."""
   keys = jax.random.split(jax.random.key(12345), episodes)
+  bound = system.bound()
+
+  def episode(theta, key):
+    init_key, step_key = jax.random.split(key)
+
+    def step(state, k):
+      new, loss = bound.step(theta, state, k)
+      action = jax.tree.leaves(theta)[0].T @ state["obs"]  # the linear policy W^T obs
+      return new, (loss, jnp.mean(jnp.abs(action) > 1.0))
+    _, (losses, saturated) = jax.lax.scan(step, bound.init(init_key),
+                                          jax.random.split(step_key, system.horizon))
+    return -jnp.sum(losses), jnp.mean(saturated)
 
   @jax.jit
-  def mean_return(theta):
-    losses = jax.vmap(lambda k: system.episode_losses(theta, k))(keys)
-    return -jnp.mean(jnp.sum(losses, axis=1))
-  return mean_return
+  def evaluate(theta):
+    returns, saturated = jax.vmap(lambda k: episode(theta, k))(keys)
+    return jnp.mean(returns), jnp.mean(saturated)
+  return evaluate
+
+
+def _system(task: str, seed: int):
+  """Seed ``s`` also draws HalfCheetah's initial policy (``policy_seed=s``: several initial
+  policies); Swimmer starts from zero whatever the seed."""
+  return tasks.get(task, policy_seed=seed) if task == "halfcheetah" else tasks.get(task)
 
 
 def run_one(task: str, setting: Setting, sigma: float, seed: int, outer_steps: int,
             eval_every: int, episodes: int) -> dict:
-  """One estimator, one seed: the return curve against environment steps and wall time."""
-  system = tasks.get(task)
+  """One estimator, one seed: the return curve against environment steps and wall time.
+
+  Each curve point is ``{update, env_steps, seconds, return, saturation, theta_norm, grad_norm,
+  meta_loss}``; ``env_steps`` counts every particle's steps, burn-in included; ``grad_norm`` and
+  ``meta_loss`` are the means over the updates since the previous point."""
+  system = _system(task, seed)
   kwargs = {"num_particles": setting.num_particles, "sigma": sigma}
   if setting.estimator != "full_es":
     kwargs["unroll_length"] = setting.unroll_length
@@ -80,59 +115,117 @@ def run_one(task: str, setting: Setting, sigma: float, seed: int, outer_steps: i
   start = time.perf_counter()
   state = trainer.init(jax.random.key(seed), system.theta0)
   burn_in = est.burn_in_steps(state.workers)
-  env_steps, curve = burn_in, [(0, burn_in, 0.0, float(evaluate(state.theta)))]
-  done = 0
+
+  def point(done, env_steps, metrics):
+    ret, saturation = evaluate(state.theta)
+    return {"update": done, "env_steps": env_steps, "seconds": time.perf_counter() - start,
+            "return": float(ret), "saturation": float(saturation),
+            "theta_norm": float(optax.global_norm(state.theta)),
+            "grad_norm": float(np.mean(metrics["grad_norm"])) if metrics else None,
+            "meta_loss": float(np.mean(metrics["meta_loss"])) if metrics else None}
+  env_steps, curve, done = burn_in, [point(0, burn_in, None)], 0
   while done < outer_steps:
     n = min(eval_every, outer_steps - done)
     state, metrics = trainer.run(state, n)
-    env_steps += int(np.sum(jax.device_get(metrics["unroll_steps"])))
+    metrics = jax.device_get(metrics)
+    env_steps += int(np.sum(metrics["unroll_steps"]))
     done += n
-    curve.append((done, env_steps, time.perf_counter() - start, float(evaluate(state.theta))))
+    curve.append(point(done, env_steps, metrics))
   return {"estimator": setting.estimator, "seed": seed, "burn_in_steps": burn_in,
           "steps_per_update": est.steps_per_estimate, "curve": curve}
 
 
+def run_or_load(out_dir: str | None, config: dict, **run_args) -> dict:
+  """``run_one(**run_args)``, or its saved result: with ``out_dir`` each finished run is written
+  to ``out_dir/TASK_ESTIMATOR_seedS.json`` (atomically) and a rerun with the same ``config``
+  loads it instead of running again, so a long sweep resumes after an interruption at the run
+  it was in."""
+  if out_dir is None:
+    return run_one(**run_args)
+  s = run_args["setting"]
+  path = os.path.join(out_dir, f"{run_args['task']}_{s.estimator}_seed{run_args['seed']}.json")
+  record = dict(config, setting=dataclasses.asdict(s), seed=run_args["seed"])
+  if os.path.exists(path):
+    with open(path) as f:
+      saved = json.load(f)
+    if saved["config"] == record:
+      return saved["result"]
+    raise SystemExit(f"{path} holds a run of another configuration ({saved['config']}); "
+                     f"pass another --out")
+  result = run_one(**run_args)
+  os.makedirs(out_dir, exist_ok=True)
+  with open(path + ".tmp", "w") as f:
+    json.dump({"config": record, "result": result}, f)
+  os.replace(path + ".tmp", path)
+  return result
+
+
+def _steps_to(curve: list[dict], level: float, offset: int = 0) -> int | None:
+  return next((p["env_steps"] - offset for p in curve if p["return"] >= level), None)
+
+
 def learning(args) -> dict:
   settings = SETTINGS[args.task]
-  print(f"# {args.task}: T=1000, sigma={settings['sigma']}, plain SGD, {args.outer_steps} "
-        f"updates, seeds {list(range(args.seeds))}; N below counts particles (the paper's N "
-        f"counts pairs); losses averaged over the window (the paper's convention)", flush=True)
-  results = []
-  for s in settings["estimators"]:
+  chosen = [s for s in settings["estimators"]
+            if args.estimators is None or s.estimator in args.estimators]
+  outer_steps = args.outer_steps or DEFAULTS[args.task]["outer_steps"]
+  eval_every = args.eval_every or DEFAULTS[args.task]["eval_every"]
+  episodes = args.eval_episodes or DEFAULTS[args.task]["eval_episodes"]
+  config = {"task": args.task, "outer_steps": outer_steps, "eval_every": eval_every,
+            "eval_episodes": episodes, "sigma": settings["sigma"]}
+  print(f"# {args.task}: T=1000, sigma={settings['sigma']}, plain SGD, {outer_steps} updates, "
+        f"seeds {list(range(args.seeds))}, evaluation over {episodes} episodes every "
+        f"{eval_every} updates; N below counts particles (the paper's N counts pairs); losses "
+        f"averaged over the window (the paper's convention)", flush=True)
+  for s in chosen:
     print(f"#   {s.estimator}: N={s.num_particles} particles ({s.num_particles // 2} pairs), "
           f"W={s.unroll_length}, lr={s.lr:g}", flush=True)
+  results = []
   for seed in range(args.seeds):
-    for s in settings["estimators"]:
-      r = run_one(args.task, s, settings["sigma"], seed, args.outer_steps, args.eval_every,
-                  args.eval_episodes)
+    for s in chosen:
+      r = run_or_load(args.out, config, task=args.task, setting=s, sigma=settings["sigma"],
+                      seed=seed, outer_steps=outer_steps, eval_every=eval_every,
+                      episodes=episodes)
       last = r["curve"][-1]
-      print(f"  {s.estimator:8s} seed {seed}: return {last[3]:9.2f} after {last[1]:,} env steps "
-            f"({last[2]:.0f} s)", flush=True)
+      print(f"  {s.estimator:8s} seed {seed}: return {last['return']:9.2f} after "
+            f"{last['env_steps']:,} env steps ({last['seconds']:.0f} s); |theta| "
+            f"{last['theta_norm']:.3g}, saturated actions {last['saturation']:.1%}", flush=True)
       results.append(r)
+  levels = THRESHOLDS[args.task]
   rows, summary = [], {}
-  for s in settings["estimators"]:
+  for s in chosen:
     runs = [r for r in results if r["estimator"] == s.estimator]
-    returns = np.asarray([[p[3] for p in r["curve"]] for r in runs])  # [seeds, evals]
-    steps = np.asarray([p[1] for p in runs[0]["curve"]])
-    reach = {}
-    for level in THRESHOLDS[args.task]:
-      hit = [next((p[1] for p in r["curve"] if p[3] >= level), None) for r in runs]
-      reach[level] = None if any(h is None for h in hit) else float(np.mean(hit))
+    returns = np.asarray([[p["return"] for p in r["curve"]] for r in runs])  # [seeds, evals]
+    steps = np.asarray([p["env_steps"] for p in runs[0]["curve"]])
+    burn_in = runs[0]["burn_in_steps"]
+    reach, after_burn_in = {}, {}
+    for level in levels:
+      hit = [_steps_to(r["curve"], level) for r in runs]
+      reach[level] = None if None in hit else float(np.mean(hit))
+      after_burn_in[level] = None if None in hit else reach[level] - burn_in
+    last = [r["curve"][-1] for r in runs]
     rows.append({"estimator": s.estimator, "N": s.num_particles, "W": s.unroll_length,
-                 "lr": s.lr, "env_steps": int(steps[-1]), "burn_in": runs[0]["burn_in_steps"],
+                 "lr": s.lr, "env_steps": int(steps[-1]), "burn_in": burn_in,
                  "return": float(returns[:, -1].mean()), "min": float(returns[:, -1].min()),
-                 "max": float(returns[:, -1].max()),
-                 **{f"steps_to_{level:g}": reach[level] for level in THRESHOLDS[args.task]}})
+                 "max": float(returns[:, -1].max()), "best": float(returns.max(1).mean()),
+                 "theta_norm": float(np.mean([p["theta_norm"] for p in last])),
+                 "saturation": float(np.mean([p["saturation"] for p in last])),
+                 **{f"steps_to_{level:g}": reach[level] for level in levels},
+                 **{f"after_burn_in_{level:g}": after_burn_in[level] for level in levels}})
+    mean_of = lambda key: np.mean([[p[key] for p in r["curve"]] for r in runs], 0).tolist()  # noqa: E731
     summary[s.estimator] = {"env_steps": steps.tolist(), "mean_return": returns.mean(0).tolist(),
                             "min_return": returns.min(0).tolist(),
-                            "max_return": returns.max(0).tolist(),
-                            "wall_s": np.mean([[p[2] for p in r["curve"]] for r in runs], 0).tolist(),
-                            "steps_to": reach}
+                            "max_return": returns.max(0).tolist(), "wall_s": mean_of("seconds"),
+                            "theta_norm": mean_of("theta_norm"),
+                            "saturation": mean_of("saturation"), "steps_to": reach,
+                            "steps_to_after_burn_in": after_burn_in}
   print()
   print_table(rows, ["estimator", "N", "W", "lr", "env_steps", "burn_in", "return", "min", "max",
-                     *(f"steps_to_{level:g}" for level in THRESHOLDS[args.task])])
+                     "best", "theta_norm", "saturation", *(f"steps_to_{lv:g}" for lv in levels)])
+  print("\n# environment steps to first reach each return, burn-in excluded (mean over seeds)")
+  print_table(rows, ["estimator", "burn_in", *(f"after_burn_in_{lv:g}" for lv in levels)])
   print("\n# mean return (min..max over seeds) against environment steps")
-  for s in settings["estimators"]:
+  for s in chosen:
     c = summary[s.estimator]
     marks = np.unique(np.linspace(0, len(c["env_steps"]) - 1, 6).astype(int))
     print(f"  {s.estimator:8s} " + "  ".join(
@@ -140,9 +233,7 @@ def learning(args) -> dict:
         f"({c['min_return'][i]:.0f}..{c['max_return'][i]:.0f})" for i in marks))
   print("\n# the paper's claim: NRES needs fewer environment steps than FullES, PES and TES to "
         "reach a given return (compare the steps_to_* columns; '' = not reached by every seed)")
-  return {"part": "learning", "task": args.task, "seeds": args.seeds,
-          "outer_steps": args.outer_steps, "sigma": settings["sigma"], "table": rows,
-          "curves": summary}
+  return {"part": "learning", **config, "seeds": args.seeds, "table": rows, "curves": summary}
 
 
 def throughput(args) -> dict:
@@ -202,13 +293,21 @@ def main(argv=None):
   parser.add_argument("--part", choices=["learning", "throughput"], default="learning")
   parser.add_argument("--task", choices=sorted(SETTINGS), default="swimmer")
   parser.add_argument("--seeds", type=int, default=5)
-  parser.add_argument("--outer-steps", type=int, default=200)
-  parser.add_argument("--eval-every", type=int, default=10)
-  parser.add_argument("--eval-episodes", type=int, default=5)
+  parser.add_argument("--estimators", type=lambda v: v.split(","), default=None,
+                      help="learning: a comma-separated subset of the task's estimators")
+  parser.add_argument("--outer-steps", type=int, default=None, help="learning: (task default)")
+  parser.add_argument("--eval-every", type=int, default=None, help="learning: (task default)")
+  parser.add_argument("--eval-episodes", type=int, default=None, help="learning: (task default)")
+  parser.add_argument("--out", default=None,
+                      help="learning: a folder for each run's result; a rerun resumes there")
   parser.add_argument("--num-particles", type=int, default=600, help="throughput: N")
   parser.add_argument("--mjx-particles", type=int, default=64, help="throughput: N for MJX (0: skip)")
   parser.add_argument("--reps", type=int, default=12, help="throughput: timed rounds")
   args = parser.parse_args(argv)
+  known = [s.estimator for s in SETTINGS[args.task]["estimators"]]
+  if args.estimators is not None and not set(args.estimators) <= set(known):
+    parser.error(f"--estimators: {args.task} compares {', '.join(known)}; got "
+                 f"{','.join(args.estimators)}")
   emit_json(learning(args) if args.part == "learning" else throughput(args))
 
 
