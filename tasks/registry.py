@@ -3,7 +3,7 @@
 >>> import tasks
 >>> sorted(tasks.TASKS)
 ['halfcheetah', 'hopper', 'influence_balancing', 'lorenz', 'lr_decay_schedule', 'many_hparams',
- 'swimmer', 'toy2d', 'walker2d']
+ 'rnn_copy', 'swimmer', 'toy2d', 'walker2d']
 >>> tasks.get("lorenz", horizon=500).horizon
 500
 """
@@ -14,7 +14,7 @@ import inspect
 from collections.abc import Callable
 
 from lopt_meta.errors import ConfigError, build_named, unknown_name
-from tasks import dynamical
+from tasks import dynamical, rnn_copy
 from tasks.hpo import paper_tasks as hparam_tuning
 from tasks.locomotion import policy_learning
 from tasks.base import UnrolledSystem
@@ -25,6 +25,7 @@ TASKS: dict[str, Callable[..., UnrolledSystem]] = {
     "lorenz": dynamical.lorenz,
     **policy_learning.REGISTERED,
     **hparam_tuning.REGISTERED,
+    "rnn_copy": rnn_copy.rnn_copy,
 }
 
 

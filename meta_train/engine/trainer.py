@@ -76,10 +76,15 @@ class Trainer:
                       opt_state=self.optimizer.init(theta),
                       workers=self.estimator.init(worker_key, theta), key=key)
 
-  def run(self, state: TrainState, num_steps: int) -> tuple[TrainState, dict[str, jax.Array]]:
-    """Runs ``num_steps`` outer steps; returns the new state and per-step metrics ``[num_steps]``."""
+  def run(self, state: TrainState, num_steps: int,
+          data: Any = None) -> tuple[TrainState, dict[str, jax.Array]]:
+    """Runs ``num_steps`` outer steps; returns the new state and per-step metrics ``[num_steps]``.
+
+    ``data`` replaces the system's data for these steps (same structure and shapes, so nothing
+    recompiles): e.g. a curriculum's current stage (:mod:`tasks.rnn_copy`). Default: the
+    system's own."""
     state = state.replace(key=as_typed_key(state.key, "state.key"))
-    return self._run(state, self.estimator.system.data, num_steps)
+    return self._run(state, self.estimator.system.data if data is None else data, num_steps)
 
   def _outer_step(self, data, state: TrainState, _):
     key, est_key = keys_lib.split(state.key, 2)  # = jax.random.split, fused (engine.keys)
