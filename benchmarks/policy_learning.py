@@ -143,7 +143,8 @@ def run_or_load(out_dir: str | None, config: dict, **run_args) -> dict:
   if out_dir is None:
     return run_one(**run_args)
   s = run_args["setting"]
-  path = os.path.join(out_dir, f"{run_args['task']}_{s.estimator}_seed{run_args['seed']}.json")
+  scale = "" if config.get("lr_scale", 1.0) == 1.0 else f"_lrx{config['lr_scale']:g}"
+  path = os.path.join(out_dir, f"{run_args['task']}_{s.estimator}{scale}_seed{run_args['seed']}.json")
   record = dict(config, setting=dataclasses.asdict(s), seed=run_args["seed"])
   if os.path.exists(path):
     with open(path) as f:
@@ -166,13 +167,15 @@ def _steps_to(curve: list[dict], level: float, offset: int = 0) -> int | None:
 
 def learning(args) -> dict:
   settings = SETTINGS[args.task]
-  chosen = [s for s in settings["estimators"]
+  chosen = [dataclasses.replace(s, lr=s.lr * args.lr_scale) for s in settings["estimators"]
             if args.estimators is None or s.estimator in args.estimators]
   outer_steps = args.outer_steps or DEFAULTS[args.task]["outer_steps"]
   eval_every = args.eval_every or DEFAULTS[args.task]["eval_every"]
   episodes = args.eval_episodes or DEFAULTS[args.task]["eval_episodes"]
   config = {"task": args.task, "outer_steps": outer_steps, "eval_every": eval_every,
             "eval_episodes": episodes, "sigma": settings["sigma"]}
+  if args.lr_scale != 1.0:
+    config["lr_scale"] = args.lr_scale
   print(f"# {args.task}: T=1000, sigma={settings['sigma']}, plain SGD, {outer_steps} updates, "
         f"seeds {list(range(args.seeds))}, evaluation over {episodes} episodes every "
         f"{eval_every} updates; N below counts particles (the paper's N counts pairs); losses "
@@ -298,6 +301,8 @@ def main(argv=None):
   parser.add_argument("--outer-steps", type=int, default=None, help="learning: (task default)")
   parser.add_argument("--eval-every", type=int, default=None, help="learning: (task default)")
   parser.add_argument("--eval-episodes", type=int, default=None, help="learning: (task default)")
+  parser.add_argument("--lr-scale", type=float, default=1.0,
+                      help="learning: multiplies every setting's learning rate (a sensitivity check)")
   parser.add_argument("--out", default=None,
                       help="learning: a folder for each run's result; a rerun resumes there")
   parser.add_argument("--num-particles", type=int, default=600, help="throughput: N")
