@@ -7,7 +7,8 @@ The system is :mod:`tasks.rnn_copy` (``B=32`` streams of copy sequences, ``T`` s
 Every estimator feeds Adam (the paper's default betas) and runs to the same number of *tokens
 ingested* (every particle's steps times ``B``, burn-in included: the paper's x-axis, data-time
 rather than compute). NRES and PES run fully online (``W = 1``), truncated ES and truncated
-backprop with ``W`` in ``--truncations`` (the paper: 25 and 50). The curriculum (Mujika et al.
+backprop with ``W`` in ``--truncations`` (the paper: 25 and 50); truncated backprop's gradient
+is exact per stream, so it runs ``--tbptt-particles`` (1) streams of the batch. The curriculum (Mujika et al.
 2018, as the paper): every ``--check-every`` updates the unperturbed theta is scored by
 :func:`tasks.rnn_copy.copy_loss` on a fresh batch at the current ``L``; when the moving average
 (decay 0.9) of those scores drops below 0.15 nats per bit, ``L`` grows by one and the average
@@ -58,7 +59,9 @@ def run_one(setting: Setting, args, seed: int) -> dict:
                      max_length=args.max_length, seed=seed)
   batch = jax.tree.leaves(system.init(jax.random.key(0), system.data))[0].shape[0]
   kwargs = {"num_particles": args.particles, "unroll_length": setting.unroll_length}
-  if setting.estimator != "tbptt":
+  if setting.estimator == "tbptt":
+    kwargs["num_particles"] = args.tbptt_particles
+  else:
     kwargs["sigma"] = args.sigma
   est = estimators.make(setting.estimator, system, **kwargs)
   trainer = Trainer(est, optax.adam(args.lr))
@@ -94,6 +97,8 @@ def run_or_load(setting: Setting, args, seed: int) -> dict:
     return run_one(setting, args, seed)
   config = {k: getattr(args, k) for k in ("hidden", "particles", "horizon", "max_length", "lr",
                                          "sigma", "tokens", "check_every")}
+  if setting.estimator == "tbptt":
+    config.update(particles=args.tbptt_particles, sigma=None)
   config.update(setting=dataclasses.asdict(setting), seed=seed)
   path = os.path.join(args.out, f"{setting.estimator}_W{setting.unroll_length}_seed{seed}.json")
   if os.path.exists(path):
@@ -132,6 +137,8 @@ def main(argv=None):
   parser.add_argument("--seeds", type=int, default=2)
   parser.add_argument("--hidden", type=int, default=32)
   parser.add_argument("--particles", type=int, default=256)
+  parser.add_argument("--tbptt-particles", type=int, default=1,
+                      help="streams of truncated backprop (each a batch of B)")
   parser.add_argument("--horizon", type=int, default=200, help="T: steps per episode")
   parser.add_argument("--max-length", type=int, default=40)
   parser.add_argument("--lr", type=float, default=1e-2, help="Adam")
