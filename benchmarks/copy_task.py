@@ -8,8 +8,8 @@ Every estimator feeds Adam (the paper's default betas) and runs to the same numb
 ingested* (every particle's steps times ``B``, burn-in included: the paper's x-axis, data-time
 rather than compute). NRES and PES run fully online (``W = 1``), truncated ES and truncated
 backprop with ``W`` in ``--truncations`` (the paper: 25 and 50); truncated backprop's gradient
-is exact per stream, so it runs ``--tbptt-particles`` (1) streams of the batch. The curriculum (Mujika et al.
-2018, as the paper): every ``--check-every`` updates the unperturbed theta is scored by
+is exact per stream, so it runs ``--tbptt-particles`` (1) streams of the batch. The curriculum
+(Mujika et al. 2018, as the paper): every ``--check-every`` updates the unperturbed theta is scored by
 :func:`tasks.rnn_copy.copy_loss` on a fresh batch at the current ``L``; when the moving average
 (decay 0.9) of those scores drops below 0.15 nats per bit, ``L`` grows by one and the average
 restarts at ln 2. The table reports the longest ``L`` reached (the paper's "maximum sequence
@@ -149,7 +149,8 @@ def main(argv=None):
   args = parser.parse_args(argv)
   known = ("nres", "pes", "tes", "tbptt")
   if not set(args.estimators) <= set(known):
-    parser.error(f"--estimators: one or more of {', '.join(known)}; got {','.join(args.estimators)}")
+    parser.error(f"--estimators: one or more of {', '.join(known)}; got "
+                 f"{','.join(args.estimators)}")
   print(f"# copy task: LSTM of {args.hidden} units, {args.particles} particles, T={args.horizon}, "
         f"Adam {args.lr:g}, sigma {args.sigma:g}, {args.tokens:.3g} tokens per run, "
         f"{args.seeds} seeds", flush=True)

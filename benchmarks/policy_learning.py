@@ -144,7 +144,8 @@ def run_or_load(out_dir: str | None, config: dict, **run_args) -> dict:
     return run_one(**run_args)
   s = run_args["setting"]
   scale = "" if config.get("lr_scale", 1.0) == 1.0 else f"_lrx{config['lr_scale']:g}"
-  path = os.path.join(out_dir, f"{run_args['task']}_{s.estimator}{scale}_seed{run_args['seed']}.json")
+  name = f"{run_args['task']}_{s.estimator}{scale}_seed{run_args['seed']}.json"
+  path = os.path.join(out_dir, name)
   record = dict(config, setting=dataclasses.asdict(s), seed=run_args["seed"])
   if os.path.exists(path):
     with open(path) as f:
@@ -215,7 +216,8 @@ def learning(args) -> dict:
                  "saturation": float(np.mean([p["saturation"] for p in last])),
                  **{f"steps_to_{level:g}": reach[level] for level in levels},
                  **{f"after_burn_in_{level:g}": after_burn_in[level] for level in levels}})
-    mean_of = lambda key: np.mean([[p[key] for p in r["curve"]] for r in runs], 0).tolist()  # noqa: E731
+    def mean_of(key, runs=runs):
+      return np.mean([[p[key] for p in r["curve"]] for r in runs], 0).tolist()
     summary[s.estimator] = {"env_steps": steps.tolist(), "mean_return": returns.mean(0).tolist(),
                             "min_return": returns.min(0).tolist(),
                             "max_return": returns.max(0).tolist(), "wall_s": mean_of("seconds"),
@@ -302,7 +304,7 @@ def main(argv=None):
   parser.add_argument("--eval-every", type=int, default=None, help="learning: (task default)")
   parser.add_argument("--eval-episodes", type=int, default=None, help="learning: (task default)")
   parser.add_argument("--lr-scale", type=float, default=1.0,
-                      help="learning: multiplies every setting's learning rate (a sensitivity check)")
+                      help="learning: multiplies every setting's learning rate (sensitivity)")
   parser.add_argument("--out", default=None,
                       help="learning: a folder for each run's result; a rerun resumes there")
   parser.add_argument("--num-particles", type=int, default=600, help="throughput: N")

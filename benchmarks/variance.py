@@ -153,8 +153,10 @@ def lopt_study(args) -> list[dict]:
                  "meta_loss": float(evaluate(theta, system.data)),
                  "nres_tr_cov": n_tv, "nres_lo": n_lo, "nres_hi": n_hi,
                  "full_es_tr_cov": f_tv, "full_es_lo": f_lo, "full_es_hi": f_hi,
-                 "full_es_over_nres": f_tv / n_tv, "poster_nres": POSTER["nres"][j] if j < 8 else None,
-                 "poster_full_es": POSTER["full_es"][j] if j < 8 else None, "seconds": time.perf_counter() - start})
+                 "full_es_over_nres": f_tv / n_tv,
+                 "poster_nres": POSTER["nres"][j] if j < 8 else None,
+                 "poster_full_es": POSTER["full_es"][j] if j < 8 else None,
+                 "seconds": time.perf_counter() - start})
     print(f"  theta_{j + 1} (meta-step {j * args.meta_steps}): NRES {n_tv:.4g} "
           f"[{n_lo:.4g}, {n_hi:.4g}], FullES {f_tv:.4g} [{f_lo:.4g}, {f_hi:.4g}]", flush=True)
   return rows

@@ -6,7 +6,6 @@ two processes' global mesh.
 """
 
 import json
-import os
 import re
 import signal
 import socket

@@ -1,0 +1,58 @@
+"""The papers' rows run end to end at a tiny size: each benchmark below is started as a user
+starts it, with options that make it finish in seconds, and must exit 0 and print its final JSON
+line with the fields its README row is read from. ``--help`` (tests/test_benchmarks_start.py)
+only proves a script imports; this proves its whole path still runs against today's engine.
+Two run at a time."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.test_benchmarks_start import ROOT
+
+LIMIT_S = 600.0
+TINY = {
+    "variance": (["--replicates", "4", "--bootstrap", "10"], ["results"]),
+    "variance_lopt": (["--part", "lopt", "--replicates", "2", "--strata", "2", "--points", "2",
+                       "--meta-steps", "1", "--bootstrap", "10"], ["results", "strata"]),
+    # NRES and truncated backprop take the driver's two paths (ES estimators, backprop).
+    "copy_task": (["--estimators", "nres,tbptt", "--hidden", "4", "--particles", "4",
+                   "--horizon", "10", "--max-length", "3", "--tokens", "3000", "--truncations",
+                   "5", "--seeds", "1", "--check-every", "2"],
+                  ["table", "curves"]),
+    "policy_learning": (["--task", "swimmer", "--seeds", "1", "--estimators", "nres,full_es",
+                         "--outer-steps", "1", "--eval-episodes", "1"], ["table", "curves"]),
+}
+
+
+def start(name: str) -> subprocess.CompletedProcess | str:
+  args, _ = TINY[name]
+  module = name.removesuffix("_lopt")
+  try:
+    return subprocess.run([sys.executable, "-m", f"benchmarks.{module}", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=LIMIT_S)
+  except subprocess.TimeoutExpired:
+    return f"benchmarks.{module} {' '.join(args)} did not finish in {LIMIT_S:.0f} s"
+
+
+@pytest.fixture(scope="module")
+def results():
+  with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+    yield {name: pool.submit(start, name) for name in TINY}
+
+
+@pytest.mark.parametrize("name", sorted(TINY))
+def test_tiny_run(name, results):
+  """Exit 0; the last stdout line is one JSON object holding the row's fields."""
+  result = results[name].result()
+  assert not isinstance(result, str), result
+  output = f"stdout:\n{result.stdout[-3000:]}\nstderr:\n{result.stderr[-3000:]}"
+  assert result.returncode == 0, f"{name} exited {result.returncode}:\n{output}"
+  record = json.loads(result.stdout.strip().splitlines()[-1])
+  for field in TINY[name][1]:
+    assert record.get(field), f"{name}: no {field!r} in its JSON line:\n{output}"
