@@ -33,6 +33,7 @@ import os
 import time
 
 import jax
+import jax.flatten_util
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -132,7 +133,42 @@ def run_one(task: str, setting: Setting, sigma: float, seed: int, outer_steps: i
     done += n
     curve.append(point(done, env_steps, metrics))
   return {"estimator": setting.estimator, "seed": seed, "burn_in_steps": burn_in,
-          "steps_per_update": est.steps_per_estimate, "curve": curve}
+          "steps_per_update": est.steps_per_estimate, "curve": curve,
+          "theta": jax.tree.map(lambda x: np.asarray(x).tolist(), state.theta)}
+
+
+def diagnose(task: str, theta, sigma: float, pairs: int, seed: int = 0) -> dict:
+  """Why a policy does or does not learn, at ``theta``: ``pairs`` antithetic pairs over whole
+  episodes (each pair shares its reset noise), as FullES draws them. Returns the return at
+  theta, the mean and largest ``|R(theta + sigma e) - R(theta - sigma e)|`` of a pair, the norm
+  of the FullES gradient of the mean return over all pairs, and the cosine between the
+  estimates of two disjoint halves of the pairs: near 1 when the gradient stands out of the
+  noise, near 0 when the pairs' differences are noise."""
+  system = _system(task, seed)
+  bound = system.bound()
+  flat, unravel = jax.flatten_util.ravel_pytree(jax.tree.map(jnp.asarray, theta))
+  k_noise, k_reset = jax.random.split(jax.random.key(seed))
+  eps = jax.random.normal(k_noise, (pairs, flat.size))
+  resets = jax.random.split(k_reset, pairs)
+
+  def episode_return(th, key):
+    return -jnp.sum(bound.episode_losses(unravel(th), key))
+
+  @jax.jit
+  def run(flat):
+    plus = jax.vmap(episode_return)(flat + sigma * eps, resets)
+    minus = jax.vmap(episode_return)(flat - sigma * eps, resets)
+    centre = jax.vmap(episode_return, in_axes=(None, 0))(flat, resets)
+    return plus, minus, centre
+  plus, minus, centre = map(np.asarray, run(flat))
+  diff = plus - minus
+  grads = [np.mean((diff[h] / (2 * sigma))[:, None] * np.asarray(eps)[h], 0)
+           for h in (slice(0, pairs // 2), slice(pairs // 2, pairs))]
+  cosine = float(grads[0] @ grads[1] / (np.linalg.norm(grads[0]) * np.linalg.norm(grads[1])))
+  return {"return": float(centre.mean()), "theta_norm": float(np.linalg.norm(flat)),
+          "mean_abs_pair_diff": float(np.abs(diff).mean()), "max_abs_pair_diff":
+          float(np.abs(diff).max()), "grad_norm": float(np.linalg.norm(np.mean(grads, 0))),
+          "half_cosine": cosine}
 
 
 def run_or_load(out_dir: str | None, config: dict, **run_args) -> dict:
