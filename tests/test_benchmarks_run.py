@@ -2,7 +2,8 @@
 starts it, with options that make it finish in seconds, and must exit 0 and print its final JSON
 line with the fields its README row is read from. ``--help`` (tests/test_benchmarks_start.py)
 only proves a script imports; this proves its whole path still runs against today's engine.
-Two run at a time."""
+Two run at a time. The sweeps that save each finished run (``--out``) are started a second time:
+they must load what the first saved, print the same table, and rewrite nothing."""
 
 from __future__ import annotations
 
@@ -30,8 +31,13 @@ TINY = {
 }
 
 
-def start(name: str) -> subprocess.CompletedProcess | str:
+RESUMABLE = ("copy_task", "policy_learning")
+
+
+def start(name: str, out=None) -> subprocess.CompletedProcess | str:
   args, _ = TINY[name]
+  if out is not None:
+    args = [*args, "--out", str(out)]
   module = name.removesuffix("_lopt")
   try:
     return subprocess.run([sys.executable, "-m", f"benchmarks.{module}", *args], cwd=ROOT,
@@ -41,9 +47,14 @@ def start(name: str) -> subprocess.CompletedProcess | str:
 
 
 @pytest.fixture(scope="module")
-def results():
+def out_dirs(tmp_path_factory):
+  return {name: tmp_path_factory.mktemp(name) for name in RESUMABLE}
+
+
+@pytest.fixture(scope="module")
+def results(out_dirs):
   with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
-    yield {name: pool.submit(start, name) for name in TINY}
+    yield {name: pool.submit(start, name, out_dirs.get(name)) for name in TINY}
 
 
 @pytest.mark.parametrize("name", sorted(TINY))
@@ -56,3 +67,34 @@ def test_tiny_run(name, results):
   record = json.loads(result.stdout.strip().splitlines()[-1])
   for field in TINY[name][1]:
     assert record.get(field), f"{name}: no {field!r} in its JSON line:\n{output}"
+
+
+@pytest.mark.parametrize("name", RESUMABLE)
+def test_rerun_loads_the_saved_runs(name, results, out_dirs):
+  """A second start with the same ``--out`` loads every saved run: the same JSON line, and the
+  files are neither rewritten nor added to."""
+  first = results[name].result()
+  assert not isinstance(first, str) and first.returncode == 0, first
+  saved = {p: p.stat().st_mtime_ns for p in out_dirs[name].iterdir()}
+  assert saved, f"{name} saved nothing in {out_dirs[name]}"
+  second = start(name, out_dirs[name])
+  assert not isinstance(second, str) and second.returncode == 0, second
+  last = lambda r: json.loads(r.stdout.strip().splitlines()[-1])  # noqa: E731
+  assert last(second) == last(first)
+  assert {p: p.stat().st_mtime_ns for p in out_dirs[name].iterdir()} == saved
+
+
+def test_rerun_with_another_configuration_is_refused(results, out_dirs):
+  """The same ``--out`` with other settings: one clear error before any compute, nothing
+  overwritten."""
+  first = results["policy_learning"].result()
+  assert not isinstance(first, str) and first.returncode == 0, first
+  saved = {p: p.stat().st_mtime_ns for p in out_dirs["policy_learning"].iterdir()}
+  args, _ = TINY["policy_learning"]
+  other = [a if a != "1" or args[i - 1] != "--outer-steps" else "2" for i, a in enumerate(args)]
+  result = subprocess.run([sys.executable, "-m", "benchmarks.policy_learning", *other, "--out",
+                           str(out_dirs["policy_learning"])], cwd=ROOT, capture_output=True,
+                          text=True, timeout=LIMIT_S)
+  assert result.returncode != 0
+  assert "holds a run of another configuration" in result.stderr, result.stderr[-2000:]
+  assert {p: p.stat().st_mtime_ns for p in out_dirs["policy_learning"].iterdir()} == saved
