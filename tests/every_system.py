@@ -5,8 +5,8 @@ systems named on the command line, exactly as ``meta-train train`` builds them.
 
 A name is a registered task (``tasks.TASKS``) or an inner task with a learned optimizer
 (``INNER/LOPT``; ``INNER`` alone means ``INNER/mlp``). Inner tasks keep their default model and
-run with a horizon of 8 steps and windows of 4 (so do the policy-learning tasks and the
-hyperparameter tasks, these on the digits data with small MLPs), except ``cifar10_resnet``: one stage of width 8,
+run with a horizon of 8 steps and windows of 4 (so do the policy-learning tasks, the copy task,
+with an LSTM of 8 units, and the hyperparameter tasks, these on the digits data with small MLPs), except ``cifar10_resnet``: one stage of width 8,
 batches of 1, a horizon of 4 and windows of 2 (the full ResNet-8 costs minutes per combination
 on 2 cores; ``tests/test_preflight.py`` checks the full model's programs), on a random dataset in
 the ``cifar-10-batches-py`` format (there is no CIFAR-10 to be had offline). Each combination prints
@@ -87,6 +87,8 @@ def configs(name: str, estimator: str, pairs: int, scratch: Path, *,
     settings["horizon"] = T
   if task == "lr_decay_schedule":
     settings.update(horizon=T, task_option={"dataset": "digits", "hidden_sizes": "[16]"})
+  if task == "rnn_copy":
+    settings.update(horizon=T, task_option={"hidden_size": "8", "batch_size": "4"})
   if task == "many_hparams":
     settings.update(horizon=T, task_option={"dataset": "digits", "num_hidden": "2",
                                             "max_units": "16"})
