@@ -213,15 +213,16 @@ def learning(args) -> dict:
             "eval_episodes": episodes, "sigma": settings["sigma"]}
   if args.lr_scale != 1.0:
     config["lr_scale"] = args.lr_scale
+  seeds = list(range(args.first_seed, args.first_seed + args.seeds))
   print(f"# {args.task}: T=1000, sigma={settings['sigma']}, plain SGD, {outer_steps} updates, "
-        f"seeds {list(range(args.first_seed, args.first_seed + args.seeds))}, evaluation over {episodes} episodes every "
+        f"seeds {seeds}, evaluation over {episodes} episodes every "
         f"{eval_every} updates; N below counts particles (the paper's N counts pairs); losses "
         f"averaged over the window (the paper's convention)", flush=True)
   for s in chosen:
     print(f"#   {s.estimator}: N={s.num_particles} particles ({s.num_particles // 2} pairs), "
           f"W={s.unroll_length}, lr={s.lr:g}", flush=True)
   results = []
-  for seed in range(args.first_seed, args.first_seed + args.seeds):
+  for seed in seeds:
     for s in chosen:
       r = run_or_load(args.out, config, task=args.task, setting=s, sigma=settings["sigma"],
                       seed=seed, outer_steps=outer_steps, eval_every=eval_every,
@@ -274,7 +275,7 @@ def learning(args) -> dict:
         f"({c['min_return'][i]:.0f}..{c['max_return'][i]:.0f})" for i in marks))
   print("\n# the paper's claim: NRES needs fewer environment steps than FullES, PES and TES to "
         "reach a given return (compare the steps_to_* columns; '' = not reached by every seed)")
-  return {"part": "learning", **config, "seeds": args.seeds, "first_seed": args.first_seed, "table": rows, "curves": summary}
+  return {"part": "learning", **config, "seeds": seeds, "table": rows, "curves": summary}
 
 
 def throughput(args) -> dict:
