@@ -238,12 +238,13 @@ def learning(args) -> dict:
     runs = [r for r in results if r["estimator"] == s.estimator]
     returns = np.asarray([[p["return"] for p in r["curve"]] for r in runs])  # [seeds, evals]
     steps = np.asarray([p["env_steps"] for p in runs[0]["curve"]])
-    burn_in = runs[0]["burn_in_steps"]
+    burn_in = float(np.mean([r["burn_in_steps"] for r in runs]))  # seeds differ
     reach, after_burn_in = {}, {}
     for level in levels:
       hit = [_steps_to(r["curve"], level) for r in runs]
+      after = [_steps_to(r["curve"], level, r["burn_in_steps"]) for r in runs]
       reach[level] = None if None in hit else float(np.mean(hit))
-      after_burn_in[level] = None if None in hit else reach[level] - burn_in
+      after_burn_in[level] = None if None in after else float(np.mean(after))
     last = [r["curve"][-1] for r in runs]
     rows.append({"estimator": s.estimator, "N": s.num_particles, "W": s.unroll_length,
                  "lr": s.lr, "env_steps": int(steps[-1]), "burn_in": burn_in,
