@@ -51,8 +51,8 @@ def test_same_seed_same_run(tmp_path):
      "task: unknown task 'lorenz63'; valid: cifar10_resnet, digits_mix, digits_mlp, "
      "fashion_mnist_mlp, fashion_mnist_mlp28, halfcheetah, hopper, image_autoencoder, "
      "image_conv, image_mlp, "
-     "influence_balancing, lorenz, lr_decay_schedule, lstm_copy, many_hparams, small_mix, "
-     "swimmer, toy2d, walker2d"),
+     "influence_balancing, lorenz, lr_decay_schedule, lstm_copy, many_hparams, rnn_copy, "
+     "small_mix, swimmer, toy2d, walker2d"),
     (["--lopt", "mlp"], "lopt: applies to inner tasks (cifar10_resnet, digits_mlp, "
      "fashion_mnist_mlp, fashion_mnist_mlp28, image_autoencoder, image_conv, image_mlp, "
      "lstm_copy), not to 'toy2d'"),

@@ -19,8 +19,8 @@ def test_unknown_task_lists_valid_names():
   with pytest.raises(ValueError) as err:
     tasks.get("lorenz63")
   assert str(err.value) == ("task: unknown task 'lorenz63'; valid: halfcheetah, hopper, "
-                            "influence_balancing, lorenz, lr_decay_schedule, many_hparams, swimmer, "
-                            "toy2d, walker2d")
+                            "influence_balancing, lorenz, lr_decay_schedule, many_hparams, "
+                            "rnn_copy, swimmer, toy2d, walker2d")
 
 
 def test_unknown_override_lists_valid_options():
