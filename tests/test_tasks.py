@@ -11,8 +11,8 @@ from meta_train.estimators import NRES
 
 def test_registry_lists_the_papers_systems():
   assert sorted(tasks.TASKS) == ["halfcheetah", "hopper", "influence_balancing", "lorenz",
-                                 "lr_decay_schedule", "many_hparams", "swimmer", "toy2d",
-                                 "walker2d"]
+                                 "lr_decay_schedule", "many_hparams", "rnn_copy", "swimmer",
+                                 "toy2d", "walker2d"]
 
 
 def test_unknown_task_lists_valid_names():
