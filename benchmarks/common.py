@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable, Sequence
 
@@ -78,3 +79,23 @@ def mlp_lr_system(*, horizon: int = 200, width: int = 64, batch: int = 64,
 
   return tasks.UnrolledSystem(init=init, step=step, horizon=horizon,
                               theta0=jnp.log(jnp.full((3,), 0.05, jnp.float32)), name="mlp_lr")
+
+
+def saved_run(path: str, config: dict, run: Callable[[], dict]) -> dict:
+  """``run()``'s result, kept at ``path`` as ``{"config", "result"}`` (written atomically): a
+  later call with the same ``config`` loads it instead of running again, so an interrupted sweep
+  resumes at the run it was in; a file of another configuration stops the sweep (SystemExit,
+  before any compute) and is left as it is."""
+  if os.path.exists(path):
+    with open(path) as f:
+      saved = json.load(f)
+    if saved["config"] == config:
+      return saved["result"]
+    raise SystemExit(f"{path} holds a run of another configuration ({saved['config']}); "
+                     f"pass another --out")
+  result = run()
+  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+  with open(path + ".tmp", "w") as f:
+    json.dump({"config": config, "result": result}, f)
+  os.replace(path + ".tmp", path)
+  return result

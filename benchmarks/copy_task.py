@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import math
 import os
 import time
@@ -37,7 +36,7 @@ import numpy as np
 import optax
 
 import tasks
-from benchmarks.common import emit_json, print_table
+from benchmarks.common import emit_json, print_table, saved_run
 from meta_train.engine import estimators
 from meta_train.engine.trainer import Trainer
 from tasks import rnn_copy
@@ -101,19 +100,7 @@ def run_or_load(setting: Setting, args, seed: int) -> dict:
     config.update(particles=args.tbptt_particles, sigma=None)
   config.update(setting=dataclasses.asdict(setting), seed=seed)
   path = os.path.join(args.out, f"{setting.estimator}_W{setting.unroll_length}_seed{seed}.json")
-  if os.path.exists(path):
-    with open(path) as f:
-      saved = json.load(f)
-    if saved["config"] == config:
-      return saved["result"]
-    raise SystemExit(f"{path} holds a run of another configuration ({saved['config']}); "
-                     f"pass another --out")
-  result = run_one(setting, args, seed)
-  os.makedirs(args.out, exist_ok=True)
-  with open(path + ".tmp", "w") as f:
-    json.dump({"config": config, "result": result}, f)
-  os.replace(path + ".tmp", path)
-  return result
+  return saved_run(path, config, lambda: run_one(setting, args, seed))
 
 
 def settings_of(args) -> list[Setting]:

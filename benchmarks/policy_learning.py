@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import time
 
@@ -39,7 +38,7 @@ import numpy as np
 import optax
 
 import tasks
-from benchmarks.common import emit_json, print_table, time_interleaved
+from benchmarks.common import emit_json, print_table, saved_run, time_interleaved
 from meta_train.engine import estimators
 from meta_train.engine.trainer import Trainer, outer_optimizer
 
@@ -183,19 +182,7 @@ def run_or_load(out_dir: str | None, config: dict, **run_args) -> dict:
   name = f"{run_args['task']}_{s.estimator}{scale}_seed{run_args['seed']}.json"
   path = os.path.join(out_dir, name)
   record = dict(config, setting=dataclasses.asdict(s), seed=run_args["seed"])
-  if os.path.exists(path):
-    with open(path) as f:
-      saved = json.load(f)
-    if saved["config"] == record:
-      return saved["result"]
-    raise SystemExit(f"{path} holds a run of another configuration ({saved['config']}); "
-                     f"pass another --out")
-  result = run_one(**run_args)
-  os.makedirs(out_dir, exist_ok=True)
-  with open(path + ".tmp", "w") as f:
-    json.dump({"config": record, "result": result}, f)
-  os.replace(path + ".tmp", path)
-  return result
+  return saved_run(path, record, lambda: run_one(**run_args))
 
 
 def _steps_to(curve: list[dict], level: float, offset: int = 0) -> int | None:
