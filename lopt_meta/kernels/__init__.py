@@ -21,6 +21,7 @@ after a failed build) it runs and one warning says so.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import hashlib
@@ -81,7 +82,8 @@ def available() -> bool:
   """Whether the fused CPU kernels are in use: JAX's default backend is the CPU, they are not
   switched off (``LOPT_META_KERNELS=0``), and they are built and registered (built on the first
   such call). On any other backend this is False without looking for a compiler."""
-  if os.environ.get("LOPT_META_KERNELS", "1") == "0" or jax.default_backend() != "cpu":
+  if (os.environ.get("LOPT_META_KERNELS", "1") == "0" or jax.default_backend() != "cpu"
+      or _simulating_accelerator()):
     return False
   return _load()
 
@@ -164,7 +166,9 @@ def _loop_on_cpu(fn, num_weights: int):
   Particles have their own weights, so a vmapped MLP multiplies each particle's features by its
   own weights: a batched matmul, which XLA:CPU runs several times slower for these thin shapes
   than a loop of plain ones (see ``benchmarks/README.md``). With shared weights, and on other
-  platforms, the batch runs as ``jax.vmap`` would run it.
+  platforms, the batch runs as ``jax.vmap(fn)`` over the batched arguments (the others broadcast).
+  Both branches compute ``fn`` of each member: any mix of batched and unbatched arguments gives
+  a Python loop's result.
   """
   @jax.custom_batching.custom_vmap
   def f(*arrays):
@@ -184,13 +188,41 @@ def _loop_on_cpu(fn, num_weights: int):
       return g(*args)
 
     batch = [arrays[i] for i in batched]
-    vectorized = lambda *batch: call(fn, batch)
+    vectorized = lambda *batch: jax.vmap(lambda *members: call(fn, members))(*batch)
     if not any(in_batched[-num_weights:]):
       return vectorized(*batch), out_batched
     looped = lambda *batch: jax.lax.map(lambda members: call(f, members), batch)
-    return jax.lax.platform_dependent(*batch, cpu=looped, default=vectorized), out_batched
+    return _platform_dependent(*batch, cpu=looped, default=vectorized), out_batched
 
   return f
+
+
+_on_accelerator = threading.local()
+
+
+@contextlib.contextmanager
+def simulate_accelerator():
+  """Within this context, programs traced on the CPU take the branches that GPU and TPU take:
+  no fused kernel (:func:`available` is False) and the ``default`` branch of every platform
+  choice (the plain-JAX MLP, vmapped rather than looped over particles). For tests: no GPU runs
+  in CI. It acts when a function is traced, so use it around functions not yet compiled."""
+  previous = getattr(_on_accelerator, "value", False)
+  _on_accelerator.value = True
+  try:
+    yield
+  finally:
+    _on_accelerator.value = previous
+
+
+def _simulating_accelerator() -> bool:
+  return getattr(_on_accelerator, "value", False)
+
+
+def _platform_dependent(*args, cpu, default):
+  """``jax.lax.platform_dependent``, or ``default`` under :func:`simulate_accelerator`."""
+  if _simulating_accelerator():
+    return default(*args)
+  return jax.lax.platform_dependent(*args, cpu=cpu, default=default)
 
 
 def _op(primal, reference, num_arrays: int, static: tuple[str, ...]):
@@ -225,7 +257,7 @@ def _fused_op(target: str, reference, num_arrays: int, static: tuple[str, ...]):
   def primal(**values):
     def run(*arrays):
       out_shape = jax.eval_shape(functools.partial(reference, **values), *arrays)
-      return jax.lax.platform_dependent(
+      return _platform_dependent(
           *arrays, cpu=functools.partial(kernel, out_shape=out_shape, **values),
           default=functools.partial(reference, **values))
     return run
