@@ -12,12 +12,13 @@ The three import packages:
 
 >>> import jax, lopt_meta
 >>> sorted(lopt_meta.OPTIMIZERS)
-['adafac', 'adam', 'hyper_adam', 'lr_schedule', 'mlp', 'nominal_mlp', 'sgdm']
+['adafac', 'adam', 'anchored_adam', 'hyper_adam', 'lr_schedule', 'mlp', 'nominal_mlp', 'sgdm']
 """
 
 from __future__ import annotations
 
 from lopt_meta.adafac_mlp_lopt import AdafacMLPLOpt
+from lopt_meta.anchored_adam import AnchoredAdam
 from lopt_meta.base import LearnedOptimizer
 from lopt_meta.baselines import SGDM, Adam, HyperAdam, LRScheduleSGDM
 from lopt_meta.errors import ConfigError, build_named
@@ -32,6 +33,7 @@ OPTIMIZERS: dict[str, type[LearnedOptimizer]] = {
     "mlp": MLPLOpt,
     "adafac": AdafacMLPLOpt,
     "nominal_mlp": NominalMLPLOpt,
+    "anchored_adam": AnchoredAdam,
     "adam": Adam,
     "sgdm": SGDM,
     "hyper_adam": HyperAdam,
@@ -44,7 +46,7 @@ def get_optimizer(name: str, **options) -> LearnedOptimizer:
   return build_named("lopt", OPTIMIZERS, name, options)
 
 
-__all__ = ["OPTIMIZERS", "Adam", "AdafacMLPLOpt", "ConfigError", "HyperAdam", "LRScheduleSGDM",
+__all__ = ["OPTIMIZERS", "Adam", "AdafacMLPLOpt", "AnchoredAdam", "ConfigError", "HyperAdam", "LRScheduleSGDM",
            "LearnedOptimizer", "MLPLOpt", "NominalMLPLOpt", "PRETRAINED", "SGDM", "__version__", "get_optimizer",
            "load_optimizer", "load_pretrained", "read_optimizer", "read_pretrained",
            "save_optimizer"]

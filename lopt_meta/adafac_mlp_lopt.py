@@ -166,7 +166,8 @@ class AdafacMLPLOpt(LearnedOptimizer):
             "rms_decays": jnp.zeros(1, jnp.float32),
             "adafactor_decays": jnp.zeros(3, jnp.float32)}
 
-  def init(self, params):
+  def init(self, params, *, num_steps=None):
+    del num_steps
     def zeros(p, k):
       return jnp.zeros(_shape(p) + (k,), jnp.float32)
 

@@ -4,7 +4,7 @@ A learned optimizer is two pure functions, as in optax, plus the meta-parameters
 
     lopt = lopt_meta.MLPLOpt()
     theta = lopt.init_theta(key)                      # the meta-parameters: a plain pytree
-    state = lopt.init(params)                         # the inner optimizer state
+    state = lopt.init(params, num_steps=T)            # the inner optimizer state
     updates, state = lopt.update(theta, grads, state, params, loss=loss)
     params = optax.apply_updates(params, updates)     # updates are added, as in optax
 
@@ -40,8 +40,10 @@ class LearnedOptimizer(abc.ABC):
     ``uint32[2]`` one (:func:`lopt_meta.prng.as_typed_key`), the same seed giving the same theta."""
 
   @abc.abstractmethod
-  def init(self, params: PyTree) -> PyTree:
-    """The inner optimizer state for ``params``; independent of theta."""
+  def init(self, params: PyTree, *, num_steps: int | jax.Array | None = None) -> PyTree:
+    """The inner optimizer state for ``params``; independent of theta. ``num_steps``: the
+    number of steps the run will take (``T``), for optimizers that condition on progress
+    ``t / T``; the others ignore it."""
 
   @abc.abstractmethod
   def update(self, theta: PyTree, grads: PyTree, state: PyTree, params: PyTree, *,
@@ -52,14 +54,16 @@ class LearnedOptimizer(abc.ABC):
   def config(self) -> dict[str, Any]:
     """The constructor arguments (JSON-able)."""
 
-  def as_optax(self, theta: PyTree) -> optax.GradientTransformationExtraArgs:
+  def as_optax(self, theta: PyTree, *,
+               num_steps: int | None = None) -> optax.GradientTransformationExtraArgs:
     """This optimizer with ``theta`` fixed, as an optax transformation.
 
     ``update(updates, state, params, loss=None)``: ``updates`` are the gradients; ``params`` is
     required (the learned optimizers read the parameters); ``loss`` is optional.
+    ``num_steps``: the length of the training run, for optimizers that condition on progress.
     """
     def init_fn(params):
-      return self.init(params)
+      return self.init(params, num_steps=num_steps)
 
     def update_fn(updates, state, params=None, **extra_args):
       if params is None:

@@ -31,7 +31,8 @@ class _Fixed(LearnedOptimizer):
     as_typed_key(key)  # checked like every key; theta does not depend on it
     return {}
 
-  def init(self, params):
+  def init(self, params, *, num_steps=None):
+    del num_steps
     return self._tx().init(params)
 
   def update(self, theta, grads, state, params, *, loss=None):
@@ -96,7 +97,8 @@ class HyperAdam(_AdamHyperparameters, LearnedOptimizer):
     return {"log_lr": f(math.log(self.learning_rate)), "logit_b1": f(_logit(self.b1)),
             "logit_b2": f(_logit(self.b2)), "log_eps": f(math.log(self.eps))}
 
-  def init(self, params):
+  def init(self, params, *, num_steps=None):
+    del num_steps
     zeros = jax.tree.map(lambda p: jnp.zeros_like(p, jnp.float32), params)
     return HyperAdamState(mu=zeros, nu=zeros, count=jnp.zeros((), jnp.int32))
 
@@ -139,7 +141,8 @@ class LRScheduleSGDM(LearnedOptimizer):
     as_typed_key(key)  # checked like every key; theta does not depend on it
     return jnp.full((self.num_knots,), math.log(self.learning_rate), jnp.float32)
 
-  def init(self, params):
+  def init(self, params, *, num_steps=None):
+    del num_steps
     return LRScheduleState(velocity=jax.tree.map(lambda p: jnp.zeros_like(p, jnp.float32), params),
                            iteration=jnp.zeros((), jnp.int32))
 

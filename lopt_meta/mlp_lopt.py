@@ -136,7 +136,8 @@ class MLPLOpt(LearnedOptimizer):
     timescales = jnp.zeros(len(features.TIMESCALES), jnp.float32)
     return self.network.init(as_typed_key(key), x, timescales)["params"]
 
-  def init(self, params):
+  def init(self, params, *, num_steps=None):
+    del num_steps
     n = features.FlatLayout.of(params).total
     return MLPLOptState(momentum=jnp.zeros((len(self.momentum_decays), n), jnp.float32),
                         iteration=jnp.zeros((), jnp.int32))

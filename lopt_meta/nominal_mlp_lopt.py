@@ -112,7 +112,8 @@ class NominalMLPLOpt(LearnedOptimizer):
     return {"log_lr_scale": jnp.zeros((), jnp.float32),
             "schedule": jnp.zeros(len(features.TIMESCALES), jnp.float32), "mlp": mlp}
 
-  def init(self, params):
+  def init(self, params, *, num_steps=None):
+    del num_steps
     n = features.FlatLayout.of(params).total
     return NominalMLPLOptState(
         momentum=jnp.zeros((len(self.momentum_decays), n), jnp.float32),

@@ -8,7 +8,8 @@ with a different optimizer. :func:`inner_training` builds its two pure functions
     state = init(key, data)                      # data: one entry per task of the family
     state, L_t = step(arg, state, key, data)     # arg: theta, or the hyperparameters
 
-where ``optimizer`` has ``init(params) -> opt_state`` and ``update(arg, grads, opt_state, params,
+where ``optimizer`` has ``init(params, num_steps=T) -> opt_state`` (``T``: the episode's
+length) and ``update(arg, grads, opt_state, params,
 loss=loss) -> (updates, opt_state)`` (:class:`InnerOptimizer`). One step draws the task's next
 training batch, takes the gradient of its loss at the current parameters and applies the
 optimizer's update. Its per-step meta-loss ``L_t`` (:data:`META_LOSSES`), after the task's
@@ -54,7 +55,7 @@ PyTree = Any
 class InnerOptimizer(Protocol):
   """What inner training needs of an optimizer (a learned one, or optax behind hyperparameters)."""
 
-  def init(self, params: PyTree) -> PyTree:
+  def init(self, params: PyTree, *, num_steps: jax.Array | None = None) -> PyTree:
     ...
 
   def update(self, arg: PyTree, grads: PyTree, opt_state: PyTree, params: PyTree, *,
@@ -200,7 +201,7 @@ def inner_training(task: InnerTask | Sequence[InnerTask], optimizer: InnerOptimi
 
   Args:
     task: an inner task, or a family (sequence) of tasks whose parameters share one structure.
-    optimizer: ``init(params)`` and ``update(arg, grads, opt_state, params, loss=...)``.
+    optimizer: ``init(params, num_steps=...)`` and ``update(arg, grads, opt_state, params, loss=...)``.
     horizon: ``T``, inner steps per episode (the longest, for ``log_uniform``).
     meta_loss: one of :data:`META_LOSSES`.
     truncation: one of :data:`TRUNCATIONS`.
@@ -248,10 +249,9 @@ class _Core:
     if self.augment.param_scale is not None:
       scales = _draw_scales(jax.random.fold_in(k_params, 1), params, self.augment.param_scale)
       params = jax.tree.map(lambda p, c: p * c, params, scales)
-    return InnerState(params=params, opt_state=self.optimizer.init(params), task_state=task_state,
-                      step=jnp.zeros((), jnp.int32),
-                      length=_episode_length(k_len, self.truncation, self.horizon,
-                                             self.min_horizon),
+    length = _episode_length(k_len, self.truncation, self.horizon, self.min_horizon)
+    return InnerState(params=params, opt_state=self.optimizer.init(params, num_steps=length),
+                      task_state=task_state, step=jnp.zeros((), jnp.int32), length=length,
                       task_index=index, previous=jnp.zeros((), jnp.float32),
                       fixed_key=jax.random.key_data(k_fixed), scales=scales)
 

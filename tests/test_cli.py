@@ -57,7 +57,7 @@ def test_same_seed_same_run(tmp_path):
      "fashion_mnist_mlp, fashion_mnist_mlp28, image_autoencoder, image_conv, image_mlp, "
      "lstm_copy), not to 'toy2d'"),
     (["--task", "digits_mlp", "--lopt", "bogus"],
-     "lopt: unknown lopt 'bogus'; valid: adafac, adam, hyper_adam, lr_schedule, mlp, nominal_mlp, sgdm"),
+     "lopt: unknown lopt 'bogus'; valid: adafac, adam, anchored_adam, hyper_adam, lr_schedule, mlp, nominal_mlp, sgdm"),
     (["--estimator", "es"],
      "estimator: unknown estimator 'es'; valid: full_es, gpes, nres, pes, tbptt, tes"),
     (["--unroll-length", "101"],

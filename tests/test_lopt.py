@@ -155,7 +155,11 @@ def test_optimizer_contract(name):
     assert np.all(np.isfinite(u))
   kept = jax.lax.cond(True, lambda s: update(s)[1], lambda s: s, state)  # both branches typed alike
   assert jax.tree.structure(kept) == jax.tree.structure(state)
-  _, scanned = jax.lax.scan(lambda s, _: (update(s)[1], None), state, None, length=3)
+  scanned, _ = jax.lax.scan(lambda s, _: (update(s)[1], None), state, None, length=3)
+  looped = state
+  for _ in range(3):
+    looped = update(looped)[1]
+  assert_trees_within_ulps(scanned, looped, ulps=4)  # the scan carries the state it returns
   tx = optax.chain(optax.clip_by_global_norm(1.0), lopt.as_optax(theta))
   u, _ = tx.update(grads, tx.init(params), params, loss=jnp.float32(1.0))
   assert jax.tree.structure(u) == jax.tree.structure(params)
@@ -164,7 +168,7 @@ def test_optimizer_contract(name):
 def test_unknown_optimizer_and_option_rejected():
   with pytest.raises(ValueError) as err:
     lopt_meta.get_optimizer("lolv3")
-  assert str(err.value) == ("lopt: unknown lopt 'lolv3'; valid: adafac, adam, hyper_adam, "
+  assert str(err.value) == ("lopt: unknown lopt 'lolv3'; valid: adafac, adam, anchored_adam, hyper_adam, "
                             "lr_schedule, mlp, nominal_mlp, sgdm")
   with pytest.raises(ValueError, match="^hidden: lopt 'mlp' takes no option 'hidden'; valid: "):
     lopt_meta.get_optimizer("mlp", hidden=3)

@@ -62,7 +62,8 @@ class _OptaxAtRate:
   def __init__(self, make: Callable[[Any], optax.GradientTransformation]):
     self.make = make
 
-  def init(self, params):
+  def init(self, params, *, num_steps=None):
+    del num_steps
     return self.make(1.0).init(params)
 
   def update(self, lr, grads, opt_state, params, *, loss=None):

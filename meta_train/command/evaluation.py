@@ -56,7 +56,8 @@ class _AdamAtLearningRate(lopt_meta.LearnedOptimizer):
   def _tx(self, learning_rate):
     return optax.adam(learning_rate, b1=self.adam.b1, b2=self.adam.b2, eps=self.adam.eps)
 
-  def init(self, params):
+  def init(self, params, *, num_steps=None):
+    del num_steps
     return self._tx(self.adam.learning_rate).init(params)  # Adam's state: no learning rate
 
   def update(self, theta, grads, state, params, *, loss=None):

@@ -67,7 +67,8 @@ class _OptaxOptimizer(NamedTuple):
   make_optimizer: Callable[[dict[str, jax.Array]], optax.GradientTransformation]
   structure: optax.GradientTransformation
 
-  def init(self, params):
+  def init(self, params, *, num_steps=None):
+    del num_steps
     return self.structure.init(params)
 
   def update(self, hparams, grads, opt_state, params, *, loss=None):
