@@ -67,7 +67,7 @@ def test_same_seed_same_run(tmp_path):
      "horizn: task 'toy2d' takes no option 'horizn'; valid: horizon, x0, theta0"),
     (["--task", "digits_mlp", "--lopt", "sgdm"],
      "lopt: 'sgdm' has no meta-parameters (a fixed optimizer, for comparison): nothing to "
-     "meta-train; learned optimizers: adafac, hyper_adam, lr_schedule, mlp, nominal_mlp"),
+     "meta-train; learned optimizers: adafac, anchored_adam, hyper_adam, lr_schedule, mlp, nominal_mlp"),
     (["--stop-grace-s", "0"], "stop_grace_s: must be a positive finite number; got 0.0"),
     (["--stall-warning-s", "nan"], "stall_warning_s: must be a positive finite number; got nan"),
 ])
