@@ -10,7 +10,8 @@ Sources, tried in this order:
 3. ``digits``: scikit-learn's bundled 8x8 digits (no download; the offline default).
 4. Tables, stored as one-row "images" ``[n, 1, features, 1]`` with each feature scaled by its
    range to ``0..255`` (8 bits), so that they live and batch as images do: ``breast_cancer``
-   (scikit-learn's bundled Wisconsin data, 569 x 30, 2 classes) and ``synthetic`` (scikit-learn's
+   (scikit-learn's bundled Wisconsin data, 569 x 30, 2 classes), ``wine`` (scikit-learn's bundled
+   wine recognition data, 178 x 13, 3 classes) and ``synthetic`` (scikit-learn's
    ``make_classification``, seed 0: 8000 x 40, 24 informative, 5 classes).
 
 Splits: the source's train split is cut (in file order) into ``train`` 80%, ``inner_valid`` 10%
@@ -39,8 +40,8 @@ from lopt_meta.errors import ConfigError
 SPLITS = ("train", "inner_valid", "outer_valid", "test")
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 NUM_CLASSES = {"fashion_mnist": 10, "cifar10": 10, "digits": 10, "breast_cancer": 2,
-               "synthetic": 5}
-TABLES = ("breast_cancer", "synthetic")
+               "synthetic": 5, "wine": 3}
+TABLES = ("breast_cancer", "synthetic", "wine")
 
 
 class Split(NamedTuple):
@@ -148,6 +149,9 @@ def _table(name: str):
   if name == "breast_cancer":
     from sklearn.datasets import load_breast_cancer  # bundled with scikit-learn: no download
     features, labels = load_breast_cancer(return_X_y=True)
+  elif name == "wine":
+    from sklearn.datasets import load_wine  # bundled with scikit-learn: no download
+    features, labels = load_wine(return_X_y=True)
   else:
     from sklearn.datasets import make_classification
     features, labels = make_classification(
@@ -184,7 +188,8 @@ def load(name: str, *, data_dir: str | None = None, image_size: int | None = Non
   """The four splits of dataset ``name`` on the device (cached per process).
 
   Args:
-    name: ``fashion_mnist``, ``cifar10``, ``digits``, ``breast_cancer`` or ``synthetic``.
+    name: ``fashion_mnist``, ``cifar10``, ``digits``, ``breast_cancer``, ``wine`` or
+      ``synthetic``.
     data_dir: where to look first (a tfds data dir, an IDX folder, or a CIFAR-10 folder).
     image_size: resize images to ``image_size x image_size`` (bilinear, antialiased) once at load.
 

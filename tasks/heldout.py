@@ -1,4 +1,10 @@
-"""The held-out benchmark suite: tasks that no training distribution of this project contains.
+"""The held-out benchmark suite, and the meta-validation tasks: tasks that no training
+distribution of this project contains.
+
+:data:`SUITE` is what ``meta-train bench`` reports; :data:`VALIDATION` is what a run judges its
+checkpoints by while it meta-trains (``--heldout-every``, :mod:`meta_train.command.validation`).
+The two share no task, so that choosing a checkpoint by meta-validation does not tune it to the
+bench.
 
 Each task differs from everything in :data:`tasks.DISTRIBUTIONS` and the pretrained recipes in
 data (scikit-learn's breast-cancer table, a synthetic 40-feature table), architecture (a
@@ -47,6 +53,22 @@ SUITE: tuple[HeldOutTask, ...] = (
     HeldOutTask("digits_autoencoder_64x16x64", "image_autoencoder",
                 {"dataset": "digits", "hidden_sizes": (64, 16, 64), "batch_size": 64}, 3000),
 )
+
+
+VALIDATION: tuple[HeldOutTask, ...] = (
+    HeldOutTask("fmnist8_mlp_256x256", "image_mlp",
+                {"dataset": "fashion_mnist", "image_size": 8, "hidden_sizes": (256, 256),
+                 "batch_size": 128}, 1000),
+    HeldOutTask("fmnist12_conv_16x32", "image_conv",
+                {"dataset": "fashion_mnist", "image_size": 12, "channels": (16, 32),
+                 "batch_size": 64}, 600),
+    HeldOutTask("fmnist28_mlp_3x64_gelu", "image_mlp",
+                {"dataset": "fashion_mnist", "hidden_sizes": (64, 64, 64), "activation": "gelu",
+                 "batch_size": 32}, 800),
+)
+"""Meta-validation: a wider MLP, another CNN and a deeper MLP than any training distribution,
+none of :data:`SUITE`'s tasks, and none that a run can drive to zero loss (a ratio of two
+near-zero losses says nothing)."""
 
 
 def suite(names: tuple[str, ...] | None = None, *, steps_scale: float = 1.0) -> tuple[HeldOutTask, ...]:

@@ -94,7 +94,14 @@ class Runs:
 def train_runs(task: InnerTask, optimizer, args, steps: int, *, seed: int = 0) -> Runs:
   """Trains ``task`` ``steps`` steps with ``optimizer`` once per entry of ``args`` (its
   argument: learning rates, or a stacked theta), vmapped; every run starts from the same
-  parameters and sees the same batches."""
+  parameters and sees the same batches. The optimizer is told the run's length (``num_steps``)."""
+  return compile_runs(task, optimizer, steps, seed=seed)(args)
+
+
+def compile_runs(task: InnerTask, optimizer, steps: int, *,
+                 seed: int = 0) -> Callable[[Any], Runs]:
+  """:func:`train_runs` as a function of ``args`` alone, compiled once for every call with
+  arguments of the same shapes (meta-validation calls it at every evaluation)."""
   init, step, _ = inner_training(task, optimizer, horizon=steps)
   every = max(1, steps // POINTS)
   points = steps // every
@@ -116,9 +123,13 @@ def train_runs(task: InnerTask, optimizer, args, steps: int, *, seed: int = 0) -
     state, curve = jax.lax.scan(chunk, state, keys)
     return curve, initial, fixed_loss(state.params, "test", fixed_key)
 
-  curves, initial, valid = jax.jit(jax.vmap(one))(args)
-  return Runs(curves=np.asarray(curves), initial=np.asarray(initial), valid=np.asarray(valid),
-              steps=(np.arange(1, points + 1) * every))
+  compiled = jax.jit(jax.vmap(one))
+
+  def run(args) -> Runs:
+    curves, initial, valid = compiled(args)
+    return Runs(curves=np.asarray(curves), initial=np.asarray(initial), valid=np.asarray(valid),
+                steps=(np.arange(1, points + 1) * every))
+  return run
 
 
 def _grid(low: float, high: float) -> np.ndarray:

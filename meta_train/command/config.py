@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import jax
+import jax.numpy as jnp
 import yaml
 
 import lopt_meta
@@ -142,6 +143,8 @@ class OuterConfig:
   """Outer optimizer (optax)."""
   grad_clip: float | None = None
   """Clip each estimate to this global norm before the update (None: no clipping)."""
+  init_from: str | None = None
+  """Start theta from a pretrained optimizer's name or an exported .npz (the same learned optimizer and options), with fresh workers: fine-tuning, or continuing on another machine."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -160,6 +163,8 @@ class RunConfig:
   """Fresh episodes per evaluation."""
   eval_steps: int = 1000
   """Steps per evaluation episode for systems that never reset."""
+  heldout_every: int = 0
+  """Meta-validate theta on the held-out tasks of tasks.heldout.VALIDATION every this many outer steps, keeping the best as RUN/best.npz (0: never; learned optimizers only)."""
   baseline_lrs: tuple[float, ...] = (1e-3, 3e-3, 1e-2, 3e-2)
   """Adam learning rates of the baseline beside a learned optimizer (the best one is reported)."""
   checkpoint_every: int = 100
@@ -306,10 +311,44 @@ def build_system(config: TrainConfig, *, for_evaluation: bool = False,
                                         theta0=theta0)
 
 
-def _lopt_and_theta0(config: TrainConfig, lopt):
+def build_lopt(config: TrainConfig) -> lopt_meta.LearnedOptimizer:
+  """The configured learned optimizer (``--lopt`` with ``--lopt-option``; default ``mlp``)."""
   t = config.task
+  return lopt_meta.get_optimizer(t.lopt or "mlp", **t.lopt_options())
+
+
+def initial_theta(config: TrainConfig, lopt: lopt_meta.LearnedOptimizer):
+  """Theta at outer step 0: ``lopt.init_theta`` from the run's seed, or with ``init_from`` the
+  theta of that pretrained optimizer or exported file, which must be the same optimizer with
+  the same options.
+
+  Raises:
+    ConfigError(init_from): the file or name is not such an optimizer.
+  """
+  source = config.outer.init_from
+  if source is None:
+    return lopt.init_theta(jax.random.fold_in(jax.random.key(config.run.seed), 1))
+  if source in lopt_meta.PRETRAINED:
+    other, theta, _ = lopt_meta.read_pretrained(source)
+  elif source.endswith(".npz"):
+    try:
+      other, theta, _ = lopt_meta.read_optimizer(source)
+    except ConfigError as e:
+      raise ConfigError("init_from", str(e).split(": ", 1)[1]) from None
+  else:
+    raise ConfigError("init_from", f"{source!r} is neither a pretrained optimizer "
+                      f"({', '.join(sorted(lopt_meta.PRETRAINED))}) nor an exported .npz file")
+  if other.name != lopt.name or other.config() != lopt.config():
+    raise ConfigError("init_from", f"{source} holds {other.name!r} with {other.config()}; this "
+                      f"run trains {lopt.name!r} with {lopt.config()} (set --lopt and "
+                      "--lopt-option to match)")
+  return jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), theta)
+
+
+def _lopt_and_theta0(config: TrainConfig, lopt):
   if lopt is None:
-    lopt = lopt_meta.get_optimizer(t.lopt or "mlp", **t.lopt_options())
+    lopt = build_lopt(config)
+    return lopt, initial_theta(config, lopt)
   return lopt, lopt.init_theta(jax.random.fold_in(jax.random.key(config.run.seed), 1))
 
 
@@ -381,6 +420,16 @@ def validate(config: TrainConfig) -> tuple[tasks.UnrolledSystem, estimators.Esti
   if isinstance(config.run.eval_every, bool) or not isinstance(config.run.eval_every, int) or (
       config.run.eval_every < 0):
     raise ConfigError("eval_every", f"must be an int >= 0 (0: never); got {config.run.eval_every!r}")
+  if isinstance(config.run.heldout_every, bool) or not isinstance(
+      config.run.heldout_every, int) or config.run.heldout_every < 0:
+    raise ConfigError("heldout_every", f"must be an int >= 0 (0: never); got "
+                      f"{config.run.heldout_every!r}")
+  if config.run.heldout_every and not config.task.is_inner:
+    raise ConfigError("heldout_every", f"meta-validates learned optimizers; task "
+                      f"{config.task.task!r} trains none")
+  if config.outer.init_from is not None and not config.task.is_inner:
+    raise ConfigError("init_from", f"starts a learned optimizer; task {config.task.task!r} "
+                      "trains none")
   if not isinstance(config.run.seed, int) or isinstance(config.run.seed, bool):
     raise ConfigError("seed", f"must be an int; got {config.run.seed!r}")
   system = build_system(config)

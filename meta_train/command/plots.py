@@ -3,7 +3,10 @@
 Four panels: the meta-loss against outer steps, against wall time and against inner (trajectory)
 steps, and the last evaluation's per-step loss curve of each run beside its baseline (Adam's best
 learning rate, for learned optimizers). For policy learning two more: the evaluation's mean
-episode return against environment steps and against wall time.
+episode return against environment steps and against wall time. For a run that meta-validates
+(``--heldout-every``) two more: ``eval_heldout`` (the geometric mean over the held-out tasks of
+the final loss over tuned Adam's, each task's ratio thin) against outer steps and wall time, the
+kept best marked.
 
 The logged meta-loss is a mean over a few windows of few particles, so it carries a periodic
 component: step-unlocked workers pass through the phases of their episodes with period
@@ -36,7 +39,9 @@ def plot_runs(run_dirs: Sequence[str | Path], out: str | Path) -> Path:
 
   runs = [_read_run(Path(run_dir)) for run_dir in run_dirs]
   returns = any("eval_return" in r for _, records, _ in runs for r in records)
-  fig, axes = plt.subplots(3 if returns else 2, 2, figsize=(12, 12.5 if returns else 8.5))
+  heldout = any("eval_heldout" in r for _, records, _ in runs for r in records)
+  rows = 2 + returns + heldout
+  fig, axes = plt.subplots(rows, 2, figsize=(12, 4.25 * rows))
   panels = [(axes[0, 0], "step", "outer step"), (axes[0, 1], "time_s", "wall time (s)"),
             (axes[1, 0], "total_unroll_steps", "inner steps (all particles)")]
   for ax, key, label in panels:
@@ -59,7 +64,34 @@ def plot_runs(run_dirs: Sequence[str | Path], out: str | Path) -> Path:
   _draw_evaluations(axes[1, 1], runs)
   if returns:
     _draw_returns(axes[2], runs)
+  if heldout:
+    _draw_heldout(axes[rows - 1], runs)
   return save_figure(fig, out)
+
+
+def _draw_heldout(axes, runs) -> None:
+  """Meta-validation against outer steps and wall time: each run's ``eval_heldout`` (its tasks'
+  ratios thin and faint), the best one marked."""
+  for ax, key, label in zip(axes, ("step", "time_s"), ("outer step", "wall time (s)")):
+    for name, records, _ in runs:
+      points = [r for r in records if "eval_heldout" in r and key in r]
+      if not points:
+        continue
+      x = [r[key] for r in points]
+      line, = ax.plot(x, [r["eval_heldout"] for r in points], marker=".", label=name)
+      tasks = sorted({k for r in points for k in r if k.startswith("eval_heldout/")})
+      for k in tasks:
+        ax.plot(x, [r.get(k, np.nan) for r in points], color=line.get_color(), alpha=0.3,
+                linewidth=0.7)
+      best = min(points, key=lambda r: r["eval_heldout"])
+      ax.plot([best[key]], [best["eval_heldout"]], "*", markersize=12, color=line.get_color())
+    ax.axhline(1.0, color="gray", linestyle=":", linewidth=1.0)
+    ax.set_xlabel(label)
+    ax.set_ylabel("held-out final loss / tuned Adam's")
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.set_title("meta-validation (geometric mean; tasks thin; * best)")
+  axes[0].legend(fontsize="small")
 
 
 def _read_run(run_dir: Path):

@@ -31,7 +31,8 @@ from typing import Any
 import jax
 import numpy as np
 
-from meta_train.command import distributed, evaluation, preflight
+from meta_train.command import config as config_lib
+from meta_train.command import distributed, evaluation, preflight, validation
 from meta_train.command.checkpointing import Checkpoints
 from meta_train.command.logs import RunLog
 from meta_train.command.progress import Progress
@@ -66,6 +67,11 @@ class RunSession:
     c_run = config.run
     self.total = config.outer.outer_steps
     self.evaluate = evaluation.make_evaluator(config, system) if c_run.eval_every else None
+    self.lopt = config_lib.build_lopt(config) if config.task.is_inner else None
+    self.validate = (validation.HeldOutValidator(self.lopt, data_dir=config.task.data_dir)
+                     if c_run.heldout_every else None)
+    self.heldout_best = float(meta.get("heldout_best", float("inf")))
+    self.heldout_best_step = meta.get("heldout_best_step")
     self.writer = distributed.is_writer()
     self.log = (RunLog(run_dir, config.to_dict(), mode=c_run.wandb, name=run_dir.name,
                        resume=resumed) if self.writer else _NoLog())
@@ -150,8 +156,9 @@ class RunSession:
     """Outer steps up to the next log, evaluation or checkpoint step (or the total). The
     chunk's time goes to the watchdog unless its length is new (it compiled)."""
     c_run = self.config.run
-    everies = [c_run.log_every, c_run.checkpoint_every] + ([c_run.eval_every] if self.evaluate
-                                                          else [])
+    everies = ([c_run.log_every, c_run.checkpoint_every]
+               + ([c_run.eval_every] if self.evaluate else [])
+               + ([c_run.heldout_every] if self.validate else []))
     n = min([self.total] + [_next(self.done, every) for every in everies]) - self.done
     with self.watchdog.phase(f"running outer steps {self.done + 1}..{self.done + n}", steps=n):
       chunk_start = time.perf_counter()
@@ -178,9 +185,13 @@ class RunSession:
     return self.evaluate is not None and (self.done % self.config.run.eval_every == 0
                                           or self.finished)
 
+  def validating(self) -> bool:
+    return self.validate is not None and (self.done % self.config.run.heldout_every == 0
+                                          or self.finished)
+
   def log_due(self, stopping: bool) -> bool:
     return (self.done % self.config.run.log_every == 0 or self.finished or self.evaluating()
-            or stopping)
+            or self.validating() or stopping)
 
   def checkpoint_due(self, stopping: bool) -> bool:
     return self.done % self.config.run.checkpoint_every == 0 or self.finished or stopping
@@ -202,6 +213,9 @@ class RunSession:
       with self.watchdog.phase(f"evaluating theta at step {self.done}"):
         record.update(self.evaluate(_local(state.theta)))
       self.progress.note(self.done, eval_line(self.done, record))
+    if self.validating():
+      self._meta_validate(record, _local(state.theta))
+      self.progress.note(self.done, heldout_line(self.done, record))
     if self.writer and (record["nonfinite"] or record["skipped_updates"]):
       self.progress.write(f"meta-train: steps {self._window_start + 1}..{self.done}: masked "
                           f"{record['nonfinite']} non-finite losses, skipped "
@@ -217,7 +231,8 @@ class RunSession:
     watchdog and the failure hint that it is complete."""
     meta = {"step": self.done, "elapsed_s": self.elapsed0 + self.now - self.start,
             "total_unroll_steps": self.total_unroll, "burn_in_steps": self.burn_in,
-            "num_processes": jax.process_count(), "config": self.config.to_dict()}
+            "num_processes": jax.process_count(), "config": self.config.to_dict(),
+            "heldout_best": self.heldout_best, "heldout_best_step": self.heldout_best_step}
     with self.watchdog.phase(f"saving checkpoint {self.done}"), self.watchdog.writing():
       self.checkpoints.save(self.done, state, meta)
     self.watchdog.last_checkpoint = self.done
@@ -267,16 +282,40 @@ class RunSession:
       state = self.trainer.init(jax.random.key(self.config.run.seed), self.system.theta0)
       self.burn_in = self.estimator.burn_in_steps(state.workers)
     self.total_unroll = self.burn_in
-    if self.evaluate is not None:
-      with self.watchdog.phase("evaluating theta at step 0"):
-        record = {"step": 0, "time_s": time.perf_counter() - self.start,
-                  "total_unroll_steps": self.burn_in, "burn_in_steps": self.burn_in,
-                  **self.evaluate(_local(state.theta)), **self.evaluate.baseline()}
+    if self.evaluate is not None or self.validate is not None:
+      record = {"step": 0, "time_s": time.perf_counter() - self.start,
+                "total_unroll_steps": self.burn_in, "burn_in_steps": self.burn_in}
+      if self.evaluate is not None:
+        with self.watchdog.phase("evaluating theta at step 0"):
+          record.update(**self.evaluate(_local(state.theta)), **self.evaluate.baseline())
+        distributed.say(eval_line(0, record))
+      if self.validate is not None:
+        self._meta_validate(record, _local(state.theta))
+        distributed.say(heldout_line(0, record))
       _add_theta(record, _local(state.theta))
       with self.watchdog.writing():
         self.log.write(record)
-      distributed.say(eval_line(0, record))
     return state
+
+  def _meta_validate(self, record: dict[str, Any], theta) -> None:
+    """Adds meta-validation (:mod:`meta_train.command.validation`) to ``record``; a new best
+    ``eval_heldout`` replaces ``RUN/best.npz`` (process 0 writes it)."""
+    with self.watchdog.phase(f"meta-validating theta at step {self.done}"):
+      record.update(self.validate(theta))
+      if self.done == 0:
+        record.update(self.validate.baseline())
+    score = record["eval_heldout"]
+    if np.isfinite(score) and score < self.heldout_best:
+      self.heldout_best, self.heldout_best_step = float(score), self.done
+      if self.writer:
+        from lopt_meta.export import save_optimizer
+        with self.watchdog.writing():
+          save_optimizer(self.run_dir / validation.BEST_FILE, self.lopt, theta, metadata={
+              "step": self.done, "eval_heldout": score,
+              "eval_heldout_tasks": {k.split("/", 1)[1]: v for k, v in record.items()
+                                     if k.startswith("eval_heldout/")}})
+    record["heldout_best"] = self.heldout_best
+    record["heldout_best_step"] = self.heldout_best_step
 
 
 def _local(tree):
@@ -327,6 +366,12 @@ def _jsonable(x):
     x = np.asarray(leaves[0])
     return x.item() if x.ndim == 0 else x.tolist()
   return jax.tree.map(lambda v: np.asarray(v).tolist(), x)
+
+
+def heldout_line(step: int, record: dict[str, Any]) -> str:
+  """The console line of a meta-validation record."""
+  return (f"step {step}: eval_heldout {record['eval_heldout']:.4g}x tuned Adam (best "
+          f"{record['heldout_best']:.4g} at step {record['heldout_best_step']})")
 
 
 def eval_line(step: int | None, record: dict[str, Any]) -> str:
