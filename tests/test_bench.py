@@ -63,20 +63,58 @@ def test_a_grid_whose_best_is_on_its_edge_is_widened(monkeypatch):
 
 
 def test_a_diverging_run_is_flagged_and_never_best():
-  runs = bench.train_runs(TINY.build(), bench._OptaxAtRate(optax.sgd),
+  runs = bench.train_runs(TINY.build(), bench._OptaxAtRate(lambda lr, steps: optax.sgd(lr)),
                           jnp.asarray([1e-2, 1e4], jnp.float32), TINY.steps)
   assert list(runs.diverged) == [False, True]
 
 
 def test_bench_command_prints_a_table_and_a_json_line(tmp_path, capsys, monkeypatch):
+  """Two seeds: one row per task and seed (different initializations, different losses), the
+  JSON line's geometric means are the means of the per-seed ones with their min and max, and
+  --results writes the same result to a file."""
   monkeypatch.setattr(heldout, "suite", lambda names=None, steps_scale=1.0: (TINY,))
-  assert cli.main(["bench", "sgdm:0.05", "--out", str(tmp_path / "b.png")]) == 0
+  results = tmp_path / "bench" / "r.json"
+  assert cli.main(["bench", "sgdm:0.05", "--seeds", "2", "--out", str(tmp_path / "b.png"),
+                   "--results", str(results)]) == 0
   out = capsys.readouterr().out.strip().splitlines()
-  assert out[0].split()[:2] == ["task", "steps"]
+  assert out[0].split()[:3] == ["task", "seed", "steps"]
   result = json.loads(out[-1])
-  assert result["optimizer"] == "sgdm lr 0.05" and result["tasks"] == 1
-  assert math.isfinite(result["vs_adam_geomean"])
+  assert result["optimizer"] == "sgdm lr 0.05" and result["tasks"] == 1 and result["seeds"] == 2
+  assert [r["seed"] for r in result["rows"]] == [0, 1]
+  assert result["rows"][0]["train"] != result["rows"][1]["train"]
+  for key in bench.SPREAD_KEYS:
+    per_seed = [s[key] for s in result["per_seed"]]
+    assert all(math.isfinite(v) for v in per_seed)
+    assert result[key] == pytest.approx(np.mean(per_seed), rel=1e-12)
+    assert result[key + "_spread"] == [min(per_seed), max(per_seed)]
+  assert json.loads(results.read_text())["summary"]["vs_adam_geomean"] == result["vs_adam_geomean"]
   assert (tmp_path / "b.png").stat().st_size > 0
+
+
+def test_adam_at_the_one_rate_for_the_suite_is_that_row_exactly():
+  """Bench Adam at the rate that the one-rate row picks: its runs are that row's runs (same
+  initialization and batches), so it is exactly 1.0x the row and its ratio to tuned Adam is the
+  row's; the row's rate is the base-grid rate with the lowest final loss (one task)."""
+  first = bench.summary([bench.bench_task(TINY, *bench.resolve_optimizer("adam")[1:])], "adam")
+  row = first["adam_one_rate"]
+  base = {f"{r:.3g}": r for r in bench._grid(*bench.GRIDS["adam"])}
+  tuned = bench.bench_task(TINY, *bench.resolve_optimizer("adam")[1:])["adam"]
+  finite = {k: tuned["grid"][k] for k in base if not tuned["diverged"][k]}
+  assert row["lr"] == base[min(finite, key=finite.get)]
+  at_rate = bench.summary([bench.bench_task(
+      TINY, *bench.resolve_optimizer(f"adam:{row['lr']!r}")[1:])], "adam")
+  assert at_rate["vs_adam_one_rate_geomean"] == 1.0
+  assert at_rate["vs_adam_geomean"] == pytest.approx(row["vs_adam"], rel=1e-6)
+
+
+def test_warmup_cosine_is_optax_schedule():
+  """adam_wc's schedule (written to take a traced rate) has optax's values."""
+  ours = bench.warmup_cosine(3e-3, 200)
+  theirs = optax.warmup_cosine_decay_schedule(0.0, 3e-3, warmup_steps=10, decay_steps=200,
+                                              end_value=0.0)
+  steps = np.arange(0, 220)
+  np.testing.assert_allclose([float(ours(t)) for t in steps], [float(theirs(t)) for t in steps],
+                             rtol=1e-5, atol=1e-10)
 
 
 def test_bad_bench_input_is_one_clear_error(capsys):

@@ -1,10 +1,13 @@
 """``meta-train bench``: an optimizer on the held-out suite against tuned hand-designed ones.
 
-For each task of :data:`tasks.heldout.SUITE` the optimizer under test trains the task once
-(seed 0: the same initialization and data order as every baseline run), and Adam, AdamW (weight
-decay 1e-4) and SGD with momentum 0.9 each train it at every learning rate of a log-spaced grid
-(7 points, half a decade apart; a grid whose best point sits on an edge is extended past it by
-two more points, until it does not or the rate leaves [1e-7, 10]). Each run's losses are measured
+For each task of :data:`tasks.heldout.SUITE` and each seed (``--seeds K``: seeds ``0..K-1``, each
+its own initialization and data order) the optimizer under test trains the task once, told the
+task's length (``num_steps``), and each baseline family trains it at every learning rate of a
+log-spaced grid (7 points, half a decade apart; a grid whose best point sits on an edge is
+extended past it by two more points, until it does not or the rate leaves [1e-7, 10]), on the
+same initialization and batches. The families (:data:`BASELINES`): Adam at a constant rate,
+Adam with linear warmup (the first 5% of the steps) and cosine decay to 0 (``adam_wc``), AdamW
+(weight decay 1e-4) and SGD with momentum 0.9. Each run's losses are measured
 on fixed batches (1000 examples drawn once) at 50 points of its run: the training loss on the
 train split and, at the end, the validation loss on the test split. A run's final training loss
 is the mean of its last 5 points (the last tenth of the run: one noisy point does not pick a
@@ -18,9 +21,14 @@ learning rate). Reported per task:
   (VeLO's measure; ``None`` when it never does) and ``speedup``, the task's steps over that;
 * whether the optimizer diverged.
 
-Across the suite: the geometric mean of ``vs_adam``. A table, a JSON line and (with ``--out``)
-the loss curves as a PNG. Every run of one optimizer family on one task is one compiled program,
-vmapped over the learning rates.
+Across the suite, per seed: the geometric mean of ``vs_adam`` (and of the ratio to tuned
+``adam_wc``), and "one rate for the whole suite" rows for ``adam`` and ``adam_wc``: the rate of
+the 7-point base grid whose runs have the lowest geometric mean over the tasks of their final
+loss over tuned Adam's (what a user who does not tune gets at best), with the optimizer's
+geometric mean over those runs (``vs_one_rate``). Over seeds: the mean of each per-seed geometric
+mean and its spread (min, max). A table, a JSON line and (with ``--out``) the loss curves of seed
+0 as a PNG. Every run of one optimizer family on one task is one compiled program, vmapped over
+the learning rates.
 """
 
 from __future__ import annotations
@@ -46,29 +54,55 @@ from tasks.inner_training import inner_training
 POINTS = 50
 FINAL_POINTS = 5  # the final loss: the mean of the last 5 points (the last tenth of the run)
 FIXED_BATCH = 1000
-BASELINES: dict[str, Callable[[Any], optax.GradientTransformation]] = {
-    "adam": optax.adam,
-    "adamw": lambda lr: optax.adamw(lr, weight_decay=1e-4),
-    "sgdm": lambda lr: optax.sgd(lr, momentum=0.9),
+WARMUP = 0.05  # adam_wc: linear warmup over the first 5% of the steps, then cosine decay to 0
+
+
+def warmup_cosine(lr, steps: int) -> optax.Schedule:
+  """``adam_wc``'s schedule: 0 -> ``lr`` linearly over ``WARMUP * steps`` steps, then a cosine
+  to 0 at ``steps`` (``optax.warmup_cosine_decay_schedule(0, lr, warmup, steps)``'s values,
+  written here so that ``lr`` may be traced: the bench vmaps over it)."""
+  warmup = max(1, int(WARMUP * steps))
+
+  def schedule(count):
+    count = jnp.asarray(count, jnp.float32)
+    frac = jnp.clip((count - warmup) / max(1, steps - warmup), 0.0, 1.0)
+    return jnp.where(count < warmup, lr * count / warmup,
+                     lr * 0.5 * (1.0 + jnp.cos(jnp.pi * frac)))
+  return schedule
+
+
+BASELINES: dict[str, Callable[[Any, int], optax.GradientTransformation]] = {
+    "adam": lambda lr, steps: optax.adam(lr),
+    "adam_wc": lambda lr, steps: optax.adam(warmup_cosine(lr, steps)),
+    "adamw": lambda lr, steps: optax.adamw(lr, weight_decay=1e-4),
+    "sgdm": lambda lr, steps: optax.sgd(lr, momentum=0.9),
 }
-GRIDS = {"adam": (-4.0, -1.0), "adamw": (-4.0, -1.0), "sgdm": (-3.0, 0.0)}  # log10 ends
+"""The hand-designed families, each ``(learning rate, run length) -> optax transformation``."""
+GRIDS = {"adam": (-4.0, -1.0), "adam_wc": (-4.0, -1.0), "adamw": (-4.0, -1.0),
+         "sgdm": (-3.0, 0.0)}  # log10 ends of the base grids
+ONE_RATE = ("adam", "adam_wc")  # the families with a "one rate for the whole suite" row
 LIMITS = (-7.0, 1.0)
 
 
 class _OptaxAtRate:
   """An optax family as inner training's optimizer, the learning rate as its argument (the
-  state of Adam, AdamW and SGD with momentum does not depend on the rate)."""
+  state of these families does not depend on the rate). ``steps``: the run's length (the
+  schedule's; :func:`bench_task` sets it to the task's length where it is ``None``)."""
 
-  def __init__(self, make: Callable[[Any], optax.GradientTransformation]):
+  def __init__(self, make: Callable[..., optax.GradientTransformation], steps: int | None = None):
     self.make = make
+    self.steps = steps
+
+  def _tx(self, lr, steps):
+    return self.make(lr, steps)
 
   def init(self, params, *, num_steps=None):
     del num_steps
-    return self.make(1.0).init(params)
+    return self._tx(1.0, self.steps).init(params)
 
   def update(self, lr, grads, opt_state, params, *, loss=None):
     del loss
-    return self.make(lr).update(grads, opt_state, params)
+    return self._tx(lr, self.steps).update(grads, opt_state, params)
 
 
 @dataclasses.dataclass
@@ -138,7 +172,7 @@ def _grid(low: float, high: float) -> np.ndarray:
 
 def tune(task: InnerTask, family: str, steps: int, *, seed: int = 0) -> dict[str, Any]:
   """The family's runs over its grid (extended past an edge that holds the best), and the best."""
-  make = _OptaxAtRate(BASELINES[family])
+  make = _OptaxAtRate(BASELINES[family], steps)
   rates = _grid(*GRIDS[family])
   runs = train_runs(task, make, jnp.asarray(rates, jnp.float32), steps, seed=seed)
   while True:
@@ -185,6 +219,8 @@ def bench_task(held: heldout.HeldOutTask, optimizer, arg, *, data_dir: str | Non
                seed: int = 0) -> dict[str, Any]:
   """One task's row (see the module docstring), with the curves for the figure."""
   task = held.build(data_dir)
+  if isinstance(optimizer, _OptaxAtRate) and optimizer.steps is None:
+    optimizer = _OptaxAtRate(optimizer.make, held.steps)  # a schedule runs over the task
   start = time.perf_counter()
   stacked = jax.tree.map(lambda x: jnp.asarray(x)[None], arg)
   mine = train_runs(task, optimizer, stacked, held.steps, seed=seed)
@@ -197,10 +233,15 @@ def bench_task(held: heldout.HeldOutTask, optimizer, arg, *, data_dir: str | Non
     runs, best = tuned["runs"], tuned["best"]
     row[family] = {"lr": float(tuned["rates"][best]), "train": float(runs.final[best]),
                    "valid": float(runs.valid[best]),
-                   "grid": {f"{r:.3g}": float(f) for r, f in zip(tuned["rates"], runs.final)}}
+                   "grid": {f"{r:.3g}": float(f) for r, f in zip(tuned["rates"], runs.final)},
+                   "diverged": {f"{r:.3g}": bool(d) for r, d in zip(tuned["rates"],
+                                                                     runs.diverged)}}
     curves[f"{family} lr {tuned['rates'][best]:.2g}"] = (runs.steps, runs.curves[best])
+  row["initial"] = float(mine.initial[0])
   adam = row["adam"]["train"]
   row["vs_adam"] = row["train"] / adam if adam > 0 else math.nan
+  row["vs_adam_wc"] = row["train"] / row["adam_wc"]["train"] if row["adam_wc"]["train"] > 0 else (
+      math.nan)
   reached = np.nonzero(mine.curves[0] <= adam)[0]
   row["steps_to_adam"] = int(mine.steps[reached[0]]) if len(reached) else None
   row["speedup"] = held.steps / row["steps_to_adam"] if row["steps_to_adam"] else None
@@ -209,29 +250,125 @@ def bench_task(held: heldout.HeldOutTask, optimizer, arg, *, data_dir: str | Non
   return row
 
 
+def _geomean(values) -> float:
+  values = list(values)
+  if not values or not all(v > 0 and math.isfinite(v) for v in values):
+    return math.nan
+  return float(np.exp(np.mean(np.log(values))))
+
+
+def one_rate(rows: Sequence[dict[str, Any]], family: str) -> dict[str, Any]:
+  """The ``family``'s single best rate for the whole suite (one seed's rows): among its base
+  grid's rates, the one whose runs have the lowest geometric mean over tasks of their final loss
+  over tuned Adam's (a diverged run counts its initial loss: no progress); that geometric mean
+  (``vs_adam``), the rate and each task's final loss at it."""
+  best = None
+  for rate in _grid(*GRIDS[family]):
+    key = f"{rate:.3g}"
+    finals = [r["initial"] if r[family]["diverged"][key] else r[family]["grid"][key] for r in rows]
+    score = _geomean(f / r["adam"]["train"] for f, r in zip(finals, rows))
+    if best is None or score < best["vs_adam"]:
+      best = {"lr": float(rate), "vs_adam": score, "train": dict(zip(
+          (r["task"] for r in rows), finals))}
+  return best
+
+
 def summary(rows: Sequence[dict[str, Any]], label: str) -> dict[str, Any]:
-  ratios = [r["vs_adam"] for r in rows]
-  finite = [x for x in ratios if x > 0 and math.isfinite(x)]
-  return {"optimizer": label, "tasks": len(rows),
-          "vs_adam_geomean": float(np.exp(np.mean(np.log(finite)))) if len(finite) == len(
-              ratios) else math.nan,
-          "diverged": sum(r["diverged"] for r in rows),
-          "reached_adam": sum(r["steps_to_adam"] is not None for r in rows),
-          "seconds": sum(r["seconds"] for r in rows)}
+  """One seed's suite: geometric means over tasks (the optimizer over tuned Adam, over tuned
+  ``adam_wc``, and over each one-rate row's runs), divergences, the tasks where it reaches tuned
+  Adam, and the time."""
+  out = {"optimizer": label, "tasks": len(rows),
+         "vs_adam_geomean": _geomean(r["vs_adam"] for r in rows),
+         "vs_adam_wc_geomean": _geomean(r["vs_adam_wc"] for r in rows),
+         "diverged": sum(r["diverged"] for r in rows),
+         "reached_adam": sum(r["steps_to_adam"] is not None for r in rows),
+         "seconds": sum(r["seconds"] for r in rows)}
+  for family in ONE_RATE:
+    best = one_rate(rows, family)
+    out[f"{family}_one_rate"] = best
+    out[f"vs_{family}_one_rate_geomean"] = _geomean(
+        r["train"] / best["train"][r["task"]] for r in rows)
+  return out
+
+
+SPREAD_KEYS = ("vs_adam_geomean", "vs_adam_wc_geomean", "vs_adam_one_rate_geomean",
+               "vs_adam_wc_one_rate_geomean")
+
+
+def over_seeds(per_seed: Sequence[dict[str, Any]]) -> dict[str, Any]:
+  """Across seeds' summaries: each geometric mean's mean over seeds and its (min, max)."""
+  out: dict[str, Any] = {"seeds": len(per_seed),
+                         "diverged": sum(s["diverged"] for s in per_seed),
+                         "seconds": sum(s["seconds"] for s in per_seed)}
+  for key in SPREAD_KEYS:
+    values = [s[key] for s in per_seed]
+    out[key] = float(np.mean(values))
+    out[f"{key}_spread"] = [float(np.min(values)), float(np.max(values))]
+  for family in ONE_RATE:
+    out[f"{family}_one_rate_vs_adam"] = float(np.mean([s[f"{family}_one_rate"]["vs_adam"]
+                                                      for s in per_seed]))
+    out[f"{family}_one_rate_lr"] = [s[f"{family}_one_rate"]["lr"] for s in per_seed]
+  return out
 
 
 def table(rows: Sequence[dict[str, Any]], label: str) -> str:
-  head = (f"{'task':30s} {'steps':>6s} {label[:14]:>14s} {'valid':>8s} {'Adam (lr)':>17s} "
-          f"{'AdamW (lr)':>17s} {'SGDm (lr)':>17s} {'vs Adam':>8s} {'to Adam':>8s}")
+  """One line per row (task, or task and seed): final losses at each family's tuned rate."""
+  head = (f"{'task':30s} {'seed':>4s} {'steps':>6s} {label[:14]:>14s} {'valid':>8s} "
+          f"{'Adam (lr)':>17s} {'Adam w+cos (lr)':>17s} {'AdamW (lr)':>17s} {'SGDm (lr)':>17s} "
+          f"{'vs Adam':>8s} {'vs w+cos':>8s} {'to Adam':>8s}")
   lines = [head, "-" * len(head)]
   for r in rows:
     def best(f):
       return f"{r[f]['train']:.4f} ({r[f]['lr']:.0e})"
     lines.append(
-        f"{r['task']:30s} {r['steps']:6d} {r['train']:14.4f}{'!' if r['diverged'] else ' '}"
-        f"{r['valid']:8.4f} {best('adam'):>17s} {best('adamw'):>17s} {best('sgdm'):>17s} "
-        f"{r['vs_adam']:8.3f} {str(r['steps_to_adam'] or '-'):>8s}")
+        f"{r['task']:30s} {r.get('seed', 0):4d} {r['steps']:6d} "
+        f"{r['train']:14.4f}{'!' if r['diverged'] else ' '}"
+        f"{r['valid']:8.4f} {best('adam'):>17s} {best('adam_wc'):>17s} {best('adamw'):>17s} "
+        f"{best('sgdm'):>17s} {r['vs_adam']:8.3f} {r['vs_adam_wc']:8.3f} "
+        f"{str(r['steps_to_adam'] or '-'):>8s}")
   return "\n".join(lines)
+
+
+def summary_table(per_seed: Sequence[dict[str, Any]], label: str) -> str:
+  """Per seed and over seeds: the optimizer's geometric means against each baseline."""
+  cols = [("vs_adam_geomean", "tuned Adam"), ("vs_adam_wc_geomean", "tuned Adam w+cos"),
+          ("vs_adam_one_rate_geomean", "Adam, one rate"),
+          ("vs_adam_wc_one_rate_geomean", "w+cos, one rate")]
+  head = f"{label[:20]:20s} " + " ".join(f"{name:>17s}" for _, name in cols) + " diverged"
+  lines = [head, "-" * len(head)]
+  for i, s in enumerate(per_seed):
+    lines.append(f"{'seed ' + str(i):20s} " + " ".join(f"{s[k]:17.3f}" for k, _ in cols)
+                 + f" {s['diverged']:8d}")
+  if len(per_seed) > 1:
+    agg = over_seeds(per_seed)
+    lines.append(f"{'mean [min, max]':20s} " + " ".join(
+        f"{agg[k]:5.3f} [{agg[k + '_spread'][0]:.2f},{agg[k + '_spread'][1]:.2f}]".rjust(17)
+        for k, _ in cols) + f" {agg['diverged']:8d}")
+  for family in ONE_RATE:
+    rates = ", ".join(f"{s[family + '_one_rate']['lr']:.0e} ({s[family + '_one_rate']['vs_adam']:.3f}x)"
+                      for s in per_seed)
+    lines.append(f"one rate for the suite, {family}: {rates} (per seed: rate, x tuned Adam)")
+  return "\n".join(lines)
+
+
+def run_bench(suite: Sequence[heldout.HeldOutTask], optimizer, arg, label: str, *,
+              seeds: int = 1, data_dir: str | None = None, log=None) -> dict[str, Any]:
+  """The whole bench: every task for seeds ``0..seeds-1``; ``{"rows", "per_seed", "summary"}``
+  (``summary``: :func:`over_seeds`, with the optimizer's label). ``log(row)`` is called after
+  each row."""
+  rows, per_seed = [], []
+  for seed in range(seeds):
+    seed_rows = []
+    for held in suite:
+      row = bench_task(held, optimizer, arg, data_dir=data_dir, seed=seed)
+      row["seed"] = seed
+      seed_rows.append(row)
+      if log is not None:
+        log(row)
+    rows += seed_rows
+    per_seed.append(summary(seed_rows, label))
+  return {"rows": rows, "per_seed": per_seed,
+          "summary": {"optimizer": label, "tasks": len(suite), **over_seeds(per_seed)}}
 
 
 def plot(rows: Sequence[dict[str, Any]], label: str, out: Path) -> Path:

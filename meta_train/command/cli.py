@@ -143,8 +143,10 @@ class Bench:
   """Write the loss curves to this PNG."""
   data_dir: str | None = None
   """Where FashionMNIST is (default: a prepared tfds dir or /usr/share/datasets/fashion-mnist)."""
-  seed: int = 0
-  """The seed of every run's initialization and data order."""
+  seeds: int = 1
+  """Run the suite with seeds 0..K-1 (each its own initialization and data order; every baseline on the same ones); the summary gives each geometric mean's mean and spread over seeds."""
+  results: Path | None = None
+  """Write the whole result (every row, per seed and over seeds) to this .json file."""
 
 
 COMMANDS = {"train": Train, "resume": Resume, "eval": Eval, "export": Export, "plot": Plot,
@@ -209,19 +211,32 @@ def _bench(command: Bench) -> None:
   suite = heldout.suite(command.tasks or None, steps_scale=command.steps_scale)
   if command.out is not None and Path(command.out).suffix != ".png":
     raise ConfigError("out", f"the curves are written as a PNG; got {command.out}")
+  if command.results is not None and Path(command.results).suffix != ".json":
+    raise ConfigError("results", f"the result is written as a .json file; got {command.results}")
+  check_positive_int("seeds", command.seeds)
   label, optimizer, arg = bench.resolve_optimizer(command.optimizer)
-  rows = []
-  for held in suite:
-    rows.append(bench.bench_task(held, optimizer, arg, data_dir=command.data_dir,
-                                 seed=command.seed))
-    print(f"meta-train: {held.name}: {rows[-1]['train']:.4g} against tuned Adam's "
-          f"{rows[-1]['adam']['train']:.4g} ({rows[-1]['seconds']:.0f} s)", file=sys.stderr,
+
+  def log(row):
+    print(f"meta-train: {row['task']} (seed {row['seed']}): {row['train']:.4g} against tuned "
+          f"Adam's {row['adam']['train']:.4g} ({row['seconds']:.0f} s)", file=sys.stderr,
           flush=True)
+  result = bench.run_bench(suite, optimizer, arg, label, seeds=command.seeds,
+                           data_dir=command.data_dir, log=log)
+  rows = result["rows"]
   print(bench.table(rows, label))
+  print()
+  print(bench.summary_table(result["per_seed"], label))
   if command.out is not None:
-    print(f"meta-train: wrote {bench.plot(rows, label, Path(command.out))}", file=sys.stderr)
-  print(json.dumps({**bench.summary(rows, label),
-                    "rows": [{k: v for k, v in r.items() if k != "curves"} for r in rows]}))
+    first = [r for r in rows if r["seed"] == 0]
+    print(f"meta-train: wrote {bench.plot(first, label, Path(command.out))}", file=sys.stderr)
+  without_curves = [{k: v for k, v in r.items() if k != "curves"} for r in rows]
+  if command.results is not None:
+    path = Path(command.results)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({**result, "rows": without_curves, "command": sys.argv[1:]},
+                               indent=1) + "\n")
+    print(f"meta-train: wrote {path}", file=sys.stderr)
+  print(json.dumps({**result["summary"], "per_seed": result["per_seed"], "rows": without_curves}))
 
 
 def _plot(command: Plot) -> None:
