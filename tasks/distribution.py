@@ -202,7 +202,10 @@ def _conv(dataset, channels, *, image_size=None, batch_size=128, horizon=1000):
 
 
 # Ready-made distributions (``--task NAME``). ``digits_mix`` needs no files (scikit-learn's
-# digits); ``small_mix`` adds FashionMNIST (8x8 and 28x28) and the LSTM copy task.
+# digits); ``small_mix`` adds FashionMNIST (8x8 and 28x28) and the LSTM copy task. ``small_mix`` is
+# not the distribution of the pretrained ``small_mix_nres``: its recipe
+# (lopt_meta/pretrained/small_mix_nres.yaml) declares its own members under the same name (these
+# seven and a digits CNN, without these augmentations).
 DISTRIBUTIONS: dict[str, Distribution] = {
     "digits_mix": Distribution(
         members=(_mlp("digits", (32,), batch_size=128, horizon=500),
