@@ -160,7 +160,10 @@ def compile_runs(task: InnerTask, optimizer, steps: int, *,
   compiled = jax.jit(jax.vmap(one))
 
   def run(args) -> Runs:
-    curves, initial, valid = compiled(args)
+    if jax.tree.leaves(args):
+      curves, initial, valid = compiled(args)
+    else:  # nothing to batch (a theta with no leaves): one run
+      curves, initial, valid = jax.jit(jax.vmap(lambda _: one(args)))(jnp.zeros(1))
     return Runs(curves=np.asarray(curves), initial=np.asarray(initial), valid=np.asarray(valid),
                 steps=(np.arange(1, points + 1) * every))
   return run
@@ -215,9 +218,28 @@ def resolve_optimizer(spec: str) -> tuple[str, Any, Any]:
                     f"({', '.join(BASELINES)}, optionally NAME:LR)")
 
 
+def tuned_baselines(held: heldout.HeldOutTask, task: InnerTask, *,
+                    seed: int = 0) -> dict[str, Any]:
+  """Every family of :data:`BASELINES` tuned on one task and seed: ``{family: {lr, train, valid,
+  grid, diverged}}`` and ``curves`` (each family's best run)."""
+  out: dict[str, Any] = {"curves": {}}
+  for family in BASELINES:
+    tuned = tune(task, family, held.steps, seed=seed)
+    runs, best = tuned["runs"], tuned["best"]
+    out[family] = {"lr": float(tuned["rates"][best]), "train": float(runs.final[best]),
+                   "valid": float(runs.valid[best]),
+                   "grid": {f"{r:.3g}": float(f) for r, f in zip(tuned["rates"], runs.final)},
+                   "diverged": {f"{r:.3g}": bool(d) for r, d in zip(tuned["rates"],
+                                                                     runs.diverged)}}
+    out["curves"][f"{family} lr {tuned['rates'][best]:.2g}"] = (runs.steps, runs.curves[best])
+  return out
+
+
 def bench_task(held: heldout.HeldOutTask, optimizer, arg, *, data_dir: str | None = None,
-               seed: int = 0) -> dict[str, Any]:
-  """One task's row (see the module docstring), with the curves for the figure."""
+               seed: int = 0, cache: dict | None = None) -> dict[str, Any]:
+  """One task's row (see the module docstring), with the curves for the figure. ``cache``: a
+  dict that keeps the tuned baselines per (task, length, seed) across calls (benching several
+  optimizers against the same baselines tunes them once)."""
   task = held.build(data_dir)
   if isinstance(optimizer, _OptaxAtRate) and optimizer.steps is None:
     optimizer = _OptaxAtRate(optimizer.make, held.steps)  # a schedule runs over the task
@@ -227,16 +249,15 @@ def bench_task(held: heldout.HeldOutTask, optimizer, arg, *, data_dir: str | Non
   row: dict[str, Any] = {"task": held.name, "steps": held.steps,
                          "train": float(mine.final[0]), "valid": float(mine.valid[0]),
                          "diverged": bool(mine.diverged[0])}
-  curves = {"optimizer": (mine.steps, mine.curves[0])}
-  for family in BASELINES:
-    tuned = tune(task, family, held.steps, seed=seed)
-    runs, best = tuned["runs"], tuned["best"]
-    row[family] = {"lr": float(tuned["rates"][best]), "train": float(runs.final[best]),
-                   "valid": float(runs.valid[best]),
-                   "grid": {f"{r:.3g}": float(f) for r, f in zip(tuned["rates"], runs.final)},
-                   "diverged": {f"{r:.3g}": bool(d) for r, d in zip(tuned["rates"],
-                                                                     runs.diverged)}}
-    curves[f"{family} lr {tuned['rates'][best]:.2g}"] = (runs.steps, runs.curves[best])
+  key = (held.name, held.steps, seed)
+  if cache is not None and key in cache:
+    baselines = cache[key]
+  else:
+    baselines = tuned_baselines(held, task, seed=seed)
+    if cache is not None:
+      cache[key] = baselines
+  row.update({family: baselines[family] for family in BASELINES})
+  curves = {"optimizer": (mine.steps, mine.curves[0]), **baselines["curves"]}
   row["initial"] = float(mine.initial[0])
   adam = row["adam"]["train"]
   row["vs_adam"] = row["train"] / adam if adam > 0 else math.nan
@@ -352,15 +373,16 @@ def summary_table(per_seed: Sequence[dict[str, Any]], label: str) -> str:
 
 
 def run_bench(suite: Sequence[heldout.HeldOutTask], optimizer, arg, label: str, *,
-              seeds: int = 1, data_dir: str | None = None, log=None) -> dict[str, Any]:
+              seeds: int = 1, data_dir: str | None = None, log=None,
+              cache: dict | None = None) -> dict[str, Any]:
   """The whole bench: every task for seeds ``0..seeds-1``; ``{"rows", "per_seed", "summary"}``
   (``summary``: :func:`over_seeds`, with the optimizer's label). ``log(row)`` is called after
-  each row."""
+  each row; ``cache``: see :func:`bench_task`."""
   rows, per_seed = [], []
   for seed in range(seeds):
     seed_rows = []
     for held in suite:
-      row = bench_task(held, optimizer, arg, data_dir=data_dir, seed=seed)
+      row = bench_task(held, optimizer, arg, data_dir=data_dir, seed=seed, cache=cache)
       row["seed"] = seed
       seed_rows.append(row)
       if log is not None:
