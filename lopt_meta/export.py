@@ -86,10 +86,12 @@ def read_optimizer(path: str | os.PathLike) -> tuple[LearnedOptimizer, Any, dict
   return lopt, jax.tree_util.tree_unflatten(treedef, values), meta.get("metadata", {})
 
 
-def load_optimizer(path: str | os.PathLike) -> optax.GradientTransformationExtraArgs:
+def load_optimizer(path: str | os.PathLike, *,
+                   num_steps: int | None = None) -> optax.GradientTransformationExtraArgs:
   """The optimizer saved at ``path``, as an optax transformation (theta fixed).
 
   ``update(grads, state, params, loss=None)`` needs ``params``; it composes in ``optax.chain``.
+  ``num_steps``: the training run's length, for optimizers that condition on progress.
   """
   lopt, theta, _ = read_optimizer(path)
-  return lopt.as_optax(theta)
+  return lopt.as_optax(theta, num_steps=num_steps)

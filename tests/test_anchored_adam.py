@@ -207,3 +207,17 @@ def test_ablations_drop_their_part_of_theta(options):
   u, _ = jax.jit(lambda s: lopt.update(theta, _grads(params, 1), s, params))(
       lopt.init(params, num_steps=10))
   assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(u))
+
+
+def test_num_steps_reaches_the_state_through_optax_and_export(tmp_path):
+  """``as_optax``, ``load_optimizer`` and ``load_pretrained`` pass ``num_steps`` to the state
+  (0 when it is not given: the progress features stay at t/T = 0)."""
+  lopt = lopt_meta.AnchoredAdam()
+  theta = lopt.init_theta(KEY)
+  params = _params()
+  assert float(lopt.as_optax(theta, num_steps=700).init(params).num_steps) == 700
+  assert float(lopt.as_optax(theta).init(params).num_steps) == 0
+  path = lopt_meta.save_optimizer(tmp_path / "a.npz", lopt, theta)
+  assert float(lopt_meta.load_optimizer(path, num_steps=300).init(params).num_steps) == 300
+  tx = lopt_meta.load_pretrained(num_steps=123)
+  tx.init(params)  # every shipped optimizer takes num_steps (and may ignore it)

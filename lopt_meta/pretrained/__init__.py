@@ -1,6 +1,6 @@
 """Pretrained learned optimizers shipped inside the package (no download).
 
-    tx = lopt_meta.load_pretrained()                 # the default, as an optax transformation
+    tx = lopt_meta.load_pretrained(num_steps=5000)   # the default, for a 5000-step run
     updates, state = tx.update(grads, state, params, loss=loss)   # loss is optional
 
 Each name in :data:`PRETRAINED` has its weights (``NAME.npz``, the ``meta-train export`` format)
@@ -48,8 +48,12 @@ def read_pretrained(name: str = DEFAULT) -> tuple[Any, Any, dict[str, Any]]:
   return read_optimizer(path(name))
 
 
-def load_pretrained(name: str = DEFAULT) -> optax.GradientTransformationExtraArgs:
+def load_pretrained(name: str = DEFAULT, *,
+                    num_steps: int | None = None) -> optax.GradientTransformationExtraArgs:
   """Pretrained optimizer ``name`` as an optax transformation, with the interface of
-  :func:`lopt_meta.load_optimizer`: ``update(grads, state, params, loss=None)``."""
+  :func:`lopt_meta.load_optimizer`: ``update(grads, state, params, loss=None)``.
+
+  ``num_steps``: the length of your training run, for an optimizer that conditions on its
+  progress ``t / num_steps`` (the README's card says what each does without it)."""
   lopt, theta, _ = read_pretrained(name)
-  return lopt.as_optax(theta)
+  return lopt.as_optax(theta, num_steps=num_steps)
