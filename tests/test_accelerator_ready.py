@@ -2,11 +2,13 @@
 
 * The packages import without the optional ones (tyro, wandb, tensorflow-datasets, mujoco,
   gymnasium), and importing them does not import those where they are installed.
-* With the fused CPU kernel off (``LOPT_META_KERNELS=0``, what every non-CPU backend runs), the
-  estimators run in plain JAX and give the kernel path's estimates to float tolerance.
+* The reference is the plain path: the fused CPU kernel off (``LOPT_META_KERNELS=0``), the
+  estimators in plain JAX on the CPU; it needs no compiler. The program GPUs and TPUs run
+  (simulated on the CPU by :func:`lopt_meta.kernels.simulate_accelerator`) and, where a compiler
+  built it, the kernel path give its estimates to float tolerance.
 * When JAX's default backend is not the CPU, no compiler is looked for, nothing is built or
   loaded, and the learned optimizers run in plain JAX (simulated: the backend query answers
-  ``"gpu"`` and every way to a compiler raises).
+  ``"gpu"`` and every way to a compiler raises), with the plain path's estimates.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import lopt_meta
 import tasks
 from lopt_meta import kernels
 from meta_train.estimators import NRES, PES, FullES
+from tests.paths import kernel_path  # noqa: F401  (the fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
 OPTIONAL = ("tyro", "wandb", "tensorflow_datasets", "tensorflow", "mujoco", "gymnasium")
@@ -129,12 +132,14 @@ def _assert_same_estimates(got, want, rtol=1e-3):
 
 
 class _Calls:
-  """Counts the traces of the fused operations that take the kernel and the plain-JAX branch
-  (each call of ``per_parameter_mlp`` and ``mlp_lopt_update`` asks ``_use_kernel`` once)."""
+  """Counts, while tracing, the fused operations that take the kernel and the plain-JAX branch
+  (each call of ``per_parameter_mlp`` and ``mlp_lopt_update`` asks ``_use_kernel`` once), and the
+  platform choices made (``jax.lax.platform_dependent``: the kernel's and the plain path's CPU
+  branches; GPU and TPU programs make none but take every ``default`` branch)."""
 
   def __init__(self, monkeypatch):
-    self.kernel = self.plain = 0
-    use_kernel = kernels._use_kernel
+    self.kernel = self.plain = self.platform_choices = 0
+    use_kernel, platform_dependent = kernels._use_kernel, jax.lax.platform_dependent
 
     def counting(*args):
       chosen = use_kernel(*args)
@@ -144,39 +149,56 @@ class _Calls:
         self.plain += 1
       return chosen
 
+    def choosing(*args, **branches):
+      self.platform_choices += 1
+      return platform_dependent(*args, **branches)
+
     monkeypatch.setattr(kernels, "_use_kernel", counting)
+    monkeypatch.setattr(jax.lax, "platform_dependent", choosing)
 
 
-_KERNEL_RESULTS: dict[str, tuple[np.ndarray, float]] = {}
+@pytest.fixture(scope="module")
+def plain_estimates(request):
+  """``(case, estimates)``: the estimates of case ``request.param`` with the kernel off on the CPU
+  (``LOPT_META_KERNELS=0``: the plain-JAX per-parameter MLP, particles with their own weights
+  looped), the reference the kernel and accelerator paths are compared with; it needs no
+  compiler. Module-scoped, so computed once per case, and set up before any function-scoped
+  fixture (``kernel_path``'s simulated accelerator)."""
+  case = request.param
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setenv("LOPT_META_KERNELS", "0")
+    assert not kernels.available() and not kernels._simulating_accelerator()
+    calls = _Calls(patch)
+    estimates = _estimate(case)
+  assert calls.plain > 0 and calls.kernel == 0 and calls.platform_choices > 0
+  return case, estimates
 
 
-def _kernel_path(case: str, monkeypatch) -> tuple[np.ndarray, float]:
-  if not kernels.available():
-    pytest.skip("the fused CPU kernel is unavailable here: there is no kernel path to compare with")
-  if case not in _KERNEL_RESULTS:
-    with monkeypatch.context() as patch:
-      calls = _Calls(patch)
-      _KERNEL_RESULTS[case] = _estimate(case)
-    assert calls.kernel > 0 and calls.plain == 0
-  return _KERNEL_RESULTS[case]
-
-
-@pytest.mark.parametrize("case", sorted(CASES))
-def test_the_plain_path_gives_the_kernel_paths_estimates(case, monkeypatch):
-  want = _kernel_path(case, monkeypatch)
-  monkeypatch.setenv("LOPT_META_KERNELS", "0")
-  assert not kernels.available()
+@pytest.mark.parametrize("kernel_path", ["kernel", "accelerator"], indirect=True)
+@pytest.mark.parametrize("plain_estimates", sorted(CASES), indirect=True)
+def test_the_kernel_and_accelerator_paths_give_the_plain_paths_estimates(plain_estimates,
+                                                                         kernel_path,
+                                                                         monkeypatch):
+  """The fused CPU kernel (skipped without a compiler) and the GPU/TPU program (simulated on the
+  CPU: no kernel, every platform choice's ``default`` branch, the MLP vmapped over particles) give
+  the plain path's estimates, and each takes its own branches."""
+  case, want = plain_estimates
   calls = _Calls(monkeypatch)
   got = _estimate(case)
-  assert calls.plain > 0 and calls.kernel == 0
+  if kernel_path == "kernel":
+    assert calls.kernel > 0 and calls.plain == 0
+  else:
+    assert calls.plain > 0 and calls.kernel == 0 and calls.platform_choices == 0
   _assert_same_estimates(got, want)
 
 
-def test_no_compiler_is_looked_for_when_the_backend_is_not_the_cpu(monkeypatch):
+@pytest.mark.parametrize("plain_estimates", ["mlp-nres"], indirect=True)
+def test_no_compiler_is_looked_for_when_the_backend_is_not_the_cpu(plain_estimates):
   """A fresh process whose backend query answers "gpu": importing and running the learned
   optimizers (both fused operations, and an NRES estimate) looks for no compiler, starts no
-  process, loads no library, warns nothing, and gives the kernel path's estimate."""
-  want = _kernel_path("mlp-nres", monkeypatch)
+  process, loads no library, warns nothing, and gives the plain path's estimate; the MLP's step
+  on constant inputs is the one worked out by hand."""
+  _, want = plain_estimates
   line = _python(f"""
       import ctypes, json, shutil, subprocess, warnings
       import jax
@@ -190,6 +212,7 @@ def test_no_compiler_is_looked_for_when_the_backend_is_not_the_cpu(monkeypatch):
       shutil.which = subprocess.run = subprocess.Popen = ctypes.CDLL = refuse
 
       import jax.numpy as jnp
+      import numpy as np
       from lopt_meta import kernels
       from tests import test_accelerator_ready as t
 
@@ -200,7 +223,9 @@ def test_no_compiler_is_looked_for_when_the_backend_is_not_the_cpu(monkeypatch):
         step = kernels.per_parameter_mlp(x, jnp.zeros(32), jnp.full((8, 32), 0.1), jnp.eye(32),
                                          jnp.zeros(32), jnp.ones((32, 2)), jnp.zeros(2),
                                          exp_mult=1e-3, step_mult=1e-3)
-        assert step.shape == (2, 5)
+        # h1 = h2 = 0.8 (8 inputs of 1 times 0.1); direction = magnitude = 32 * 0.8 = 25.6
+        np.testing.assert_allclose(step, np.full((2, 5), 25.6 * np.exp(25.6e-3) * 1e-3),
+                                   rtol=1e-6)
         grads, loss = t._estimate("mlp-nres")
       assert not [w for w in caught if "lopt_meta" in str(w.message)], caught
       assert kernels._load.cache_info().misses == 0  # nothing was built or loaded

@@ -2,7 +2,6 @@
 
 import gzip
 import logging
-import os
 import pickle
 import struct
 from pathlib import Path
@@ -14,6 +13,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from tasks import data
+from tests import optional
 
 
 @pytest.fixture(autouse=True)
@@ -78,10 +78,7 @@ def test_cifar10_batches_folder(tmp_path):
 def test_real_fashion_mnist_files(caplog):
   """The real files load, and loading them logs no warning (tfds's note about the unprepared
   folder it looked in first is not news)."""
-  if not data.DEBIAN_FASHION_MNIST.is_dir():
-    if os.environ.get("CI"):
-      pytest.fail(".ci/run installs Debian's dataset-fashion-mnist; its files are missing")
-    pytest.skip("Debian's dataset-fashion-mnist is not installed here (CI installs it)")
+  optional.require_fashion_mnist()
   with caplog.at_level(logging.INFO):
     splits = data.load("fashion_mnist")
   assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []

@@ -8,14 +8,16 @@ import tasks
 from meta_train.estimators import GPES, NRES, PES, TBPTT, FullES, TruncatedES
 from tests import systems
 
-R = 40         # independent replicates (each: a fresh burn-in + one estimate at fixed theta)
-Z_MAX = 5.0    # |mean - target| <= 5 standard errors; P(|t_39| > 5) ~ 1e-5 per coordinate
+R = 100        # independent replicates (each: a fresh burn-in + one estimate at fixed theta)
+Z_MAX = 5.0    # |mean - target| <= 5 standard errors; P(|t_99| > 5) ~ 2.5e-6 per coordinate
+BIAS = 0.10    # the relative bias the unbiasedness test must detect (its power)
+MARGIN = 3.0   # ... by this many standard errors beyond Z_MAX (see test_unbiased_at_fixed_theta)
 
 UNBIASED = {
-    "nres": lambda s: NRES(s, num_particles=1000, sigma=0.1, unroll_length=5),
-    "pes": lambda s: PES(s, num_particles=1000, sigma=0.1, unroll_length=5),
-    "gpes": lambda s: GPES(s, num_particles=1000, sigma=0.1, unroll_length=5, K=10),
-    "full_es": lambda s: FullES(s, num_particles=1000, sigma=0.1),
+    "nres": lambda s: NRES(s, num_particles=2000, sigma=0.1, unroll_length=5),
+    "pes": lambda s: PES(s, num_particles=2000, sigma=0.1, unroll_length=5),
+    "gpes": lambda s: GPES(s, num_particles=2000, sigma=0.1, unroll_length=5, K=10),
+    "full_es": lambda s: FullES(s, num_particles=2000, sigma=0.1),
 }
 SYSTEMS = {
     "influence_balancing": lambda: tasks.get("influence_balancing", horizon=40),
@@ -23,8 +25,9 @@ SYSTEMS = {
 }
 
 
-def _z_scores(est, system, theta):
-  """z of each coordinate of the mean estimate against jax.grad of the full-unroll objective.
+def _estimates(est, system, theta):
+  """``(G [R, d], target [d])``: R independent estimates at theta, flattened, and jax.grad of
+  the full-unroll objective.
 
   The systems are linear in theta with quadratic losses, so the Gaussian-smoothed objective of
   every estimator (FullES's and the GPES_K ones alike) has exactly the unsmoothed gradient.
@@ -32,19 +35,39 @@ def _z_scores(est, system, theta):
   target = systems.flat(jax.grad(lambda th: system.mean_loss(th, jax.random.key(0)))(theta))
   grads = systems.replicate_estimates(est, theta, jax.random.key(1), R)
   G = np.stack([systems.flat(jax.tree.map(lambda x: x[i], grads)) for i in range(R)])
-  se = G.std(axis=0, ddof=1) / np.sqrt(R)
+  return G, target
+
+
+def _z(G, target):
+  """The test statistic: z of each coordinate of the mean estimate against the target (its
+  standard error from the replicates' spread), and each coordinate's standard error relative to
+  the target."""
+  se = G.std(axis=0, ddof=1) / np.sqrt(G.shape[0])
   return (G.mean(axis=0) - target) / se, se / np.abs(target)
+
+
+def _z_scores(est, system, theta):
+  return _z(*_estimates(est, system, theta))
 
 
 @pytest.mark.parametrize("system_name", list(SYSTEMS))
 @pytest.mark.parametrize("name", list(UNBIASED))
 def test_unbiased_at_fixed_theta(name, system_name):
+  """Every coordinate's mean estimate is within Z_MAX standard errors of the gradient, and the
+  same check has power: the same estimates with a 10% bias injected (each estimate times 1.1)
+  fail it."""
   system = SYSTEMS[system_name]()
-  z, rel_se = _z_scores(UNBIASED[name](system), system, system.theta0)
+  G, target = _estimates(UNBIASED[name](system), system, system.theta0)
+  z, rel_se = _z(G, target)
   assert np.all(np.abs(z) < Z_MAX), f"z-scores {z}"
-  # Power: the test resolves the gradient to a few percent on its largest coordinates, so a
-  # bias of that size would fail it (see the truncated estimators below).
-  assert np.min(rel_se) < 0.05
+  z_biased, _ = _z((1 + BIAS) * G, target)
+  assert np.max(np.abs(z_biased)) > Z_MAX, f"a {BIAS:.0%} bias goes undetected: z {z_biased}"
+  # Not by luck of these draws: the bias moves coordinate i's z by BIAS / (1 + BIAS) / rel_se_i
+  # (the scaled estimates' standard error scales too). On the best-resolved coordinate that is
+  # Z_MAX + MARGIN standard errors or more, so with fresh draws (z ~ N(0, 1) before the shift) a
+  # 10% bias would still fail the check with probability > 99.8%.
+  shift = BIAS / (1 + BIAS) / rel_se
+  assert np.max(shift) > Z_MAX + MARGIN, f"the smallest detectable shift {shift} (rel. SE {rel_se})"
 
 
 @pytest.mark.parametrize("make", [

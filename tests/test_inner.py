@@ -13,6 +13,7 @@ import lopt_meta
 import tasks
 from tasks import data
 from meta_train.estimators import NRES, FullES
+from tests import optional
 
 
 def test_inner_task_registry():
@@ -23,12 +24,20 @@ def test_inner_task_registry():
     tasks.get_inner_task("digits_mlp", hidden=3)
 
 
+def _shapes(task):
+  return jax.tree.map(jnp.shape, task.init_params(jax.random.key(0)))
+
+
 def test_mlp_shapes_follow_the_specification():
-  shapes = lambda t: jax.tree.map(jnp.shape, t.init_params(jax.random.key(0)))
-  assert shapes(tasks.get_inner_task("digits_mlp")) == {
+  assert _shapes(tasks.get_inner_task("digits_mlp")) == {
       "Dense_0": {"bias": (32,), "kernel": (64, 32)}, "Dense_1": {"bias": (10,), "kernel": (32, 10)}}
-  assert shapes(tasks.get_inner_task("fashion_mnist_mlp"))["Dense_0"]["kernel"] == (64, 32)
-  assert shapes(tasks.get_inner_task("fashion_mnist_mlp28"))["Dense_0"]["kernel"] == (784, 32)
+
+
+def test_fashion_mnist_mlp_shapes_follow_the_specification():
+  """8x8 images (64 inputs) by default; fashion_mnist_mlp28 reads the full 28x28 (784)."""
+  optional.require_fashion_mnist()
+  assert _shapes(tasks.get_inner_task("fashion_mnist_mlp"))["Dense_0"]["kernel"] == (64, 32)
+  assert _shapes(tasks.get_inner_task("fashion_mnist_mlp28"))["Dense_0"]["kernel"] == (784, 32)
 
 
 def _train(task, opt, steps, key=jax.random.key(0)):
@@ -146,6 +155,7 @@ def test_log_uniform_truncations():
 
 
 def test_task_family_draws_every_task():
+  optional.require_fashion_mnist()
   family = [tasks.get_inner_task("digits_mlp"), tasks.get_inner_task("fashion_mnist_mlp")]
   system = tasks.learned_optimizer_system(family, lopt_meta.Adam(learning_rate=1e-2), horizon=10)
   states = jax.vmap(system.bound().init)(jax.random.split(jax.random.key(0), 64))

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from lopt_meta import kernels
+from tests.paths import kernel_path  # noqa: F401  (the fixture)
 
 
 def _close(got, want, rtol=2e-5):
@@ -111,31 +112,76 @@ def test_nested_vmap_matches_reference(isa):
   _close(got, want)
 
 
-def test_gradients_come_from_the_reference():
-  args = _mlp_args(jax.random.key(3), (), 21, 8, (32, 32))
+def _mlp_float64(x, c, w1, w2, b2, w3, b3, *, exp_mult, step_mult, cotangent=None):
+  """The per-parameter MLP in float64 NumPy, one row per parameter (``x [..., R, F]``), written
+  out here (independent of JAX and of the kernels' reference, which works on columns): the steps
+  ``[..., R]`` and, given a ``cotangent`` ``u [..., R]``, the gradients of ``sum(u * steps)``
+  with respect to every argument, backpropagated by hand."""
+  x, c, w1, w2, b2, w3, b3 = (np.asarray(a, np.float64) for a in (x, c, w1, w2, b2, w3, b3))
+  a1 = np.einsum("...rf,...fh->...rh", x, w1) + c[..., None, :]
+  h1 = np.maximum(a1, 0.0)
+  a2 = np.einsum("...rh,...hk->...rk", h1, w2) + b2[..., None, :]
+  h2 = np.maximum(a2, 0.0)
+  out = np.einsum("...rk,...ko->...ro", h2, w3) + b3[..., None, :]
+  scale = np.exp(out[..., 1] * exp_mult) * step_mult
+  step = out[..., 0] * scale
+  if cotangent is None:
+    return step
+  u = np.asarray(cotangent, np.float64)
+  d_out = np.stack([u * scale, u * step * exp_mult], axis=-1)  # d/d direction, d/d magnitude
+  d_w3 = np.einsum("...rk,...ro->...ko", h2, d_out)
+  d_a2 = np.einsum("...ro,...ko->...rk", d_out, w3) * (a2 > 0)
+  d_w2 = np.einsum("...rh,...rk->...hk", h1, d_a2)
+  d_a1 = np.einsum("...rk,...hk->...rh", d_a2, w2) * (a1 > 0)
+  d_w1 = np.einsum("...rf,...rh->...fh", x, d_a1)
+  d_x = np.einsum("...rh,...fh->...rf", d_a1, w1)
+  return step, (d_x, d_a1.sum(-2), d_w1, d_w2, d_a2.sum(-2), d_w3, d_out.sum(-2))
+
+
+@pytest.mark.parametrize("batching", ["none", "batch_dims", "vmap"])
+def test_gradients_match_a_hand_derived_backward_pass(kernel_path, batching):
+  """jax.grad of ``sum(u * per_parameter_mlp(...))`` with respect to all seven arguments (the
+  features and every weight), and the value computed with it, on the path under test, equal
+  :func:`_mlp_float64`'s float64 hand-written backward pass to float32 accuracy: unbatched,
+  with a leading particle axis (each particle its own weights), and under jax.vmap."""
+  batch = () if batching == "none" else (3,)
+  args = _mlp_args(jax.random.key(3), batch, 21, 8, (32, 32))
+  u = jax.random.normal(jax.random.key(4), batch + (21,))
   kw = {"exp_mult": 0.1, "step_mult": 0.1}
+  mlp = lambda *a: kernels.per_parameter_mlp(*a, **kw)
+  if batching == "vmap":
+    mlp = jax.vmap(mlp)
+  loss = lambda *a: jnp.sum(u * mlp(*a))
+  value, grads = jax.jit(jax.value_and_grad(loss, argnums=tuple(range(7))))(*args)
+  want_step, want_grads = _mlp_float64(*args, **kw, cotangent=u)
+  np.testing.assert_allclose(value, np.sum(np.asarray(u, np.float64) * want_step), rtol=1e-5)
+  for name, got, want in zip(("x", "c", "w1", "w2", "b2", "w3", "b3"), grads, want_grads):
+    assert got.shape == want.shape, name
+    assert np.max(np.abs(want)) > 0, name  # a zero gradient would be a vacuous comparison
+    _close(got, want, rtol=1e-5)
 
-  def loss(fn, w2):
-    a = list(args)
-    a[3] = w2
-    return jnp.sum(fn(*a, **kw) ** 2)
 
-  got = jax.grad(lambda w: loss(kernels.per_parameter_mlp, w))(args[3])
-  want = jax.grad(lambda w: loss(kernels.per_parameter_mlp_reference, w))(args[3])
-  _close(got, want, rtol=1e-5)
-
-
-def test_kernels_can_be_switched_off():
-  code = ("import warnings, jax, jax.numpy as jnp; from lopt_meta import kernels;"
-          "assert not kernels.available();"
-          "x = jnp.ones((2, 5, 8)); w = jnp.ones((8, 32)) * 0.1;"
-          "out = kernels.per_parameter_mlp(x, jnp.zeros(32), w, jnp.eye(32), jnp.zeros(32),"
-          " jnp.ones((32, 2)), jnp.zeros(2), exp_mult=1e-3, step_mult=1e-3);"
-          "print(out.shape)")
+def test_kernels_can_be_switched_off(tmp_path):
+  """With ``LOPT_META_KERNELS=0`` a fresh interpreter builds and loads no kernel, gives no
+  warning about it, and computes the steps of :func:`_mlp_float64` (to float32 accuracy)."""
+  args = [np.asarray(a) for a in _mlp_args(jax.random.key(5), (2,), 5, 8, (32, 32))]
+  np.savez(tmp_path / "args.npz", *args)
+  code = ("import sys, warnings, numpy as np, jax; from lopt_meta import kernels\n"
+          "with warnings.catch_warnings(record=True) as caught:\n"
+          "  warnings.simplefilter('always')\n"
+          "  assert not kernels.available()\n"
+          "  with np.load(sys.argv[1]) as f: args = [f[f'arr_{i}'] for i in range(7)]\n"
+          "  out = kernels.per_parameter_mlp(*args, exp_mult=1e-3, step_mult=1e-3)\n"
+          "assert not [w for w in caught if 'lopt_meta' in str(w.message)], caught\n"
+          "assert kernels._load.cache_info().misses == 0  # nothing was built or loaded\n"
+          "np.save(sys.argv[2], np.asarray(out))\n")
   env = dict(os.environ, LOPT_META_KERNELS="0", JAX_PLATFORMS="cpu")
-  result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+  result = subprocess.run([sys.executable, "-c", code, str(tmp_path / "args.npz"),
+                           str(tmp_path / "out.npy")], env=env, capture_output=True, text=True)
   assert result.returncode == 0, result.stderr
-  assert result.stdout.strip() == "(2, 5)"
+  got = np.load(tmp_path / "out.npy")
+  assert got.dtype == np.float32 and got.shape == (2, 5)
+  _close(got, _mlp_float64(*args, exp_mult=1e-3, step_mult=1e-3))
 
 
 def _bitwise_cases():

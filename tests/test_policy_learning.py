@@ -19,10 +19,16 @@ from meta_train.command import run as run_lib
 from meta_train.estimators import NRES, TBPTT, FullES
 from meta_train.command.logs import read_metrics
 from tasks.locomotion import environments as locomotion, physics, policy_learning
-from tests import systems
+from tests import optional, systems
 
-mujoco = pytest.importorskip("mujoco")
-INTEGRATION = mujoco.mjtState.mjSTATE_INTEGRATION
+mujoco = optional.import_mujoco()
+INTEGRATION = mujoco.mjtState.mjSTATE_INTEGRATION if mujoco else None
+
+
+@pytest.fixture(autouse=True)
+def rl_extra():
+  """Every test here needs the rl extra: skipped without it, failed under CI."""
+  optional.require_mujoco()
 
 
 def _gym_row(env) -> np.ndarray:
@@ -195,7 +201,6 @@ def test_the_two_backends_agree_on_a_short_rollout(task):
   the same observations and rewards to float32 accuracy over 8 steps. The actions leave the
   control range (|a| up to about 4 and 60), so both engines clamp the controls alike and charge
   the control cost on the raw action."""
-  pytest.importorskip("mujoco.mjx")
   c, x = (tasks.get(task, horizon=8, backend=b) for b in ("mujoco", "mjx"))
   theta = jax.tree.map(jnp.ones_like, c.theta0)
   keys = jax.random.split(jax.random.key(0), 3)

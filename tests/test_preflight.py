@@ -11,14 +11,14 @@ import pytest
 import tasks
 from meta_train.command import config as config_lib
 from meta_train.command import preflight
-from tests.every_system import NAMES, configs, runnable
+from tests import optional
+from tests.every_system import NAMES, configs
 
 @pytest.mark.parametrize("name", NAMES)
 def test_registered_systems_call_no_lapack(name):
   """No registered system (every task, every learned optimizer) can hit the deadlock: their
   vmapped init and step lower to no LAPACK call at all (cifar10_resnet: the full ResNet-8)."""
-  if not runnable(name):
-    pytest.skip("Debian's dataset-fashion-mnist is not installed here (CI installs it)")
+  optional.require_parts_of(name)
   with tempfile.TemporaryDirectory() as scratch:
     system = config_lib.build_system(configs(name, "nres", 2, Path(scratch), full_model=True))
     assert preflight.lapack_calls(system, num_pairs=2) == {"init": [], "step": []}
