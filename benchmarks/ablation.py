@@ -33,7 +33,6 @@ import sys
 from pathlib import Path
 
 import jax
-import numpy as np
 
 import lopt_meta
 from lopt_meta import kernels
@@ -56,32 +55,6 @@ def _path(name: str):
       del os.environ["LOPT_META_KERNELS"]
     else:
       os.environ["LOPT_META_KERNELS"] = old
-
-
-def _read_baselines(path: str | None) -> dict:
-  """The tuned baselines stored at ``path`` (:func:`_write_baselines`), keyed as
-  :func:`meta_train.command.bench.bench_task`'s cache."""
-  if path is None or not Path(path).is_file():
-    return {}
-  cache = {}
-  for entry in json.loads(Path(path).read_text()):
-    value = entry["baselines"]
-    value["curves"] = {k: (np.asarray(v[0]), np.asarray(v[1])) for k, v in value["curves"].items()}
-    cache[(entry["task"], entry["steps"], entry["seed"])] = value
-  return cache
-
-
-def _write_baselines(path: str | None, cache: dict) -> None:
-  if path is None:
-    return
-  entries = [{"task": task, "steps": steps, "seed": seed,
-              "baselines": {**value, "curves": {k: [np.asarray(a).tolist(), np.asarray(b).tolist()]
-                                                for k, (a, b) in value["curves"].items()}}}
-             for (task, steps, seed), value in cache.items()]
-  Path(path).parent.mkdir(parents=True, exist_ok=True)
-  tmp = Path(str(path) + ".partial")
-  tmp.write_text(json.dumps(entries))
-  os.replace(tmp, path)
 
 
 def variants(best: str, last: str | None):
@@ -128,14 +101,14 @@ def main() -> None:
                       help="tune the baselines (into --baselines) and stop")
   args = parser.parse_args()
   suite = heldout.suite(tuple(args.tasks) if args.tasks else None, steps_scale=args.steps_scale)
-  cache = _read_baselines(args.baselines)
+  cache = bench.read_baselines(args.baselines)
   if args.only_baselines:
     for seed in range(args.seeds):
       for held in suite:
         key = (held.name, held.steps, seed)
         if key not in cache:
           cache[key] = bench.tuned_baselines(held, held.build(args.data_dir), seed=seed)
-          _write_baselines(args.baselines, cache)
+          bench.write_baselines(args.baselines, cache)
           print(f"ablation: tuned {held.name} (seed {seed})", file=sys.stderr, flush=True)
     return
   runs = variants(args.best, args.last)
@@ -157,7 +130,7 @@ def main() -> None:
               f"ablation: {name}: {row['task']} (seed {row['seed']}): {row['vs_adam']:.3f}x tuned "
               f"Adam ({row['seconds']:.0f} s)", file=sys.stderr, flush=True))
     results[name] = result
-    _write_baselines(args.baselines, cache)
+    bench.write_baselines(args.baselines, cache)
   head = (f"{'variant':26s} {'vs tuned Adam':>20s} {'vs tuned w+cos':>20s} "
           f"{'vs Adam one rate':>20s} {'vs w+cos one rate':>20s} {'div':>4s} {'s':>6s}")
   print(head)

@@ -165,3 +165,22 @@ def test_load_pretrained_works_offline_in_a_fresh_interpreter():
                        timeout=300)
   assert out.returncode == 0, out.stderr[-2000:]
   assert out.stdout.split("\n")[-2] == f"True True {sorted(lopt_meta.PRETRAINED)}"
+
+
+def test_stored_baselines_are_reused_exactly(tmp_path, capsys, monkeypatch):
+  """--baselines FILE: the first bench tunes and stores; the second reads them back (tuning
+  nothing) and prints the same result."""
+  monkeypatch.setattr(heldout, "suite", lambda names=None, steps_scale=1.0: (TINY,))
+  stored = tmp_path / "baselines.json"
+  assert cli.main(["bench", "sgdm:0.05", "--baselines", str(stored)]) == 0
+  first = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+  assert stored.is_file()
+
+  def no_tuning(*args, **kwargs):
+    raise AssertionError("tuned again")
+  monkeypatch.setattr(bench, "tune", no_tuning)
+  assert cli.main(["bench", "sgdm:0.05", "--baselines", str(stored)]) == 0
+  second = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+  for a, b in zip(first["rows"], second["rows"]):
+    a.pop("seconds"), b.pop("seconds")
+    assert a == b

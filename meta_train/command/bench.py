@@ -34,7 +34,9 @@ the learning rates.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
+import os
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -269,6 +271,33 @@ def bench_task(held: heldout.HeldOutTask, optimizer, arg, *, data_dir: str | Non
   row["seconds"] = time.perf_counter() - start
   row["curves"] = {k: {"step": s.tolist(), "loss": c.tolist()} for k, (s, c) in curves.items()}
   return row
+
+
+def read_baselines(path: str | None) -> dict:
+  """The tuned baselines stored at ``path`` (:func:`write_baselines`), keyed as
+  :func:`bench_task`'s cache (``{}`` where there is no file)."""
+  if path is None or not Path(path).is_file():
+    return {}
+  cache = {}
+  for entry in json.loads(Path(path).read_text()):
+    value = entry["baselines"]
+    value["curves"] = {k: (np.asarray(v[0]), np.asarray(v[1])) for k, v in value["curves"].items()}
+    cache[(entry["task"], entry["steps"], entry["seed"])] = value
+  return cache
+
+
+def write_baselines(path: str | None, cache: dict) -> None:
+  """Stores :func:`bench_task`'s cache of tuned baselines as JSON at ``path`` (atomically)."""
+  if path is None:
+    return
+  entries = [{"task": task, "steps": steps, "seed": seed,
+              "baselines": {**value, "curves": {k: [np.asarray(a).tolist(), np.asarray(b).tolist()]
+                                                for k, (a, b) in value["curves"].items()}}}
+             for (task, steps, seed), value in cache.items()]
+  Path(path).parent.mkdir(parents=True, exist_ok=True)
+  tmp = Path(str(path) + ".partial")
+  tmp.write_text(json.dumps(entries))
+  os.replace(tmp, path)
 
 
 def _geomean(values) -> float:

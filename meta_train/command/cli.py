@@ -147,6 +147,8 @@ class Bench:
   """Run the suite with seeds 0..K-1 (each its own initialization and data order; every baseline on the same ones); the summary gives each geometric mean's mean and spread over seeds."""
   results: Path | None = None
   """Write the whole result (every row, per seed and over seeds) to this .json file."""
+  baselines: Path | None = None
+  """A .json of tuned baselines per task, length and seed: read where it exists, written after tuning (benching several optimizers tunes once)."""
 
 
 COMMANDS = {"train": Train, "resume": Resume, "eval": Eval, "export": Export, "plot": Plot,
@@ -220,8 +222,12 @@ def _bench(command: Bench) -> None:
     print(f"meta-train: {row['task']} (seed {row['seed']}): {row['train']:.4g} against tuned "
           f"Adam's {row['adam']['train']:.4g} ({row['seconds']:.0f} s)", file=sys.stderr,
           flush=True)
+  if command.baselines is not None and Path(command.baselines).suffix != ".json":
+    raise ConfigError("baselines", f"a .json file; got {command.baselines}")
+  cache = bench.read_baselines(command.baselines)
   result = bench.run_bench(suite, optimizer, arg, label, seeds=command.seeds,
-                           data_dir=command.data_dir, log=log)
+                           data_dir=command.data_dir, log=log, cache=cache)
+  bench.write_baselines(command.baselines, cache)
   rows = result["rows"]
   print(bench.table(rows, label))
   print()
