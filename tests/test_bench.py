@@ -134,10 +134,11 @@ def test_every_pretrained_optimizer_ships_with_its_recipe():
   for name in lopt_meta.PRETRAINED:
     assert (folder / f"{name}.npz").is_file() and (folder / f"{name}.yaml").is_file()
     lopt, theta, metadata = lopt_meta.read_pretrained(name)
-    assert metadata["task"] == "small_mix"  # produced by the project's distribution training
     from meta_train.command import config as config_lib
     config = config_lib.TrainConfig.from_file(lopt_meta.pretrained.recipe(name))
+    assert metadata["task"] == config.task.task  # produced by its recipe's distribution training
     assert config.task.is_distribution and config.task.lopt == lopt.name
+    assert config_lib.build_lopt(config).config() == lopt.config()  # the recipe's optimizer
 
 
 LOAD_OFFLINE = """

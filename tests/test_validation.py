@@ -81,7 +81,7 @@ def test_init_from_a_pretrained_name_starts_at_its_theta(tmp_path):
     (["--init-from", "nowhere.npz"], "init_from: nowhere.npz is not a lopt-meta learned optimizer "
      "(no such file)"),
     (["--init-from", "bogus"], "init_from: 'bogus' is neither a pretrained optimizer"),
-    (["--init-from", lopt_meta.pretrained.DEFAULT], "init_from: small_mix_nres holds 'mlp' with"),
+    (["--init-from", "small_mix_nres"], "init_from: small_mix_nres holds 'mlp' with"),
     (["--heldout-every", "-1"], "heldout_every: must be an int >= 0 (0: never); got -1"),
 ])
 def test_bad_init_from_and_heldout_every_are_one_error(tmp_path, capsys, extra, message):

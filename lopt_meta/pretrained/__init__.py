@@ -21,11 +21,15 @@ from lopt_meta.errors import ConfigError
 FOLDER = Path(__file__).resolve().parent
 
 PRETRAINED: dict[str, str] = {
+    "anchored_mix_nres": "AnchoredAdam (Adam x muP at 1e-2, a bounded learned per-tensor "
+                         "multiplier and per-parameter correction, progress-aware) meta-trained "
+                         "with NRES over 9 tasks (MLPs of widths 64-1024, CNNs, an LSTM); chosen "
+                         "by meta-validation; see the README's card",
     "small_mix_nres": "MLPLOpt (LOLv2) meta-trained with NRES over 8 small tasks of different "
                       "structures (digits, FashionMNIST 8x8/28x28 MLPs and CNNs, an LSTM copy "
                       "task); see the README's card",
 }
-DEFAULT = "small_mix_nres"
+DEFAULT = "anchored_mix_nres"
 
 
 def path(name: str = DEFAULT) -> Path:
