@@ -67,8 +67,9 @@ def test_init_from_a_pretrained_name_starts_at_its_theta(tmp_path):
           "--estimator", "nres", "--num-particles", "2", "--unroll-length", "5",
           "--outer-lr", "1e-9", "--eval-every", "0", "--wandb", "disabled",
           "--init-from", lopt_meta.pretrained.DEFAULT, "--outer-steps", "1", "--out", str(out)]
+  args.append("--lopt-option")  # one flag, NAME VALUE pairs
   for name, value in lopt.config().items():
-    args += ["--lopt-option", name, json.dumps(value)]
+    args += [name, json.dumps(value)]
   assert cli.main(args) == 0
   from meta_train.command import run as run_lib
   state = run_lib.load_run(out).state
