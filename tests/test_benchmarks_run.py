@@ -3,7 +3,11 @@ starts it, with options that make it finish in seconds, and must exit 0 and prin
 line with the fields its README row is read from. ``--help`` (tests/test_benchmarks_start.py)
 only proves a script imports; this proves its whole path still runs against today's engine.
 Two run at a time. The sweeps that save each finished run (``--out``) are started a second time:
-they must load what the first saved, print the same table, and rewrite nothing."""
+they must load what the first saved, print the same table, and rewrite nothing.
+
+The variance benchmark's default part (the systems' table) is ``slow``: the quick tier runs the
+same script end to end through its other part (``--part lopt``: its replicator, bootstrap and JSON
+line). The policy-learning rows need MuJoCo (tests/optional.py)."""
 
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ import sys
 
 import pytest
 
+from tests import optional
 from tests.test_benchmarks_start import ROOT
 
 LIMIT_S = 600.0
@@ -32,6 +37,15 @@ TINY = {
 
 
 RESUMABLE = ("copy_task", "policy_learning")
+SLOW = ("variance",)
+NEEDS = {"policy_learning": optional.mujoco_missing}  # name -> what says its missing part
+
+
+def require_parts(name: str) -> None:
+  """Skips (or under CI fails) a test of ``name`` where a part it needs is missing."""
+  message = NEEDS[name]() if name in NEEDS else None
+  if message is not None:
+    optional.missing(message)
 
 
 def start(name: str, out=None) -> subprocess.CompletedProcess | str:
@@ -52,14 +66,24 @@ def out_dirs(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def results(out_dirs):
+def results(out_dirs, request):
+  """The first start of each benchmark that a selected test reads and whose parts are here."""
+  needed = set()
+  for item in request.session.items:
+    if item.module is not request.module:
+      continue
+    params = getattr(item, "callspec", None)  # the one test without: policy_learning's refusal
+    needed |= {params.params["name"]} if params is not None else {"policy_learning"}
+  needed = {n for n in needed if n not in NEEDS or NEEDS[n]() is None}
   with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
-    yield {name: pool.submit(start, name, out_dirs.get(name)) for name in TINY}
+    yield {name: pool.submit(start, name, out_dirs.get(name)) for name in TINY if name in needed}
 
 
-@pytest.mark.parametrize("name", sorted(TINY))
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n
+                                  for n in sorted(TINY)])
 def test_tiny_run(name, results):
   """Exit 0; the last stdout line is one JSON object holding the row's fields."""
+  require_parts(name)
   result = results[name].result()
   assert not isinstance(result, str), result
   output = f"stdout:\n{result.stdout[-3000:]}\nstderr:\n{result.stderr[-3000:]}"
@@ -73,6 +97,7 @@ def test_tiny_run(name, results):
 def test_rerun_loads_the_saved_runs(name, results, out_dirs):
   """A second start with the same ``--out`` loads every saved run: the same JSON line, and the
   files are neither rewritten nor added to."""
+  require_parts(name)
   first = results[name].result()
   assert not isinstance(first, str) and first.returncode == 0, first
   saved = {p: p.stat().st_mtime_ns for p in out_dirs[name].iterdir()}
@@ -87,6 +112,7 @@ def test_rerun_loads_the_saved_runs(name, results, out_dirs):
 def test_rerun_with_another_configuration_is_refused(results, out_dirs):
   """The same ``--out`` with other settings: one clear error before any compute, nothing
   overwritten."""
+  require_parts("policy_learning")
   first = results["policy_learning"].result()
   assert not isinstance(first, str) and first.returncode == 0, first
   saved = {p: p.stat().st_mtime_ns for p in out_dirs["policy_learning"].iterdir()}

@@ -68,7 +68,7 @@ def test_label_noise_changes_the_configured_fraction_of_training_labels():
 # OverTasks
 # ---------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("kind", [NRES, PES])
+@pytest.mark.parametrize("kind", [NRES, pytest.param(PES, marks=pytest.mark.slow)])
 def test_one_member_distribution_is_the_single_task_estimate(kind):
   """A distribution of one task gives that task's estimator's estimates, worker states and
   metrics (the weight is 1, not computed): positions, counters and keys bitwise, floats to
@@ -189,6 +189,7 @@ def _config_file(tmp_path, **run):
   return path
 
 
+@pytest.mark.slow  # quick tier: a single task's exact resume (tests/test_run.py), OverTasks here
 def test_multi_task_run_resumes_bit_for_bit(tmp_path):
   path = _config_file(tmp_path, checkpoint_every=4)  # one chunk length: one compilation
   assert cli.main(["train", "--config", str(path), "--outer-steps", "12",

@@ -183,7 +183,8 @@ def test_every_estimator_is_covered():
 @pytest.mark.parametrize("name", sorted(ESTIMATORS))
 @pytest.mark.parametrize("system, W", [
     (systems.recorder(7), 3),                              # random init and steps; W !| T
-    (tasks.get("lorenz", horizon=12, init_sigma=0.5), 4),  # random initial conditions; W | T
+    # random initial conditions; W | T (slow: the recorder's rows cover every estimator's keys)
+    pytest.param(tasks.get("lorenz", horizon=12, init_sigma=0.5), 4, marks=pytest.mark.slow),
 ], ids=["recorder", "lorenz"])
 def test_legacy_and_typed_keys_give_identical_estimates(name, system, W):
   """For the same seeds, init and a few outer steps are bit-identical, and the system is handed
@@ -202,7 +203,10 @@ def test_legacy_and_typed_keys_give_identical_estimates(name, system, W):
   _assert_identical(runs["typed"], runs["legacy"])
 
 
-@pytest.mark.parametrize("name", ["nres", "full_es", "tbptt"])
+# NRES in the quick tier; FullES and truncated backprop (slow) take the same raw keys through
+# their own init_fn/estimate_fn.
+@pytest.mark.parametrize("name", ["nres", pytest.param("full_es", marks=pytest.mark.slow),
+                                  pytest.param("tbptt", marks=pytest.mark.slow)])
 def test_legacy_keys_inside_jit_and_vmap(name):
   """The pure ``init_fn``/``estimate_fn`` under the user's own jit (tracers of raw keys), and
   init + estimate vmapped over a batch of raw keys."""

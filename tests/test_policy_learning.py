@@ -195,7 +195,8 @@ def test_nres_with_window_equal_to_horizon_is_full_es_on_swimmer():
     np.testing.assert_allclose(m_nres["meta_loss"], m_full["meta_loss"], rtol=1e-6)
 
 
-@pytest.mark.parametrize("task", ["swimmer", "halfcheetah"])
+# HalfCheetah (slow) adds a larger model and larger actions to what Swimmer checks.
+@pytest.mark.parametrize("task", ["swimmer", pytest.param("halfcheetah", marks=pytest.mark.slow)])
 def test_the_two_backends_agree_on_a_short_rollout(task):
   """MJX (float32) and the C engine (float64) from the same reset noise, under the same policy:
   the same observations and rewards to float32 accuracy over 8 steps. The actions leave the

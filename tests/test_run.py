@@ -29,7 +29,9 @@ def _train(out, steps, *extra):
   return cli.main(["train", *TOY, "--outer-steps", str(steps), "--out", str(out), *extra])
 
 
-@pytest.mark.parametrize("first, checkpoint_every", [(20, 10), (25, 100)])
+# Stopped between chunks (quick: 25 is not a chunk boundary) or at one (slow).
+@pytest.mark.parametrize("first, checkpoint_every",
+                         [pytest.param(20, 10, marks=pytest.mark.slow), (25, 100)])
 def test_resume_is_exact(tmp_path, first, checkpoint_every):
   """Training 40 steps equals training `first`, stopping, and resuming to 40: the whole state
   (theta, outer optimizer, every worker, the key) bitwise equal; 25 is not a chunk boundary."""

@@ -30,6 +30,8 @@ LOPT = ["--task", "digits_mlp", "--lopt", "mlp", "--estimator", "nres", "--num-p
         "--eval-steps", "50", "--log-every", "1", "--checkpoint-every", "1", "--wandb",
         "disabled", "--seed", "1"]
 ENV = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
+# Outer steps of the read runs: each saves a checkpoint, so the readers see a few dozen states.
+STEPS = 60
 
 
 def _train_process(out: Path, steps: int) -> subprocess.Popen:
@@ -62,9 +64,9 @@ def _snapshot(folder: Path) -> dict[str, tuple[int, int]]:
 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory) -> Path:
-  """A finished 150-step run: the undisturbed reference and the readers' warm-up."""
+  """A finished run of STEPS steps: the undisturbed reference and the readers' warm-up."""
   out = tmp_path_factory.mktemp("runs") / "undisturbed"
-  process = _train_process(out, 150)
+  process = _train_process(out, STEPS)
   _, err = process.communicate(timeout=600)
   assert process.returncode == 0, err[-2000:]
   return out
@@ -77,7 +79,7 @@ def test_reading_a_live_run_never_disturbs_it(finished_run, tmp_path):
                              str(live), str(scratch)], env=ENV, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, cwd=Path(__file__).parents[1])
   _wait_for(lambda: (scratch / "ready").exists(), "the reader's warm-up", process=reader)
-  trainer = _train_process(live, 150)
+  trainer = _train_process(live, STEPS)
   _, err = trainer.communicate(timeout=600)
   (scratch / "stop").write_text("")
   reader.communicate(timeout=300)
@@ -86,7 +88,7 @@ def test_reading_a_live_run_never_disturbs_it(finished_run, tmp_path):
   reads = [json.loads(line) for line in (scratch / "reads.jsonl").read_text().splitlines()]
   errors = [r for r in reads if "error" in r]
   assert not errors, errors[0]["trace"]
-  live_reads = [r["step"] for r in reads if "step" in r and r["step"] < 150]
+  live_reads = [r["step"] for r in reads if "step" in r and r["step"] < STEPS]
   assert len(live_reads) >= 3, reads  # the reads overlapped the training
   assert_trees_equal(run_lib.load_run(live).state, run_lib.load_run(finished_run).state)
 
@@ -94,11 +96,11 @@ def test_reading_a_live_run_never_disturbs_it(finished_run, tmp_path):
 def test_readers_write_nothing(finished_run, tmp_path, capsys, caplog):
   """Not a file is created, changed or removed in the run folder, not even the temporary folder
   of a checkpoint being saved; readers print and log no warning."""
-  pending = finished_run / "checkpoints" / "151.orbax-checkpoint-tmp"
+  pending = finished_run / "checkpoints" / f"{STEPS + 1}.orbax-checkpoint-tmp"
   pending.mkdir(exist_ok=True)
   (pending / "being_written").write_text("a save in progress")
   before = _snapshot(finished_run)
-  assert run_lib.load_run(finished_run).step == 150
+  assert run_lib.load_run(finished_run).step == STEPS
   assert cli.main(["eval", str(finished_run), "--episodes", "1"]) == 0
   assert cli.main(["export", str(finished_run), "--out", str(tmp_path / "l.npz")]) == 0
   assert cli.main(["plot", str(finished_run), "--out", str(tmp_path / "p.png")]) == 0

@@ -12,7 +12,7 @@ from meta_train.engine import sharding
 from tests import optional
 
 SCRIPT = textwrap.dedent("""
-    import json, os
+    import json, os, sys
     os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
     import jax, numpy as np, lopt_meta, tasks
     from meta_train.estimators import NRES, PES, FullES, TBPTT, OverTasks
@@ -42,6 +42,7 @@ SCRIPT = textwrap.dedent("""
         cases["full_es_swimmer"] = (swimmer, lambda d: FullES(swimmer, num_particles=8, sigma=0.3, devices=d))
     except lopt_meta.ConfigError:
         pass
+    cases = {name: case for name, case in cases.items() if name in sys.argv[1:]}
     out = {"devices": len(jax.devices())}
     for name, (system, make) in cases.items():
         many, one = make(None), make(jax.devices()[:1])
@@ -57,13 +58,22 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
-def test_four_devices_give_the_single_device_estimate():
+# Each estimator's sharded path, a learned optimizer and the MuJoCo host callback (once per step
+# per device) in the quick tier; PES (NRES's window path), a task distribution (its members'
+# NRES) and FullES on MuJoCo are slow.
+CASES = {"quick": ["nres_lorenz", "full_es_lorenz", "tbptt_lorenz", "nres_lopt", "nres_swimmer"],
+         "slow": ["pes_lorenz", "over_tasks_lopt", "full_es_swimmer"]}
+MUJOCO_CASES = {"nres_swimmer", "full_es_swimmer"}
+
+
+@pytest.mark.parametrize("group", ["quick", pytest.param("slow", marks=pytest.mark.slow)])
+def test_four_devices_give_the_single_device_estimate(group):
   """Every case's estimate on 4 devices is the single-device one; the MuJoCo cases (the host
   callback) run where the rl extra is installed: without it the test checks the other cases and
   then skips (fails under CI, see tests/optional.py)."""
   env = dict(os.environ, JAX_PLATFORMS="cpu")  # XLA_FLAGS (see conftest) pass on
-  result = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True,
-                          timeout=600)
+  result = subprocess.run([sys.executable, "-c", SCRIPT, *CASES[group]], env=env,
+                          capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
   import json
   out = json.loads(result.stdout.strip().splitlines()[-1])
@@ -74,8 +84,9 @@ def test_four_devices_give_the_single_device_estimate():
     assert r["rel_diff"] < 1e-4, (name, r)  # the same estimate up to float summation order
     # Worker state split over the 4 devices; FullES keeps none between estimates.
     assert r["shards"] == (None if name.startswith("full_es") else 4), (name, r)
+  assert set(CASES[group]) - MUJOCO_CASES <= set(out) <= {"devices", *CASES[group]}
   optional.require_mujoco()
-  assert "nres_swimmer" in out and "full_es_swimmer" in out
+  assert set(CASES[group]) <= set(out)
 
 
 def test_pairs_that_do_not_split_evenly_are_rejected():

@@ -104,7 +104,9 @@ def test_step_unlocked_positions_cover_the_horizon_with_real_burn_in(W, support,
   assert not np.any(np.asarray(locked.init(KEY, system.theta0).t))
 
 
-@pytest.mark.parametrize("name", ["nres", "pes", "gpes", "tes"])
+# PES is GPES with a block of one window (quick: NRES, GPES, truncated ES; PES slow).
+@pytest.mark.parametrize("name", ["nres", pytest.param("pes", marks=pytest.mark.slow), "gpes",
+                                  "tes"])
 def test_window_forms_agree_exactly(name):
   """A window whose events all fall on its first step runs as a plain scan (events applied
   before it); the general form (per-step selects) gives the same result. Aligned pairs (W | T,
@@ -159,7 +161,9 @@ def test_burn_in_matches_running_the_system():
                                  rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("name", ["nres", "pes", "full_es", "tes"])
+# The window estimators share the masking (quick: NRES and FullES; PES and truncated ES slow).
+@pytest.mark.parametrize("name", ["nres", pytest.param("pes", marks=pytest.mark.slow), "full_es",
+                                  pytest.param("tes", marks=pytest.mark.slow)])
 def test_nonfinite_losses_are_masked_and_counted(name):
   """Both particles of a pair see NaN on the same steps (shared keys): each such (pair, step) is
   counted once in metrics["nonfinite"], the estimate stays finite, and the finite steps alone
