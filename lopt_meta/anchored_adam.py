@@ -33,7 +33,13 @@ t/T and loss trends, RMS-normalized directions). Per step, with ``g`` the flat g
    ``c = correction * rms_i(a) * d * tanh(r) / r``, ``r = rms_i(d)`` (``rms_i(c) <= correction
    rms_i(a)``).
 
-``step_i = lr mup_i exp(clip(s_i)) (a + c)`` and ``p <- p - step``. Whatever theta is, every
+6. **Schedule** (``schedule=True``, a fixed prior, not learned): the base rate times
+   ``w(t)``, the warmup + cosine of ``meta-train bench``'s ``adam_wc`` over the ``T`` told to
+   :meth:`init`: ``w = k / K`` for the step ``k < K`` (``k`` steps taken before this one,
+   ``K = max(1, floor(warmup T))``), then ``0.5 (1 + cos(pi min(1, (k - K) / max(1, T - K))))``.
+   With ``schedule=False``, or where ``T`` is unknown, ``w = 1``.
+
+``step_i = lr w mup_i exp(clip(s_i)) (a + c)`` and ``p <- p - step``. Whatever theta is, every
 tensor's step has an RMS within ``exp(max_log_multiplier) (1 + correction)`` of its base step's.
 :meth:`init_theta` zeroes both networks' last layers: ``s = 0`` and ``c = 0``, so **before
 meta-training the optimizer is exactly its base** (Adam at ``lr``, muP-scaled), bit for bit.
@@ -42,7 +48,7 @@ Without ``num_steps`` (``None`` or 0) the progress features stay at their value 
 the optimizer applies its start-of-training modulation throughout, with no schedule to the end.
 The constructor's switches remove one part each (for ablations): ``mup=False`` (all scales 1),
 ``multiplier=False`` (``s = 0``), ``correction=0`` (no per-parameter network), ``progress=False``
-(the global features are zero).
+(the global features are zero); ``schedule=True`` adds one (item 6).
 """
 
 from __future__ import annotations
@@ -139,6 +145,8 @@ class AnchoredAdam(LearnedOptimizer):
     correction: the largest RMS of the per-parameter correction relative to Adam's direction
       (0: no per-parameter network).
     mup, multiplier, progress: the switches of the module docstring.
+    schedule: whether the base rate follows the warmup + cosine of item 6 over ``num_steps``.
+    warmup: the schedule's warmup, a fraction of ``num_steps`` in ``[0, 1)``.
     tensor_hidden, param_hidden: hidden widths of the two networks.
 
   >>> import jax, jax.numpy as jnp
@@ -160,7 +168,8 @@ class AnchoredAdam(LearnedOptimizer):
   def __init__(self, *, learning_rate: float = 3e-3, b1: float = 0.9, b2: float = 0.999,
                eps: float = 1e-8, base_fan_in: float = 64.0, max_log_multiplier: float = 2.0,
                correction: float = 0.5, mup: bool = True, multiplier: bool = True,
-               progress: bool = True, tensor_hidden: tuple[int, ...] = (16,),
+               progress: bool = True, schedule: bool = False, warmup: float = 0.05,
+               tensor_hidden: tuple[int, ...] = (16,),
                param_hidden: tuple[int, ...] = (8, 8)):
     for field, value in (("learning_rate", learning_rate), ("base_fan_in", base_fan_in)):
       if not (isinstance(value, (int, float)) and value > 0 and math.isfinite(value)):
@@ -169,6 +178,8 @@ class AnchoredAdam(LearnedOptimizer):
       raise ValueError(f"max_log_multiplier: must be >= 0; got {max_log_multiplier!r}")
     if not correction >= 0:
       raise ValueError(f"correction: must be >= 0; got {correction!r}")
+    if not (isinstance(warmup, (int, float)) and 0 <= warmup < 1):
+      raise ValueError(f"warmup: must be in [0, 1); got {warmup!r}")
     if len(tuple(param_hidden)) != 2:
       raise ValueError(f"param_hidden: two hidden widths; got {param_hidden!r}")
     self.learning_rate, self.b1, self.b2, self.eps = (float(learning_rate), float(b1), float(b2),
@@ -177,6 +188,7 @@ class AnchoredAdam(LearnedOptimizer):
     self.max_log_multiplier = float(max_log_multiplier)
     self.correction = float(correction)
     self.mup, self.multiplier, self.progress = bool(mup), bool(multiplier), bool(progress)
+    self.schedule, self.warmup = bool(schedule), float(warmup)
     self.tensor_hidden = tuple(int(h) for h in tensor_hidden)
     self.param_hidden = tuple(int(h) for h in param_hidden)
     self._tensor_net = _Dense(self.tensor_hidden)
@@ -185,7 +197,8 @@ class AnchoredAdam(LearnedOptimizer):
     return {"learning_rate": self.learning_rate, "b1": self.b1, "b2": self.b2, "eps": self.eps,
             "base_fan_in": self.base_fan_in, "max_log_multiplier": self.max_log_multiplier,
             "correction": self.correction, "mup": self.mup, "multiplier": self.multiplier,
-            "progress": self.progress, "tensor_hidden": list(self.tensor_hidden),
+            "progress": self.progress, "schedule": self.schedule, "warmup": self.warmup,
+            "tensor_hidden": list(self.tensor_hidden),
             "param_hidden": list(self.param_hidden)}
 
   # ---- theta ----
@@ -234,6 +247,8 @@ class AnchoredAdam(LearnedOptimizer):
     scales = mup_scales(layout, self.base_fan_in) if self.mup else np.ones(
         len(layout.sizes), np.float32)
     factor = jnp.asarray(-self.learning_rate * scales)  # [S]: -lr mup_i, float32
+    if self.schedule:
+      factor = factor * self._schedule(state.count, state.num_steps)
     direction = adam
     loss_ema, loss_count, loss_start = self._loss_statistics(state, loss)
     if self.multiplier or self.correction > 0:
@@ -254,6 +269,16 @@ class AnchoredAdam(LearnedOptimizer):
     return updates, AnchoredAdamState(mu=mu, nu=nu, count=count, num_steps=state.num_steps,
                                       loss_ema=loss_ema, loss_count=loss_count,
                                       loss_start=loss_start)
+
+  def _schedule(self, taken, num_steps) -> jax.Array:
+    """``[]`` float32: ``w`` of item 6 for the step after ``taken`` steps of ``num_steps``."""
+    k = taken.astype(jnp.float32)
+    known = num_steps > 0
+    total = jnp.where(known, num_steps, 1.0)
+    warm = jnp.maximum(1.0, jnp.floor(self.warmup * total))
+    frac = jnp.clip((k - warm) / jnp.maximum(1.0, total - warm), 0.0, 1.0)
+    w = jnp.where(k < warm, k / warm, 0.5 * (1.0 + jnp.cos(jnp.pi * frac)))
+    return jnp.where(known, w, 1.0).astype(jnp.float32)
 
   def _loss_statistics(self, state, loss):
     """The loss EMAs, count and first loss after this step's ``loss`` (unchanged without one)."""

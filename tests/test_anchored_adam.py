@@ -192,6 +192,8 @@ def test_bad_options_are_one_error_naming_the_field():
     lopt_meta.AnchoredAdam(learning_rate=0)
   with pytest.raises(ValueError, match=r"^correction: must be >= 0; got -1"):
     lopt_meta.AnchoredAdam(correction=-1)
+  with pytest.raises(ValueError, match=r"^warmup: must be in \[0, 1\); got 1"):
+    lopt_meta.AnchoredAdam(warmup=1)
   with pytest.raises(ValueError, match=r"^param_hidden: two hidden widths; got \(8,\)"):
     lopt_meta.AnchoredAdam(param_hidden=(8,))
 
@@ -221,3 +223,37 @@ def test_num_steps_reaches_the_state_through_optax_and_export(tmp_path):
   assert float(lopt_meta.load_optimizer(path, num_steps=300).init(params).num_steps) == 300
   tx = lopt_meta.load_pretrained(num_steps=123)
   tx.init(params)  # every shipped optimizer takes num_steps (and may ignore it)
+
+
+@pytest.mark.parametrize("num_steps", [30, 47, 400])
+def test_the_schedule_is_the_bench_warmup_cosine(num_steps):
+  """``schedule=True`` without muP and learned parts is ``optax.adam`` at ``meta-train bench``'s
+  ``adam_wc`` schedule over ``num_steps`` (the first step zero, the warmup, the cosine to 0)
+  over 30 jitted steps (for 400 steps: the warmup's 20 steps, then the cosine's start), to 1e-6
+  relative or 1e-6 ``lr`` absolute: near the cosine's end ``1 + cos`` cancels, so one ulp of the
+  cosine (the two programs fuse it differently) is many ulps of a small step. With
+  ``num_steps`` unknown the schedule is 1: the unscheduled base bit for bit."""
+  from meta_train.command import bench
+  lr = 3e-3
+  base = lopt_meta.AnchoredAdam(learning_rate=lr, mup=False, multiplier=False, correction=0.0,
+                                schedule=True)
+  plain = lopt_meta.AnchoredAdam(learning_rate=lr, mup=False, multiplier=False, correction=0.0)
+  reference = optax.adam(bench.warmup_cosine(lr, num_steps))
+  params_l = params_r = _params()
+  state_l, state_r = base.init(params_l, num_steps=num_steps), reference.init(params_r)
+  state_u, state_p = base.init(params_l), plain.init(params_l)
+  step_l = jax.jit(lambda g, s, p: base.update({}, g, s, p))
+  step_p = jax.jit(lambda g, s, p: plain.update({}, g, s, p))
+  step_r = jax.jit(reference.update)
+  for i in range(30):
+    grads = _grads(params_l, i)
+    u_l, state_l = step_l(grads, state_l, params_l)
+    u_r, state_r = step_r(grads, state_r, params_r)
+    for x, y in zip(jax.tree.leaves(u_l), jax.tree.leaves(u_r)):
+      np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-6 * lr)
+    if i == 0:
+      assert all(float(jnp.max(jnp.abs(x))) == 0.0 for x in jax.tree.leaves(u_l))
+    u_u, state_u = step_l(grads, state_u, params_l)
+    u_p, state_p = step_p(grads, state_p, params_l)
+    assert_trees_equal(u_u, u_p)
+    params_l = params_r = optax.apply_updates(params_l, u_l)
