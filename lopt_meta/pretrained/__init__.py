@@ -21,6 +21,11 @@ from lopt_meta.errors import ConfigError
 FOLDER = Path(__file__).resolve().parent
 
 PRETRAINED: dict[str, str] = {
+    "anchored_wc_nres": "AnchoredAdam with its warmup + cosine schedule (Adam x muP at 3e-2 over "
+                        "the num_steps it is told, a bounded learned per-tensor multiplier and "
+                        "per-parameter correction, progress-aware) meta-trained with NRES over 9 "
+                        "tasks (MLPs of widths 64-1024, CNNs, an LSTM); chosen by "
+                        "meta-validation; see the README's card",
     "anchored_mix_nres": "AnchoredAdam (Adam x muP at 1e-2, a bounded learned per-tensor "
                          "multiplier and per-parameter correction, progress-aware) meta-trained "
                          "with NRES over 9 tasks (MLPs of widths 64-1024, CNNs, an LSTM); chosen "
@@ -29,7 +34,7 @@ PRETRAINED: dict[str, str] = {
                       "structures (digits, FashionMNIST 8x8/28x28 MLPs and CNNs, an LSTM copy "
                       "task); see the README's card",
 }
-DEFAULT = "anchored_mix_nres"
+DEFAULT = "anchored_wc_nres"
 
 
 def path(name: str = DEFAULT) -> Path:

@@ -8,7 +8,7 @@
     meta-train export RUN_DIR --out lopt.npz                  # the learned optimizer, for optax
     meta-train plot RUN_DIR [RUN_DIR ...] --out runs.png
     meta-train search --task many_hparams --budget 60000 --out checkpoints/random  # a baseline
-    meta-train bench anchored_mix_nres --seeds 3             # the held-out suite vs tuned Adam
+    meta-train bench anchored_wc_nres --seeds 3              # the held-out suite vs tuned Adam
 
 Flags come from the typed configuration in :mod:`meta_train.command.config` (parsed by ``tyro``, which is
 imported when a command line is parsed, not with this module). Bad
