@@ -9,6 +9,10 @@
 * When JAX's default backend is not the CPU, no compiler is looked for, nothing is built or
   loaded, and the learned optimizers run in plain JAX (simulated: the backend query answers
   ``"gpu"`` and every way to a compiler raises), with the plain path's estimates.
+
+The quick tier (``-m "not slow"``) compares the paths on the default learned optimizer with NRES
+(``mlp-nres``); the ``slow`` cases add PES, FullES and the Adafactor-featured optimizer
+(``adafac-nres``), each of which compiles programs of its own.
 """
 
 from __future__ import annotations
@@ -174,8 +178,13 @@ def plain_estimates(request):
   return case, estimates
 
 
+QUICK_CASE = "mlp-nres"  # the default learned optimizer and estimator; the others are slow
+
+
 @pytest.mark.parametrize("kernel_path", ["kernel", "accelerator"], indirect=True)
-@pytest.mark.parametrize("plain_estimates", sorted(CASES), indirect=True)
+@pytest.mark.parametrize("plain_estimates", [c if c == QUICK_CASE else
+                                             pytest.param(c, marks=pytest.mark.slow)
+                                             for c in sorted(CASES)], indirect=True)
 def test_the_kernel_and_accelerator_paths_give_the_plain_paths_estimates(plain_estimates,
                                                                          kernel_path,
                                                                          monkeypatch):
@@ -192,7 +201,7 @@ def test_the_kernel_and_accelerator_paths_give_the_plain_paths_estimates(plain_e
   _assert_same_estimates(got, want)
 
 
-@pytest.mark.parametrize("plain_estimates", ["mlp-nres"], indirect=True)
+@pytest.mark.parametrize("plain_estimates", [QUICK_CASE], indirect=True)
 def test_no_compiler_is_looked_for_when_the_backend_is_not_the_cpu(plain_estimates):
   """A fresh process whose backend query answers "gpu": importing and running the learned
   optimizers (both fused operations, and an NRES estimate) looks for no compiler, starts no

@@ -1,4 +1,9 @@
-"""The held-out benchmark (meta-train bench) and the pretrained optimizers in the package."""
+"""The held-out benchmark (meta-train bench) and the pretrained optimizers in the package.
+
+The quick tier (``-m "not slow"``) keeps a bench row (every baseline tuned; Adam at a rate of its
+grid reproduces that grid point exactly) and the command with stored baselines (its JSON line, read
+back); the ``slow`` tests add the command over two seeds (the table, the spreads, ``--results``
+and the plot) and Adam at the suite's one-rate row's rate, benched three times over."""
 
 import json
 import math
@@ -68,6 +73,7 @@ def test_a_diverging_run_is_flagged_and_never_best():
   assert list(runs.diverged) == [False, True]
 
 
+@pytest.mark.slow  # quick: test_stored_baselines_are_reused_exactly (the command, one seed)
 def test_bench_command_prints_a_table_and_a_json_line(tmp_path, capsys, monkeypatch):
   """Two seeds: one row per task and seed (different initializations, different losses), the
   JSON line's geometric means are the means of the per-seed ones with their min and max, and
@@ -91,6 +97,7 @@ def test_bench_command_prints_a_table_and_a_json_line(tmp_path, capsys, monkeypa
   assert (tmp_path / "b.png").stat().st_size > 0
 
 
+@pytest.mark.slow  # quick: the bench row at a rate of its grid (above)
 def test_adam_at_the_one_rate_for_the_suite_is_that_row_exactly():
   """Bench Adam at the rate that the one-rate row picks: its runs are that row's runs (same
   initialization and batches), so it is exactly 1.0x the row and its ratio to tuned Adam is the

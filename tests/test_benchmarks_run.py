@@ -5,9 +5,11 @@ only proves a script imports; this proves its whole path still runs against toda
 Two run at a time. The sweeps that save each finished run (``--out``) are started a second time:
 they must load what the first saved, print the same table, and rewrite nothing.
 
-The variance benchmark's default part (the systems' table) is ``slow``: the quick tier runs the
-same script end to end through its other part (``--part lopt``: its replicator, bootstrap and JSON
-line). The policy-learning rows need MuJoCo (tests/optional.py)."""
+The quick tier (``-m "not slow"``) runs the policy-learning row end to end (NRES and FullES, the
+estimators' driver), starts it again on its saved runs and with another configuration; the
+``slow`` tests add the copy task (truncated backprop's path, and its saved runs) and both parts of
+the variance benchmark (the systems' table and the learned optimizer's, each about a minute here).
+The policy-learning rows need MuJoCo (tests/optional.py)."""
 
 from __future__ import annotations
 
@@ -26,9 +28,10 @@ TINY = {
     "variance": (["--replicates", "4", "--bootstrap", "10"], ["results"]),
     "variance_lopt": (["--part", "lopt", "--replicates", "2", "--strata", "2", "--points", "2",
                        "--meta-steps", "1", "--bootstrap", "10"], ["results", "strata"]),
-    # NRES and truncated backprop take the driver's two paths (ES estimators, backprop).
+    # NRES and truncated backprop take the driver's two paths (ES estimators, backprop); 1000
+    # tokens still give each a few updates and scores (NRES's burn-in alone ingests 704).
     "copy_task": (["--estimators", "nres,tbptt", "--hidden", "4", "--particles", "4",
-                   "--horizon", "10", "--max-length", "3", "--tokens", "3000", "--truncations",
+                   "--horizon", "10", "--max-length", "3", "--tokens", "1000", "--truncations",
                    "5", "--seeds", "1", "--check-every", "2"],
                   ["table", "curves"]),
     "policy_learning": (["--task", "swimmer", "--seeds", "1", "--estimators", "nres,full_es",
@@ -37,7 +40,7 @@ TINY = {
 
 
 RESUMABLE = ("copy_task", "policy_learning")
-SLOW = ("variance",)
+SLOW = ("variance", "variance_lopt", "copy_task")
 NEEDS = {"policy_learning": optional.mujoco_missing}  # name -> what says its missing part
 
 
@@ -93,7 +96,8 @@ def test_tiny_run(name, results):
     assert record.get(field), f"{name}: no {field!r} in its JSON line:\n{output}"
 
 
-@pytest.mark.parametrize("name", RESUMABLE)
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n
+                                  for n in RESUMABLE])
 def test_rerun_loads_the_saved_runs(name, results, out_dirs):
   """A second start with the same ``--out`` loads every saved run: the same JSON line, and the
   files are neither rewritten nor added to."""

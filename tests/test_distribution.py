@@ -1,5 +1,9 @@
 """Task distributions: the inner-training core's augmentations, the OverTasks estimator, the
-declaration (Python, YAML, --task NAME), and exact resume of a multi-task run."""
+declaration (Python, YAML, --task NAME), and exact resume of a multi-task run.
+
+The quick tier (``-m "not slow"``) draws members of three state structures that are small analytic
+systems; the ``slow`` tests draw a learned optimizer's MLP, CNN and LSTM tasks, add PES's
+one-member distribution and the multi-task run's exact resume."""
 
 import json
 import math
@@ -100,18 +104,41 @@ def test_one_member_distribution_is_the_single_task_estimate(kind):
     ws_over = ws_over.replace(members=(ws_single,))  # the next window from the same workers
 
 
-def test_only_the_drawn_member_advances_and_every_member_is_drawn():
-  """Three structures (an MLP, a CNN, an LSTM) in one program: each step advances the drawn
-  member's particles alone; the others continue where they stopped when drawn again."""
+def _three_structures(kind):
+  """Three members whose states differ in structure and whose horizons differ, sharing one theta:
+  ``"analytic"`` small systems (a vector, a dict with a counter, a matrix), or ``"lopt"`` a
+  learned optimizer training an MLP, a CNN and an LSTM. Returns ``(systems, theta0)``."""
+  if kind == "analytic":
+    theta0 = jnp.asarray([0.5, -0.2, 0.1])
+    vector = tasks.UnrolledSystem(
+        init=lambda key: jnp.ones(3), horizon=20, theta0=theta0,
+        step=lambda theta, s, key: (0.9 * s + theta, jnp.sum((s - 2.0) ** 2)))
+    counted = tasks.UnrolledSystem(
+        init=lambda key: {"x": jax.random.normal(key, (3,)), "n": jnp.zeros((), jnp.int32)},
+        step=lambda theta, s, key: ({"x": 0.5 * s["x"] + theta, "n": s["n"] + 1},
+                                    jnp.sum(s["x"] ** 2)), horizon=15, theta0=theta0)
+    matrix = tasks.UnrolledSystem(
+        init=lambda key: jnp.zeros((2, 3)), horizon=10, theta0=theta0,
+        step=lambda theta, s, key: (s + theta * jax.random.normal(key, (2, 3)),
+                                    jnp.mean(jnp.abs(s))))
+    return {"a": vector, "b": counted, "c": matrix}, theta0
   lopt = lopt_meta.MLPLOpt()
-  theta0 = lopt.init_theta(jax.random.key(0))
-  systems = {
+  return {
       "a": tasks.learned_optimizer_system(tasks.get_inner_task(
           "image_mlp", dataset="digits", hidden_sizes=(8,), batch_size=32), lopt, horizon=20),
       "b": tasks.learned_optimizer_system(tasks.get_inner_task(
           "image_conv", dataset="digits", channels=(4,), batch_size=16), lopt, horizon=15),
       "c": tasks.learned_optimizer_system(tasks.get_inner_task(
-          "lstm_copy", hidden_size=8, max_length=4, batch_size=8), lopt, horizon=10)}
+          "lstm_copy", hidden_size=8, max_length=4, batch_size=8), lopt, horizon=10),
+  }, lopt.init_theta(jax.random.key(0))
+
+
+@pytest.mark.parametrize("kind", ["analytic", pytest.param("lopt", marks=pytest.mark.slow)])
+def test_only_the_drawn_member_advances_and_every_member_is_drawn(kind):
+  """Three structures in one program (small analytic systems; slow: a learned optimizer's MLP,
+  CNN and LSTM): each step advances the drawn member's particles alone; the others continue where
+  they stopped when drawn again."""
+  systems, theta0 = _three_structures(kind)
   members = {n: NRES(s, num_particles=4, sigma=0.01, unroll_length=5) for n, s in systems.items()}
   over = OverTasks(members)
   theta = theta0

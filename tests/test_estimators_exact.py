@@ -1,4 +1,9 @@
-"""Identities the maths makes exact: equal up to float rounding, not statistically."""
+"""Identities the maths makes exact: equal up to float rounding, not statistically.
+
+The quick tier (``-m "not slow"``) checks every identity, NRES with W = T against FullES on
+Lorenz's random initial conditions and GPES with K = T against NRES on step-unlocked workers; the
+``slow`` cases add toy2d and the linear system with a pytree theta to the first, lockstep workers
+to the second."""
 
 import jax
 import numpy as np
@@ -17,8 +22,8 @@ def _close(a, b, rtol=2e-5, atol=1e-6):
 
 @pytest.mark.parametrize("system", [
     tasks.get("lorenz", horizon=60, init_sigma=0.5),  # random initial conditions
-    tasks.get("toy2d", horizon=30),
-    systems.linear_pytree(16),
+    pytest.param(tasks.get("toy2d", horizon=30), marks=pytest.mark.slow),
+    pytest.param(systems.linear_pytree(16), marks=pytest.mark.slow),
 ], ids=lambda s: s.name)
 def test_nres_with_window_equal_to_horizon_is_full_es(system):
   theta = system.theta0
@@ -51,7 +56,7 @@ def test_nres_averaged_over_an_episode_is_full_es(system):
   np.testing.assert_allclose(np.mean(grads, axis=0), systems.flat(g_full), rtol=2e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("lockstep", [True, False])
+@pytest.mark.parametrize("lockstep", [pytest.param(True, marks=pytest.mark.slow), False])
 def test_gpes_with_block_of_horizon_is_nres(lockstep):
   system = tasks.get("lorenz", horizon=50, init_sigma=0.3)
   a = NRES(system, num_particles=8, sigma=0.04, unroll_length=7, lockstep=lockstep)

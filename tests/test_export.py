@@ -1,4 +1,9 @@
-"""Export: a learned optimizer as one file, loaded back as an optax transformation."""
+"""Export: a learned optimizer as one file, loaded back as an optax transformation.
+
+The quick tier (``-m "not slow"``) saves, reads back and trains with exported optimizers (``meta-train
+export`` and ``eval`` of a learned-optimizer run are quick in tests/test_run_readers.py); the
+``slow`` test adds a learned-optimizer run evaluated against Adam, exported, and refused a second
+export over the first."""
 
 import json
 
@@ -95,6 +100,7 @@ LOPT_RUN = ["train", "--task", "digits_mlp", "--lopt", "mlp", "--estimator", "nr
             "--eval-episodes", "2", "--wandb", "disabled"]
 
 
+@pytest.mark.slow
 def test_export_command_and_learned_optimizer_run(tmp_path, capsys):
   out = tmp_path / "run"
   assert cli.main(LOPT_RUN + ["--out", str(out)]) == 0

@@ -1,4 +1,10 @@
-"""Inner tasks and learned-optimizer training as an unrolled system."""
+"""Inner tasks and learned-optimizer training as an unrolled system.
+
+The quick tier (``-m "not slow"``) trains a one-stage ResNet (width 8) on mock CIFAR-10; the
+``slow`` tests train the registered ResNet-8 (its programs are lowered, in the quick tier, by
+tests/test_preflight.py) and check NRES against FullES through a learned optimizer's system (on
+analytic systems and Swimmer that identity is quick: tests/test_estimators_exact.py,
+tests/test_policy_learning.py)."""
 
 import math
 
@@ -62,10 +68,13 @@ def test_digits_mlp_learns_with_adam():
   assert losses[:10].mean() > 1.5 and losses[-50:].mean() < 0.3
 
 
-def test_cifar10_resnet_runs_on_mock_data():
+@pytest.mark.parametrize("widths", [(8,), pytest.param(None, marks=pytest.mark.slow)],
+                         ids=["one_stage", "resnet8"])
+def test_cifar10_resnet_runs_on_mock_data(widths):
   data.load.cache_clear()
   with tfds.testing.mock_data(num_examples=40):
-    task = tasks.get_inner_task("cifar10_resnet", batch_size=8)
+    task = tasks.get_inner_task("cifar10_resnet", batch_size=8,
+                                **({} if widths is None else {"widths": widths}))
   data.load.cache_clear()
   losses = _train(task, optax.adam(1e-3), 3)
   assert losses.shape == (3,) and np.all(np.isfinite(losses))
@@ -174,6 +183,7 @@ def test_diverging_inner_training_costs_a_bounded_meta_loss():
   np.testing.assert_allclose(losses[-5:], 1.5 * math.log(10), rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_nres_on_a_learned_optimizer_system_is_full_es_when_the_window_is_the_episode():
   """In lockstep with W = T every window is one whole episode with one noise draw: NRES is then
   FullES on the same keys (the paper's remark), here through the learned optimizer's system."""

@@ -1,6 +1,11 @@
 """The fused key derivation is bit-identical to jax.random (and falls back to it where it cannot);
 every public function that takes a key takes typed and raw (``jax.random.PRNGKey``) keys alike,
-with the same results, and refuses anything else with one clear error."""
+with the same results, and refuses anything else with one clear error.
+
+The quick tier (``-m "not slow"``) runs the estimates with both kinds of keys for NRES, FullES and
+truncated backprop (and every estimator's refusal of bad keys); the ``slow`` cases add PES, GPES
+and truncated ES (NRES's window engine), Lorenz, and FullES and truncated backprop under the
+user's jit and vmap."""
 
 import jax
 import jax.extend.random as jex_random
@@ -180,12 +185,19 @@ def test_every_estimator_is_covered():
   assert set(_estimators(systems.recorder(), 3)) == set(ESTIMATORS)
 
 
-@pytest.mark.parametrize("name", sorted(ESTIMATORS))
-@pytest.mark.parametrize("system, W", [
-    (systems.recorder(7), 3),                              # random init and steps; W !| T
-    # random initial conditions; W | T (slow: the recorder's rows cover every estimator's keys)
-    pytest.param(tasks.get("lorenz", horizon=12, init_sigma=0.5), 4, marks=pytest.mark.slow),
-], ids=["recorder", "lorenz"])
+# Keys are made typed where the estimators take them (their base class, the window engine and the
+# workers): the recorder (random init and steps; W !| T) runs NRES, FullES and truncated backprop
+# in the quick tier; PES, GPES and truncated ES (NRES's window engine with other schedules), and
+# Lorenz (random initial conditions; W | T) for every estimator, are slow.
+_KEYED_SYSTEMS = (("recorder", systems.recorder(7), 3),
+                  ("lorenz", tasks.get("lorenz", horizon=12, init_sigma=0.5), 4))
+
+
+@pytest.mark.parametrize("name, system, W", [
+    pytest.param(name, system, W, id=f"{label}-{name}",
+                 marks=() if label == "recorder" and name in ("nres", "full_es", "tbptt")
+                 else pytest.mark.slow)
+    for label, system, W in _KEYED_SYSTEMS for name in sorted(ESTIMATORS)])
 def test_legacy_and_typed_keys_give_identical_estimates(name, system, W):
   """For the same seeds, init and a few outer steps are bit-identical, and the system is handed
   typed keys either way."""

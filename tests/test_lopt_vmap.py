@@ -5,6 +5,12 @@ batched (parameters, gradients, the loss, the optimizer state, theta), and the f
 plain CPU path and the accelerator path must agree with each other to float32 rounding. The
 accelerator path (``jax.vmap`` of the plain MLP rather than a loop of it) is the one GPU and TPU
 users run; it executes here under :func:`lopt_meta.kernels.simulate_accelerator`.
+
+The quick tier (``-m "not slow"``) runs the default learned optimizer (``mlp``) with every mix on
+every path, and every other learned optimizer with its own models under one shared gradient (the
+``params`` mix) on the plain and accelerator paths (whose batching rule had the bug; the kernel's
+``per_parameter_mlp`` under vmap is checked by tests/test_kernels.py); the ``slow`` cases add the
+other optimizers' other mixes, their kernel path and their optax transformations under vmap.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ import pytest
 
 import lopt_meta
 from lopt_meta.base import LearnedOptimizer
-from tests.paths import kernel_path  # noqa: F401  (the fixture)
+from tests.paths import PATHS, kernel_path  # noqa: F401  (the fixture)
 
 B = 3
 LEARNED = sorted(n for n, c in lopt_meta.OPTIMIZERS.items()
@@ -88,10 +94,23 @@ def _close(got, want):
 
 
 _RESULTS: dict[tuple[str, str], dict[str, object]] = {}
+QUICK_LOPT, QUICK_MIX = "mlp", "params"  # the default optimizer; the reported bug's mix
 
 
-@pytest.mark.parametrize("mix", sorted(MIXES))
-@pytest.mark.parametrize("name", LEARNED)
+def _quick(name, mix, path):
+  """Every case of ``QUICK_LOPT``; ``QUICK_MIX`` of the others off the kernel path."""
+  return name == QUICK_LOPT or (mix == QUICK_MIX and path != "kernel")
+
+
+def _cases():
+  """Every learned optimizer, mix and path as ``(name, mix, kernel_path)``, with the fixture's ids
+  (``path-name-mix``); ``slow`` unless :func:`_quick`."""
+  return [pytest.param(name, mix, path, id=f"{path}-{name}-{mix}",
+                       marks=() if _quick(name, mix, path) else pytest.mark.slow)
+          for path in PATHS for name in LEARNED for mix in sorted(MIXES)]
+
+
+@pytest.mark.parametrize("name, mix, kernel_path", _cases(), indirect=["kernel_path"])
 def test_vmapped_update_equals_a_loop_of_single_updates(name, mix, kernel_path):
   lopt = lopt_meta.get_optimizer(name)
   args, in_axes = _inputs(lopt, MIXES[mix])
@@ -111,7 +130,8 @@ def test_vmapped_update_equals_a_loop_of_single_updates(name, mix, kernel_path):
     _close(got, _RESULTS[(name, mix)][other])
 
 
-@pytest.mark.parametrize("name", LEARNED)
+@pytest.mark.parametrize("name", [n if n == QUICK_LOPT else pytest.param(n, marks=pytest.mark.slow)
+                                  for n in LEARNED])
 def test_optax_transformation_under_vmap_with_a_shared_gradient(name, kernel_path):
   """The report's case: ``tx.init`` and ``tx.update`` vmapped over 3 models whose gradient is
   one shared (unbatched) tree."""

@@ -8,12 +8,14 @@ the combination, instead of stalling the suite; the subprocess is killed and a n
 systems left. Two subprocesses run at a time (they are mostly XLA compilation).
 
 The quick tier (``-m "not slow"``) runs the systems in ``QUICK`` under the same time limits: an
-analytic system, one that never resets (FullES refused), the MuJoCo engine's host callback and a
-fixed optimizer (refused): every estimator's programs and every refusal. The other systems (the
-learned optimizers on inner tasks among them) are ``slow``; in the quick tier,
-``tests/test_preflight.py`` still lowers every system's vmapped ``init`` and ``step`` and checks
-them for the LAPACK calls that hung, and learned-optimizer systems run their estimates in
-``tests/test_sharding.py``, ``tests/test_distribution.py`` and ``tests/test_run_readers.py``.
+analytic system that never resets (every estimator but FullES runs, FullES is refused) and a fixed
+optimizer (refused before any compute): the workers, the time limits and the refusals. The other
+systems (the learned optimizers on inner tasks and the MuJoCo tasks among them) are ``slow``; in
+the quick tier, ``tests/test_preflight.py`` still lowers every system's vmapped ``init`` and
+``step`` and checks them for the LAPACK calls that hung, learned-optimizer systems run their
+estimates in ``tests/test_distribution.py``, ``tests/test_accelerator_ready.py`` and
+``tests/test_run_readers.py``, and MuJoCo's host callback in ``tests/test_sharding.py`` and
+``tests/test_policy_learning.py``.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ LIMIT_S = 180.0  # per combination (about 20 s at most here), compilation includ
 
 SLOWEST_FIRST = ("lstm_copy/mlp", "cifar10_resnet/mlp", "digits_mlp/anchored_adam",
                  "digits_mlp/adafac", "many_hparams", "rnn_copy")  # the workers finish together
-QUICK = ("toy2d", "influence_balancing", "swimmer", "digits_mlp/adam")
+QUICK = ("influence_balancing", "digits_mlp/adam")
 # Refused before any compute (a `skip` line with the error): FullES needs episodes that end, and
 # a fixed optimizer has no meta-parameters.
 FIXED = {o for o in lopt_meta.OPTIMIZERS

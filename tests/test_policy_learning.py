@@ -1,6 +1,11 @@
 """Policy learning in MuJoCo: the environments against gymnasium's, termination, the two physics
 backends, the estimators and exact resume on an RL run. (The host callback under the pairs
-sharding: tests/test_sharding.py.)"""
+sharding: tests/test_sharding.py.)
+
+The quick tier (``-m "not slow"``) keeps the environments, termination, the estimators and the two
+backends on Swimmer; the ``slow`` tests add the backends on HalfCheetah and an RL run's exact
+resume through the command line (a run's exact resume is quick in tests/test_run.py, and the
+policy-learning benchmark runs an RL row end to end in tests/test_benchmarks_run.py)."""
 
 import json
 import os
@@ -219,6 +224,7 @@ SWIMMER = ["--task", "swimmer", "--horizon", "40", "--estimator", "nres", "--num
            "--wandb", "disabled"]
 
 
+@pytest.mark.slow
 def test_rl_run_resumes_bitwise_and_logs_returns(tmp_path):
   assert cli.main(["train", *SWIMMER, "--outer-steps", "8", "--out", str(tmp_path / "whole")]) == 0
   assert cli.main(["train", *SWIMMER, "--outer-steps", "5", "--out", str(tmp_path / "split")]) == 0

@@ -17,6 +17,10 @@ step-unlocked workers, so they sit at different positions. Positions must agree 
 noise, credits and the estimate to float rounding (vectorized and scalar code may round a last
 bit differently, and the engine sums a segment's loss differences before multiplying by its
 credit where the reference multiplies step by step).
+
+The quick tier (``-m "not slow"``) checks NRES and GPES_K (whose noise blocks need not start at a
+window); the ``slow`` case adds PES, which is GPES_K with one block per window (checked exactly
+against PES in lockstep by tests/test_estimators_exact.py, quick).
 """
 
 import functools
@@ -78,7 +82,7 @@ def _reference_window(system, theta, ws, key, kind):
   return unravel(gsum / (2 * SIGMA ** 2 * PAIRS * W)), pairs
 
 
-@pytest.mark.parametrize("kind", ["nres", "pes", "gpes"])
+@pytest.mark.parametrize("kind", ["nres", pytest.param("pes", marks=pytest.mark.slow), "gpes"])
 def test_engine_matches_the_reference_loop(kind):
   system = _system()
   theta = system.theta0

@@ -1,5 +1,9 @@
 """The copy task learned directly (tasks/rnn_copy.py): the sequences, the stream, the loss and
-the curriculum's data."""
+the curriculum's data.
+
+The quick tier (``-m "not slow"``) checks the sequences, the stream, the loss and the curriculum
+(a few NRES updates); the ``slow`` test adds learning to copy one bit with truncated backprop
+(300 updates)."""
 
 from __future__ import annotations
 
@@ -89,6 +93,7 @@ def test_copy_loss_is_nats_per_bit():
   assert abs(loss - math.log(2.0)) < 0.1, loss
 
 
+@pytest.mark.slow
 def test_tbptt_learns_length_one():
   """Truncated backprop with W spanning a whole sequence learns to copy one bit (L=1): the
   copy loss falls below 0.15 nats within 300 Adam steps."""

@@ -7,6 +7,11 @@
 * A second ``train --out`` (with or without ``--overwrite``) or ``resume`` of a live run is
   refused with one line naming the holder; a lock left by a process killed with ``kill -9`` does
   not block ``resume``.
+
+The quick tier (``-m "not slow"``) keeps the readers on a finished run (``load_run``, ``eval``,
+``export`` and ``plot`` write nothing, not even near a save in progress) and the one-writer rule;
+the ``slow`` test adds the live run read continuously while it trains, compared bit for bit with
+the undisturbed one.
 """
 
 import json
@@ -32,6 +37,8 @@ LOPT = ["--task", "digits_mlp", "--lopt", "mlp", "--estimator", "nres", "--num-p
 ENV = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
 # Outer steps of the read runs: each saves a checkpoint, so the readers see a few dozen states.
 STEPS = 60
+# Outer steps of the finished run where no live run is read (what the quick tier reads).
+FINISHED_STEPS = 3
 
 
 def _train_process(out: Path, steps: int) -> subprocess.Popen:
@@ -62,16 +69,25 @@ def _snapshot(folder: Path) -> dict[str, tuple[int, int]]:
   return out
 
 
+def _steps(run_dir: Path) -> int:
+  """The outer steps a run was configured to train."""
+  return json.loads((run_dir / "config.json").read_text())["outer"]["outer_steps"]
+
+
 @pytest.fixture(scope="module")
-def finished_run(tmp_path_factory) -> Path:
-  """A finished run of STEPS steps: the undisturbed reference and the readers' warm-up."""
+def finished_run(tmp_path_factory, request) -> Path:
+  """A finished run: of STEPS steps where a live run is read (the undisturbed reference and the
+  readers' warm-up), else of FINISHED_STEPS (the run the readers of a finished run read)."""
+  live = any(getattr(item, "originalname", None) == "test_reading_a_live_run_never_disturbs_it"
+             for item in request.session.items)
   out = tmp_path_factory.mktemp("runs") / "undisturbed"
-  process = _train_process(out, STEPS)
+  process = _train_process(out, STEPS if live else FINISHED_STEPS)
   _, err = process.communicate(timeout=600)
   assert process.returncode == 0, err[-2000:]
   return out
 
 
+@pytest.mark.slow  # quick tier: test_readers_write_nothing (the readers on a finished run)
 def test_reading_a_live_run_never_disturbs_it(finished_run, tmp_path):
   live, scratch = tmp_path / "live", tmp_path / "scratch"
   scratch.mkdir()
@@ -96,11 +112,12 @@ def test_reading_a_live_run_never_disturbs_it(finished_run, tmp_path):
 def test_readers_write_nothing(finished_run, tmp_path, capsys, caplog):
   """Not a file is created, changed or removed in the run folder, not even the temporary folder
   of a checkpoint being saved; readers print and log no warning."""
-  pending = finished_run / "checkpoints" / f"{STEPS + 1}.orbax-checkpoint-tmp"
+  steps = _steps(finished_run)
+  pending = finished_run / "checkpoints" / f"{steps + 1}.orbax-checkpoint-tmp"
   pending.mkdir(exist_ok=True)
   (pending / "being_written").write_text("a save in progress")
   before = _snapshot(finished_run)
-  assert run_lib.load_run(finished_run).step == STEPS
+  assert run_lib.load_run(finished_run).step == steps
   assert cli.main(["eval", str(finished_run), "--episodes", "1"]) == 0
   assert cli.main(["export", str(finished_run), "--out", str(tmp_path / "l.npz")]) == 0
   assert cli.main(["plot", str(finished_run), "--out", str(tmp_path / "p.png")]) == 0

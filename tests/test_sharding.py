@@ -58,11 +58,12 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
-# Each estimator's sharded path, a learned optimizer and the MuJoCo host callback (once per step
-# per device) in the quick tier; PES (NRES's window path), a task distribution (its members'
-# NRES) and FullES on MuJoCo are slow.
-CASES = {"quick": ["nres_lorenz", "full_es_lorenz", "tbptt_lorenz", "nres_lopt", "nres_swimmer"],
-         "slow": ["pes_lorenz", "over_tasks_lopt", "full_es_swimmer"]}
+# Each estimator's sharded path and the MuJoCo host callback (once per step per device) in the
+# quick tier; PES (NRES's window path), a learned optimizer (NRES's path on larger states, about
+# as much compilation as the quick cases together), a task distribution (its members' NRES) and
+# FullES on MuJoCo are slow.
+CASES = {"quick": ["nres_lorenz", "full_es_lorenz", "tbptt_lorenz", "nres_swimmer"],
+         "slow": ["pes_lorenz", "nres_lopt", "over_tasks_lopt", "full_es_swimmer"]}
 MUJOCO_CASES = {"nres_swimmer", "full_es_swimmer"}
 
 

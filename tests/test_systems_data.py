@@ -1,4 +1,8 @@
-"""Systems with episodes of varying length, and systems that read data."""
+"""Systems with episodes of varying length, and systems that read data.
+
+The quick tier (``-m "not slow"``) resets varying-length episodes under NRES and truncated
+backprop (the window engine and backprop's); the ``slow`` cases add PES and truncated ES (the
+window engine with other schedules)."""
 
 import jax
 import numpy as np
@@ -12,7 +16,8 @@ from tests import systems
 KEY = jax.random.key(0)
 
 
-@pytest.mark.parametrize("cls", [NRES, PES, TruncatedES, TBPTT])
+@pytest.mark.parametrize("cls", [NRES, pytest.param(PES, marks=pytest.mark.slow),
+                                 pytest.param(TruncatedES, marks=pytest.mark.slow), TBPTT])
 def test_episodes_of_varying_length_reset_at_their_own_end(cls):
   system = systems.varying_length(5, 11)
   kwargs = {} if cls is TBPTT else {"sigma": 0.1}

@@ -1,4 +1,7 @@
-"""Meta-validation during a run (the best theta kept as best.npz) and ``--init-from``."""
+"""Meta-validation during a run (the best theta kept as best.npz) and ``--init-from``.
+
+The quick tier (``-m "not slow"``) keeps a meta-validated run (``--init-from`` its ``best.npz``)
+and every refusal; the ``slow`` test adds ``--init-from`` a pretrained optimizer's name."""
 
 import json
 
@@ -59,6 +62,7 @@ def test_a_run_keeps_the_theta_with_the_best_heldout_score(tmp_path, tiny_valida
   assert first["step"] == 0 and first["eval_heldout"] == best["eval_heldout"]
 
 
+@pytest.mark.slow
 def test_init_from_a_pretrained_name_starts_at_its_theta(tmp_path):
   """``--init-from NAME`` loads the shipped weights: the run's theta at step 0 is theirs."""
   out = tmp_path / "run"

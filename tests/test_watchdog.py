@@ -1,5 +1,9 @@
 """A stalled or stuck run: the stall warning, and SIGINT/SIGTERM ending a compiled step that never
-returns, with the checkpoints intact."""
+returns, with the checkpoints intact.
+
+The quick tier (``-m "not slow"``) runs the watchdog on its own (grace period, second signal,
+writes, stall warnings) and one real stuck run ended by SIGTERM after the grace period; the
+``slow`` case adds a real stuck run ended at once by a second SIGINT."""
 
 import json
 import os
@@ -130,8 +134,10 @@ def _checkpoint_steps(run_dir):
   return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
 
 
-@pytest.mark.parametrize("signum, second_signal, grace", [(signal.SIGTERM, False, 2),
-                                                          (signal.SIGINT, True, 600)])
+@pytest.mark.parametrize("signum, second_signal, grace", [
+    (signal.SIGTERM, False, 2),
+    pytest.param(signal.SIGINT, True, 600, marks=pytest.mark.slow),  # quick: the dog on its own
+])
 def test_a_run_stuck_in_its_compiled_step_ends_on_a_signal_and_resumes(
     tmp_path, signum, second_signal, grace):
   """The step blocks in a host callback: the run warns of the stall; SIGTERM ends it after the

@@ -1,4 +1,9 @@
-"""Workers: antithetic pairing, episode resets, step-unlocking, NaN masking, shapes, contract."""
+"""Workers: antithetic pairing, episode resets, step-unlocking, NaN masking, shapes, contract.
+
+PES, GPES and truncated ES run NRES's window engine with other noise schedules (and truncated ES a
+third, unperturbed branch). The quick tier (``-m "not slow"``) checks each property on NRES, and on
+the estimators with engines of their own (FullES, truncated backprop) where it applies; the
+``slow`` cases repeat the window engine's checks on PES, GPES and truncated ES."""
 
 import functools
 
@@ -21,7 +26,8 @@ def test_every_registered_estimator_is_covered():
   assert set(_all(systems.recorder())) == set(ESTIMATORS)
 
 
-@pytest.mark.parametrize("name", ["nres", "pes", "gpes"])
+@pytest.mark.parametrize("name", ["nres", pytest.param("pes", marks=pytest.mark.slow),
+                                  pytest.param("gpes", marks=pytest.mark.slow)])
 def test_pairs_share_start_and_data_and_pairs_differ(name):
   system = systems.recorder(horizon=7)
   est = _all(system, N=16)[name]
@@ -34,7 +40,9 @@ def test_pairs_share_start_and_data_and_pairs_differ(name):
   assert len(np.unique(draws)) == len(draws)  # different pairs see different data
 
 
-@pytest.mark.parametrize("name", ["nres", "pes", "gpes", "tes", "tbptt"])
+@pytest.mark.parametrize("name", ["nres", pytest.param("pes", marks=pytest.mark.slow),
+                                  pytest.param("gpes", marks=pytest.mark.slow),
+                                  pytest.param("tes", marks=pytest.mark.slow), "tbptt"])
 def test_episodes_reset_at_the_horizon(name):
   """The state's own step counter (restarted by init) always agrees with the worker's position t
   (mod T: a pair at t == 0 holds its finished episode's last state until its next step)."""
@@ -104,9 +112,11 @@ def test_step_unlocked_positions_cover_the_horizon_with_real_burn_in(W, support,
   assert not np.any(np.asarray(locked.init(KEY, system.theta0).t))
 
 
-# PES is GPES with a block of one window (quick: NRES, GPES, truncated ES; PES slow).
-@pytest.mark.parametrize("name", ["nres", pytest.param("pes", marks=pytest.mark.slow), "gpes",
-                                  "tes"])
+# The window forms are NRES's engine (quick); PES, GPES (noise blocks) and truncated ES (a third
+# branch) run them with their own schedules and signs (slow).
+@pytest.mark.parametrize("name", ["nres", pytest.param("pes", marks=pytest.mark.slow),
+                                  pytest.param("gpes", marks=pytest.mark.slow),
+                                  pytest.param("tes", marks=pytest.mark.slow)])
 def test_window_forms_agree_exactly(name):
   """A window whose events all fall on its first step runs as a plain scan (events applied
   before it); the general form (per-step selects) gives the same result. Aligned pairs (W | T,
@@ -198,7 +208,10 @@ def test_tbptt_masks_nonfinite_trajectories():
   np.testing.assert_allclose(np.asarray(g), [-2.0, -2.0], rtol=1e-5)
 
 
-@pytest.mark.parametrize("name", list(ESTIMATORS))
+# NRES's window engine, FullES and truncated backprop in the quick tier; PES, GPES and truncated
+# ES (the window engine again) are slow.
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow)
+                                  if n in ("pes", "gpes", "tes") else n for n in ESTIMATORS])
 def test_pytree_theta_shapes_and_contract(name):
   """Grad has theta's structure, shapes and dtypes; estimate runs inside lax.scan (worker-state
   shapes and dtypes never change) and its results agree with calling it step by step."""
