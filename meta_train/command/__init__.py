@@ -8,7 +8,7 @@
   writer per run folder;
 * :mod:`.logs`, :mod:`.progress`, :mod:`.watchdog`: metrics.jsonl and W&B, the progress line,
   hang detection;
-* :mod:`.distributed`: several processes (settings, joining, collectives, heartbeat);
-* :mod:`.evaluation`, :mod:`.plots`, :mod:`.bench`: evaluating theta, figures, the held-out
-  benchmark.
+* :mod:`.distributed`: several processes (settings, identity, joining, collectives, heartbeat);
+* :mod:`.evaluation`, :mod:`.plots`, :mod:`.hpo_plots`, :mod:`.bench`: evaluating theta,
+  figures (of hyperparameter searches too), the held-out benchmark.
 """
