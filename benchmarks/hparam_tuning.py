@@ -38,7 +38,8 @@ import numpy as np
 
 from benchmarks.common import emit_json, print_table
 from meta_train.command import config as config_lib
-from tasks.hpo import plots as hpo_plots, search
+from meta_train.command import hpo_plots
+from tasks.hpo import search
 from meta_train.command import run as run_lib
 from meta_train.command.logs import read_metrics
 

@@ -27,7 +27,7 @@ import tasks
 from benchmarks.common import emit_json, print_table
 from lopt_meta.errors import ConfigError
 from meta_train.estimators import NRES, PES
-from meta_train.command.evaluation import _curve_fn
+from meta_train.command.evaluation import curve_fn
 from meta_train.engine.trainer import Trainer
 
 ADAM_LRS = (1e-3, 3e-3, 1e-2, 3e-2)
@@ -66,7 +66,7 @@ def held_out_curves(task, theta, lopt, s: Settings):
   key = jax.random.key(10_000)  # training uses keys from its own seed: these episodes are new
   def curve(opt, params):
     system = tasks.learned_optimizer_system(task, opt, horizon=s.horizon, meta_loss="train")
-    return np.asarray(_curve_fn(system, HELD_OUT_SEEDS, s.horizon)(params, key, system.data))
+    return np.asarray(curve_fn(system, HELD_OUT_SEEDS, s.horizon)(params, key, system.data))
   out = {"learned": curve(lopt, theta)}
   for lr in ADAM_LRS:
     out[f"adam_{lr:g}"] = curve(lopt_meta.Adam(learning_rate=lr), {})

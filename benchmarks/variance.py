@@ -42,7 +42,7 @@ import tasks
 from benchmarks.common import emit_json, print_table
 from lopt_meta import MLPLOpt
 from meta_train.engine import window
-from meta_train.engine.estimators.base import ANTITHETIC
+from meta_train.engine.window import ANTITHETIC
 from meta_train.engine.trainer import Trainer
 from meta_train.estimators import GPES, NRES, PES, FullES
 from tasks.inner import image_mlp

@@ -21,30 +21,14 @@ from lopt_meta.adafac_mlp_lopt import AdafacMLPLOpt
 from lopt_meta.anchored_adam import AnchoredAdam
 from lopt_meta.base import LearnedOptimizer
 from lopt_meta.baselines import SGDM, Adam, HyperAdam, LRScheduleSGDM
-from lopt_meta.errors import ConfigError, build_named
+from lopt_meta.errors import ConfigError
 from lopt_meta.export import load_optimizer, read_optimizer, save_optimizer
 from lopt_meta.mlp_lopt import MLPLOpt
 from lopt_meta.nominal_mlp_lopt import NominalMLPLOpt
 from lopt_meta.pretrained import PRETRAINED, load_pretrained, read_pretrained
+from lopt_meta.registry import OPTIMIZERS, get_optimizer
 
 __version__ = "0.1.0"
-
-OPTIMIZERS: dict[str, type[LearnedOptimizer]] = {
-    "mlp": MLPLOpt,
-    "adafac": AdafacMLPLOpt,
-    "nominal_mlp": NominalMLPLOpt,
-    "anchored_adam": AnchoredAdam,
-    "adam": Adam,
-    "sgdm": SGDM,
-    "hyper_adam": HyperAdam,
-    "lr_schedule": LRScheduleSGDM,
-}
-
-
-def get_optimizer(name: str, **options) -> LearnedOptimizer:
-  """Builds optimizer ``name``; unknown names and options are a ConfigError listing valid ones."""
-  return build_named("lopt", OPTIMIZERS, name, options)
-
 
 __all__ = ["OPTIMIZERS", "Adam", "AdafacMLPLOpt", "AnchoredAdam", "ConfigError", "HyperAdam", "LRScheduleSGDM",
            "LearnedOptimizer", "MLPLOpt", "NominalMLPLOpt", "PRETRAINED", "SGDM", "__version__", "get_optimizer",

@@ -23,6 +23,7 @@ import optax
 
 from lopt_meta.base import LearnedOptimizer
 from lopt_meta.errors import ConfigError
+from lopt_meta.registry import OPTIMIZERS
 
 FORMAT = "lopt-meta-optimizer"
 VERSION = 1
@@ -56,7 +57,6 @@ def read_optimizer(path: str | os.PathLike) -> tuple[LearnedOptimizer, Any, dict
   Raises:
     ConfigError: the file is missing or is not such a file.
   """
-  from lopt_meta import OPTIMIZERS  # the registry imports this module's siblings
   path = Path(path)
   if not path.is_file():
     raise _not_an_optimizer(path, "no such file")

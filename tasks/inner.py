@@ -37,7 +37,7 @@ import optax
 from lopt_meta.errors import ConfigError, build_named
 from lopt_meta.prng import as_typed_key
 from tasks import data as data_lib
-from tasks import initializers
+from tasks import copy_sequences, initializers
 
 PyTree = Any
 
@@ -303,17 +303,8 @@ class CopyTask(InnerTask):
 
   def _batch(self, key, longest, batch_size=None):
     size = self.batch_size if batch_size is None else batch_size
-    k_len, k_bits = jax.random.split(key)
-    lengths = jax.random.randint(k_len, (size,), jnp.maximum(1, longest - 5), longest + 1)
-    bits = jax.random.bernoulli(k_bits, 0.5, (size, self.max_length)).astype(jnp.int32)
-    pos = jnp.arange(self.sequence_length)[None, :]
-    L = lengths[:, None]
-    read = pos < L
-    shifted = jnp.take_along_axis(bits, jnp.clip(pos - L - 1, 0, self.max_length - 1), axis=1)
-    tokens = jnp.where(read, jnp.take_along_axis(bits, jnp.clip(pos, 0, self.max_length - 1), axis=1),
-                       jnp.where(pos == L, 2, 3))
-    write = (pos > L) & (pos <= 2 * L)
-    return {"tokens": tokens, "targets": jnp.where(write, shifted, 0), "mask": write}
+    batch = copy_sequences.draw(key, longest, size, self.max_length, per_sequence=True)
+    return {"tokens": batch.tokens, "targets": batch.targets, "mask": batch.writes}
 
   def train_batch(self, data, state, key):
     del data

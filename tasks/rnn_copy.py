@@ -33,12 +33,8 @@ import jax.numpy as jnp
 import optax
 
 from lopt_meta.errors import ConfigError, check_positive_int
-from tasks import initializers
+from tasks import copy_sequences, initializers
 from tasks.base import UnrolledSystem
-
-DELIMITER, BLANK = 2, 3
-SPREAD = 5  # lengths are drawn from {max(1, L - SPREAD) .. L}
-
 
 class CopyCell(nn.Module):
   """One step of the copier: ``(carry, token) -> (carry, logits)``, an LSTM cell over one-hot
@@ -52,27 +48,6 @@ class CopyCell(nn.Module):
                                 recurrent_kernel_init=initializers.orthogonal(), name="lstm")
     carry, h = cell(carry, jax.nn.one_hot(token, 4))
     return carry, nn.Dense(2, name="readout")(h)
-
-
-def draw_sequence(key: jax.Array, longest: jax.Array, batch_size: int,
-                  max_length: int) -> tuple[jax.Array, jax.Array, jax.Array]:
-  """A batch of copy sequences of one length ``l ~ U{max(1, longest - 5) .. longest}``.
-
-  Returns ``(tokens, targets, l)``: ``tokens, targets: int32[batch_size, 2 max_length + 1]``;
-  ``targets`` holds bit ``j`` at write position ``l + 1 + j`` and 0 elsewhere."""
-  k_len, k_bits = jax.random.split(key)
-  length = jax.random.randint(k_len, (), jnp.maximum(1, longest - SPREAD), longest + 1)
-  bits = jax.random.bernoulli(k_bits, 0.5, (batch_size, max_length)).astype(jnp.int32)
-  pos = jnp.arange(2 * max_length + 1)
-  read_bit = jnp.take(bits, jnp.clip(pos, 0, max_length - 1), axis=1)
-  write_bit = jnp.take(bits, jnp.clip(pos - length - 1, 0, max_length - 1), axis=1)
-  tokens = jnp.where(pos < length, read_bit, jnp.where(pos == length, DELIMITER, BLANK))
-  targets = jnp.where(_writes(pos, length), write_bit, 0)
-  return tokens, targets, length
-
-
-def _writes(pos: jax.Array, length: jax.Array) -> jax.Array:
-  return (pos > length) & (pos <= 2 * length)
 
 
 def rnn_copy(*, hidden_size: int = 100, batch_size: int = 32, horizon: int = 200,
@@ -99,15 +74,15 @@ def rnn_copy(*, hidden_size: int = 100, batch_size: int = 32, horizon: int = 200
                       jnp.zeros((batch_size,), jnp.int32))["params"]
 
   def fresh(key, data):
-    tokens, targets, length = draw_sequence(key, data["length"], batch_size, max_length)
-    return {"carry": (zeros, zeros), "tokens": tokens, "targets": targets, "length": length,
-            "pos": jnp.zeros((), jnp.int32)}
+    batch = copy_sequences.draw(key, data["length"], batch_size, max_length, per_sequence=False)
+    return {"carry": (zeros, zeros), "tokens": batch.tokens, "targets": batch.targets,
+            "length": batch.lengths, "pos": jnp.zeros((), jnp.int32)}
 
   def step(theta, state, key, data):
     pos = state["pos"]
     carry, logits = model.apply({"params": theta}, state["carry"], state["tokens"][:, pos])
     ce = optax.softmax_cross_entropy_with_integer_labels(logits, state["targets"][:, pos])
-    loss = jnp.where(_writes(pos, state["length"]), jnp.mean(ce), 0.0)
+    loss = jnp.where(copy_sequences.writes(pos, state["length"]), jnp.mean(ce), 0.0)
     ended = pos + 1 == 2 * state["length"] + 1
     after = fresh(key, data)
     new = {"carry": carry, "tokens": state["tokens"], "targets": state["targets"],

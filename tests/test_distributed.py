@@ -334,9 +334,9 @@ def test_a_plain_run_is_never_joined_to_anything(monkeypatch):
                           ("SLURM_STEP_NODELIST", "node1"), ("SLURM_PROCID", "0"),
                           ("SLURM_LOCALID", "0")):
     monkeypatch.setenv(variable, value)
-  assert distributed.settings._cluster_processes() == 1  # a one-task SLURM job is a plain run
+  assert distributed.settings.cluster_processes() == 1  # a one-task SLURM job is a plain run
   assert distributed.initialize(distributed.Distributed()) is False
   monkeypatch.setenv("SLURM_NTASKS", "2")
-  assert distributed.settings._cluster_processes() == 2  # two tasks: initialize would join them
+  assert distributed.settings.cluster_processes() == 2  # two tasks: initialize would join them
   monkeypatch.delenv("SLURM_STEP_NODELIST")  # salloc without srun: not what JAX detects
-  assert distributed.settings._cluster_processes() == 1
+  assert distributed.settings.cluster_processes() == 1

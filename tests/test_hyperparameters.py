@@ -14,7 +14,8 @@ import pytest
 import tasks
 from lopt_meta.errors import ConfigError
 from meta_train.command import cli
-from tasks.hpo import plots as hpo_plots, search
+from meta_train.command import hpo_plots
+from tasks.hpo import search
 from tasks.hpo import paper_tasks as hparam_tuning
 from tasks import hpo as hp
 from tasks.inner import MLP, ImageClassification

@@ -283,7 +283,7 @@ def test_system_evaluation_entry_points_with_legacy_and_typed_keys():
     state0 = system.init(typed)
     _assert_identical(system.unroll(theta, state0, jax.random.split(typed, 5)),
                       system.unroll(theta, state0, jax.random.split(legacy, 5)))
-    curve = evaluation._curve_fn(system, 2, 12)  # the evaluator's compiled curve
+    curve = evaluation.curve_fn(system, 2, 12)  # the evaluator's compiled curve
     _assert_identical(curve(theta, typed, None), curve(theta, legacy, None))
   with pytest.raises(ConfigError) as info:
     system.mean_loss(theta, jnp.zeros(2))

@@ -19,7 +19,7 @@ import tasks
 from lopt_meta.errors import ConfigError
 from meta_train.estimators import NRES, TBPTT
 from meta_train.engine.trainer import Trainer
-from tasks import rnn_copy
+from tasks import copy_sequences, rnn_copy
 
 
 def small(**overrides):
@@ -28,20 +28,26 @@ def small(**overrides):
 
 
 @pytest.mark.parametrize("longest", [1, 3, 6])
-def test_sequence_layout(longest):
+@pytest.mark.parametrize("per_sequence", [False, True])
+def test_sequence_layout(longest, per_sequence):
   """l bits, the delimiter, l blanks during which the targets are the bits, then blanks; l is
-  drawn from {max(1, L - 5) .. L}."""
+  drawn from {max(1, L - 5) .. L}, once for the batch (this system) or per sequence (the inner
+  task lstm_copy)."""
   for k in range(6):
-    tokens, targets, length = map(np.asarray, rnn_copy.draw_sequence(
-        jax.random.key(k), jnp.int32(longest), 4, 6))
-    l = int(length)
-    assert max(1, longest - 5) <= l <= longest
-    bits = tokens[:, :l]
-    assert set(np.unique(bits)) <= {0, 1}
-    assert np.all(tokens[:, l] == rnn_copy.DELIMITER)
-    assert np.all(tokens[:, l + 1:] == rnn_copy.BLANK)
-    np.testing.assert_array_equal(targets[:, l + 1:2 * l + 1], bits)
-    assert np.all(targets[:, :l + 1] == 0) and np.all(targets[:, 2 * l + 1:] == 0)
+    batch = copy_sequences.draw(jax.random.key(k), jnp.int32(longest), 4, 6,
+                                per_sequence=per_sequence)
+    tokens, targets, writes, lengths = map(np.asarray, batch)
+    assert lengths.shape == ((4,) if per_sequence else ())
+    for i, l in enumerate(np.broadcast_to(lengths, (4,))):
+      l = int(l)
+      assert max(1, longest - 5) <= l <= longest
+      bits = tokens[i, :l]
+      assert set(np.unique(bits)) <= {0, 1}
+      assert tokens[i, l] == copy_sequences.DELIMITER
+      assert np.all(tokens[i, l + 1:] == copy_sequences.BLANK)
+      np.testing.assert_array_equal(targets[i, l + 1:2 * l + 1], bits)
+      assert np.all(targets[i, :l + 1] == 0) and np.all(targets[i, 2 * l + 1:] == 0)
+      np.testing.assert_array_equal(np.flatnonzero(writes[i]), np.arange(l + 1, 2 * l + 1))
 
 
 def test_stream_loss_and_restart():

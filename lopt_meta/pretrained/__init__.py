@@ -17,6 +17,7 @@ from typing import Any
 import optax
 
 from lopt_meta.errors import ConfigError
+from lopt_meta.export import read_optimizer
 
 FOLDER = Path(__file__).resolve().parent
 
@@ -53,7 +54,6 @@ def recipe(name: str = DEFAULT) -> Path:
 def read_pretrained(name: str = DEFAULT) -> tuple[Any, Any, dict[str, Any]]:
   """``(lopt, theta, metadata)`` of pretrained optimizer ``name`` (see
   :func:`lopt_meta.read_optimizer`)."""
-  from lopt_meta.export import read_optimizer
   return read_optimizer(path(name))
 
 

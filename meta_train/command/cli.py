@@ -28,7 +28,7 @@ from typing import Annotated, Literal
 
 from lopt_meta.errors import CheckpointError, ConfigError, check_positive_int
 from meta_train.command import config as config_lib
-from meta_train.command.config import _tyro  # the annotations below are evaluated by tyro only
+from meta_train.command import flags  # the annotations below are evaluated by tyro only
 from meta_train.command.distributed import Distributed
 
 EXIT_USAGE = 2
@@ -43,7 +43,7 @@ class Train:
   """
 
   config: config_lib.TrainConfig = dataclasses.field(default_factory=config_lib.TrainConfig)
-  config_file: Annotated[Path | None, _tyro().conf.arg(
+  config_file: Annotated[Path | None, flags.tyro().conf.arg(
       name="config", help="A YAML or JSON file of settings (nested as in a run's config.json, or "
       "flat by field name); flags override it.")] = None
   overwrite: bool = False
@@ -55,7 +55,7 @@ class Train:
 class Resume:
   """Continue a run from its latest readable checkpoint, exactly as if it had not stopped."""
 
-  run_dir: _tyro().conf.Positional[Path]
+  run_dir: flags.tyro().conf.Positional[Path]
   outer_steps: int | None = None
   """The new total number of outer steps (default: the run's configured number)."""
   wandb: Literal["online", "offline", "disabled"] | None = None
@@ -70,7 +70,7 @@ class Eval:
   """Evaluate a run's theta (latest checkpoint): full-horizon loss on fixed fresh episodes and,
   for learned optimizers, the Adam baseline. Prints a table and a JSON line; changes nothing."""
 
-  run_dir: _tyro().conf.Positional[Path]
+  run_dir: flags.tyro().conf.Positional[Path]
   step: int | None = None
   """Evaluate this checkpoint step instead of the latest."""
   episodes: int | None = None
@@ -83,7 +83,7 @@ class Export:
   lopt_meta.load_optimizer(PATH) as an optax transformation. For a hyperparameter task, write
   the tuned hyperparameters as JSON (constrained values and theta)."""
 
-  run_dir: _tyro().conf.Positional[Path]
+  run_dir: flags.tyro().conf.Positional[Path]
   out: Path
   """The file to write (a .npz; .json for hyperparameters)."""
   step: int | None = None
@@ -97,7 +97,7 @@ class Plot:
   """Plot runs: meta-loss against outer steps, wall time and inner steps, and the evaluation
   curves of the learned optimizer beside the baseline, to a PNG."""
 
-  run_dirs: _tyro().conf.Positional[tuple[Path, ...]]
+  run_dirs: flags.tyro().conf.Positional[tuple[Path, ...]]
   out: Path
   """The PNG to write (hyperparameter runs and searches: best so far against compute, and with
   --landscape the grid's heatmap with the runs' theta trajectories)."""
@@ -133,7 +133,7 @@ class Bench:
   and SGD with momentum, each tuned per task on a learning-rate grid. Prints a table and a JSON
   line; writes nothing unless --out is given."""
 
-  optimizer: _tyro().conf.Positional[str]
+  optimizer: flags.tyro().conf.Positional[str]
   """An exported .npz, a pretrained name (lopt_meta.PRETRAINED), or an optax family by name (adam, adamw, sgdm; NAME:LR sets its learning rate)."""
   tasks: tuple[str, ...] = ()
   """Run these tasks of the suite only (default: all)."""
@@ -170,7 +170,7 @@ def _parse(name: str, args: list[str]):
   default = None
   if name == "train" and (path := _config_path(args)) is not None:
     default = Train(config=config_lib.TrainConfig.from_file(path), config_file=Path(path))
-  tyro = _tyro()
+  tyro = flags.tyro()
   return tyro.cli(kind, args=args, default=default, prog=f"meta-train {name}",
                   config=(tyro.conf.OmitArgPrefixes,))
 
@@ -246,7 +246,8 @@ def _bench(command: Bench) -> None:
 
 
 def _plot(command: Plot) -> None:
-  from tasks.hpo import plots as hpo_plots, search
+  from meta_train.command import hpo_plots
+  from tasks.hpo import search
   from meta_train.command.plots import plot_runs
   runs = [d for d in command.run_dirs if not search.read_config(d)]
   hpo = command.landscape is not None or any(hpo_plots.is_hpo(d) for d in command.run_dirs)
@@ -353,7 +354,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
   try:
     if not argv or argv[0] not in COMMANDS:  # top-level help, or an unknown command
-      tyro = _tyro()
+      tyro = flags.tyro()
       tyro.extras.subcommand_cli_from_dict(
           COMMANDS, prog="meta-train", args=argv, config=(tyro.conf.OmitArgPrefixes,),
           description="Meta-train learned optimizers and other unrolled systems with online ES.")

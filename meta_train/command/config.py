@@ -6,7 +6,7 @@ the whole tree as ``config.json``. :func:`validate` checks everything that can b
 any compute and raises :class:`lopt_meta.ConfigError` naming the field.
 
 Importing this module does not import tyro: the annotations are strings (PEP 563) that only the
-command evaluates, and the flag help in them imports tyro then (:func:`_tyro`).
+command evaluates, and the flag help in them imports tyro then (:mod:`.flags`).
 """
 
 from __future__ import annotations
@@ -25,16 +25,10 @@ import yaml
 import lopt_meta
 import tasks
 from lopt_meta.errors import ConfigError, check_positive_int, unknown_name
+from meta_train.command import flags
 from meta_train.engine import estimators
 
 OUTER_OPTIMIZERS = ("adam", "sgd")
-
-
-def _tyro():
-  """The ``tyro`` module, imported when the ``meta-train`` command evaluates the annotations of
-  these classes (tyro is needed for the command only)."""
-  import tyro
-  return tyro
 
 
 def _task_names() -> list[str]:
@@ -55,13 +49,13 @@ def _yaml_values(pairs: dict[str, str]) -> dict[str, Any]:
 class TaskConfig:
   """The inner problem: an unrolled system, or an inner task trained by a learned optimizer."""
 
-  task: Annotated[str, _tyro().conf.arg(
+  task: Annotated[str, flags.tyro().conf.arg(
       help=f"Registered task, one of: {', '.join(_task_names())}.")] = "toy2d"
   task_option: dict[str, str] = dataclasses.field(default_factory=dict)
   """Task overrides as NAME VALUE pairs (values read as YAML scalars), e.g. --task-option hidden_sizes [64]."""
   horizon: int | None = None
   """T, steps per episode (inner training steps for a learned optimizer; default: the task's own, 1000 for inner tasks)."""
-  lopt: Annotated[str | None, _tyro().conf.arg(
+  lopt: Annotated[str | None, flags.tyro().conf.arg(
       help=f"Learned optimizer for inner tasks, one of: {', '.join(sorted(lopt_meta.OPTIMIZERS))} "
            "(default mlp).")] = None
   lopt_option: dict[str, str] = dataclasses.field(default_factory=dict)
@@ -74,7 +68,7 @@ class TaskConfig:
   """Shortest episode for --truncation log_uniform (default T // 10)."""
   data_dir: str | None = None
   """Where datasets are (a tfds data dir, FashionMNIST IDX files, cifar-10-batches-py)."""
-  distribution: Annotated[dict[str, Any] | None, _tyro().conf.Suppress] = None
+  distribution: Annotated[dict[str, Any] | None, flags.tyro().conf.Suppress] = None
   """A task distribution declared inline (the YAML form of tasks.Distribution, set in a --config
   file under task: {task: NAME, distribution: {...}}); NAME then names it in logs."""
 
@@ -117,7 +111,7 @@ class TaskConfig:
 class EstimatorConfig:
   """The gradient estimator (N counts particles: N/2 antithetic pairs)."""
 
-  estimator: Annotated[str, _tyro().conf.arg(
+  estimator: Annotated[str, flags.tyro().conf.arg(
       help=f"Gradient estimator, one of: {', '.join(estimators.ESTIMATORS)}.")] = "nres"
   num_particles: int = 100
   """N, the number of particles (even for ES: N/2 antithetic pairs)."""

@@ -27,7 +27,7 @@ from tasks.base import UnrolledSystem
 CURVE_POINTS = 100
 
 
-def _curve_fn(system: UnrolledSystem, num_episodes: int, num_steps: int):
+def curve_fn(system: UnrolledSystem, num_episodes: int, num_steps: int):
   """``f(theta, key, data) -> [num_steps]``: per-step losses averaged over episodes (``key``:
   typed or a raw ``uint32[2]`` key, the same bits)."""
   def curve(theta, key, data):
@@ -94,14 +94,14 @@ class Evaluator:
     self.system = build() if self.inner else system
     self.num_steps = self.system.horizon or config.run.eval_steps
     episodes = config.run.eval_episodes
-    self._curve = _curve_fn(self.system, episodes, self.num_steps)
+    self._curve = curve_fn(self.system, episodes, self.num_steps)
     self._baseline = None
     self._valid = None
     if self.inner:
       self.valid_system = build(meta_loss="valid")
-      self._valid = _curve_fn(self.valid_system, episodes, self.num_steps)
+      self._valid = curve_fn(self.valid_system, episodes, self.num_steps)
       adam = build(lopt=_AdamAtLearningRate(lopt_meta.Adam()))
-      self._baseline = (adam, _curve_fn(adam, episodes, self.num_steps))
+      self._baseline = (adam, curve_fn(adam, episodes, self.num_steps))
     self._baseline_result: dict[str, Any] | None = None
 
   def baseline(self) -> dict[str, Any]:

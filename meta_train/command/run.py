@@ -107,21 +107,13 @@ def _state_shardings(like: TrainState, estimator):
   distribution's per-task counters) replicated."""
   from jax.sharding import Mesh, NamedSharding, PartitionSpec
   from meta_train.engine import sharding
-  from meta_train.engine.estimators import OverTasksState
-  members = getattr(estimator, "members", None)
-  mesh = getattr(next(iter(members.values())) if members else estimator, "mesh", None)
+  mesh = estimator.mesh
   if mesh is None:
     mesh = Mesh(np.asarray(jax.devices()), (sharding.AXIS,))
   replicated = NamedSharding(mesh, PartitionSpec())
   split = NamedSharding(mesh, sharding.SHARDED)
   out = jax.tree.map(lambda _: replicated, like)
-
-  def workers(tree):
-    return jax.tree.map(lambda x: split if x.ndim else replicated, tree)
-  if isinstance(like.workers, OverTasksState):
-    return out.replace(workers=out.workers.replace(
-        members=tuple(workers(w) for w in like.workers.members)))
-  return out.replace(workers=workers(like.workers))
+  return out.replace(workers=estimator.worker_shardings(like.workers, split, replicated))
 
 
 def load_run(run_dir: str | os.PathLike, step: int | None = None) -> LoadedRun:

@@ -127,8 +127,7 @@ class RunSession:
 
   def warn_lapack(self) -> None:
     """Process 0 prints :func:`meta_train.command.preflight.lapack_warning`'s hazard, if any."""
-    hazard = preflight.lapack_warning(self.system, getattr(self.estimator, "num_pairs",
-                                                           self.estimator.num_particles))
+    hazard = preflight.lapack_warning(self.system, self.estimator.num_pairs)
     if hazard is not None and self.writer:
       self.write(hazard)
 

@@ -14,43 +14,16 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-from flax import struct
 from jax.sharding import Mesh
 
 from lopt_meta.prng import as_typed_key
 from meta_train.engine import tree as tree_lib
-from meta_train.engine.window import NoiseSchedule, burn_in
+from meta_train.engine.window import NoiseSchedule, WorkerState, burn_in
 from tasks.base import UnrolledSystem
 
 PyTree = Any
 
-
-@struct.dataclass
-class WorkerState:
-  """The persistent state of the workers of one estimator.
-
-  ``P`` is the number of pairs (``num_particles // 2``; for TBPTT, the number of trajectories).
-
-  Attributes:
-    states: the system state pytree; leaves ``[P, B, ...]`` with ``B`` stored branches per pair
-      (2 for persistent ES: ``theta + eps`` then ``theta - eps``; 1 for truncated ES and TBPTT).
-    t: ``[P] int32``, steps taken in the current episode (0: the next step starts an episode; the
-      pair may still hold its previous episode's final state, replaced before that step).
-    eps: theta-like pytree with leaves ``[P, ...]``, the noise now in use; ``None`` for TBPTT.
-    xi: theta-like ``[P, ...]``, the credit when the schedule accumulates one (PES, GPES_K: the
-      sum of the current episode's noise blocks); ``None`` otherwise.
-    episodes: ``[P] int32``, episodes begun so far by each pair.
-    burn_in: ``[P] int32``, the steps each pair ran at start-up to reach its random position.
-    length: ``[P] int32``, the length of each pair's current episode (``T`` unless the system's
-      episodes vary in length).
-  """
-  states: PyTree
-  t: jax.Array
-  eps: PyTree
-  xi: PyTree
-  episodes: jax.Array
-  burn_in: jax.Array
-  length: jax.Array
+__all__ = ["WorkerState", "init_workers", "step_unlock", "unlock_positions"]
 
 
 def init_workers(system: UnrolledSystem, theta: PyTree, key: jax.Array, num_pairs: int,

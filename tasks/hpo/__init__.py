@@ -1,5 +1,6 @@
 """Hyperparameter optimization: a declared space, the systems that train with it, the ES-Single
-paper's tasks, the random and grid search baselines, and their figures.
+paper's tasks, and the random and grid search baselines (their figures, which read run
+folders, are the command layer's :mod:`meta_train.command.hpo_plots`).
 
 * :mod:`.space`: transforms from unconstrained theta to hyperparameters (``LogUniform``,
   ``Logit``, ``Fraction``, ``Uniform``), drawing, constraining and writing them;
@@ -7,10 +8,7 @@ paper's tasks, the random and grid search baselines, and their figures.
   optimizer factory on an inner task) as :class:`tasks.UnrolledSystem`;
 * :mod:`.paper_tasks`: the paper's ``lr_decay_schedule`` and ``many_hparams`` (registered in
   :mod:`tasks.registry`);
-* :mod:`.search`: random and grid search over a system's space (``meta-train search``);
-* :mod:`.plots`: best objective so far against compute, and the landscape with each run's
-  trajectory (``meta-train plot`` on these runs). It reads run folders, so it imports the
-  command layer (:mod:`meta_train.command`) when called; nothing else here does.
+* :mod:`.search`: random and grid search over a system's space (``meta-train search``).
 """
 
 from tasks.hpo.space import (Fraction, Logit, LogUniform, Space, Transform, Uniform, centre,

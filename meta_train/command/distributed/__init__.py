@@ -16,16 +16,16 @@ restores. A process that dies is noticed by the others through the coordination 
 heartbeats (``heartbeat_timeout_s``), which end them with JAX's error; a coordinator that cannot
 be reached ends ``initialize`` after ``init_timeout_s``.
 
-The package, by concern: :mod:`.settings` (the flags and their checks), :mod:`.joining`
-(:func:`initialize`, who this process is), :mod:`.collectives` (what the processes agree on),
+The package, by concern: :mod:`.settings` (the flags and their checks), :mod:`.identity`
+(who this process is), :mod:`.joining` (:func:`initialize`), :mod:`.collectives` (what the processes agree on),
 :mod:`.heartbeat` (a lost process ends the others with one line).
 """
 
 from meta_train.command.distributed.collectives import (WAIT_S, any_process, check_same, exchange,
                                                         on_process_0, to_host)
 from meta_train.command.distributed.heartbeat import EXIT_PEER_LOST, Pulse, finish, set_hint
-from meta_train.command.distributed.joining import (initialize, is_writer, process_count,
-                                                    process_index, say)
+from meta_train.command.distributed.identity import is_writer, process_count, process_index, say
+from meta_train.command.distributed.joining import initialize
 from meta_train.command.distributed.settings import CLUSTER_VARIABLES, Distributed, check
 
 __all__ = ["CLUSTER_VARIABLES", "Distributed", "EXIT_PEER_LOST", "Pulse", "WAIT_S", "any_process",

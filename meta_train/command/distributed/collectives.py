@@ -10,17 +10,14 @@ import json
 from typing import Any
 
 from lopt_meta.errors import ConfigError
-from meta_train.command.distributed.joining import is_writer, process_count, process_index
+from meta_train.command.distributed.identity import (coordination_client, is_writer, process_count,
+                                                     process_index)
 
 
 #: How long a process waits for the others at a point where they all meet (seconds).
 WAIT_S = 300
 _rounds = itertools.count()
 
-
-def _client():
-  from jax._src import distributed as jax_distributed
-  return jax_distributed.global_state.client
 
 
 def exchange(value: str, *, what: str = "the other processes") -> list[str]:
@@ -29,7 +26,7 @@ def exchange(value: str, *, what: str = "the other processes") -> list[str]:
   ``WAIT_S`` seconds ends the wait with an error naming ``what``."""
   if process_count() == 1:
     return [value]
-  client, n = _client(), next(_rounds)
+  client, n = coordination_client(), next(_rounds)
   client.key_value_set(f"lopt_meta/{n}/{process_index()}", value)
   if n >= 2:  # everyone has read round n - 2 before anyone could finish round n - 1
     client.key_value_delete(f"lopt_meta/{n - 2}/{process_index()}")

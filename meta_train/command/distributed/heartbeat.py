@@ -8,8 +8,8 @@ import sys
 import threading
 import time
 
-from meta_train.command.distributed.collectives import _client
-from meta_train.command.distributed.joining import process_count, process_index
+from meta_train.command.distributed.identity import (coordination_client, process_count,
+                                                     process_index)
 
 
 #: Exit status of a process that ends because another process of its run stopped answering.
@@ -48,7 +48,8 @@ class Pulse:
     self._thread.join(timeout=5)
     if finished:
       try:
-        _client().key_value_set(f"lopt_meta/finished/{process_index()}", "1", allow_overwrite=True)
+        coordination_client().key_value_set(f"lopt_meta/finished/{process_index()}", "1",
+                                            allow_overwrite=True)
       except Exception:  # noqa: BLE001 - the coordinator may already be gone at the very end
         pass
 
@@ -57,7 +58,7 @@ class Pulse:
     last = {i: (None, time.monotonic()) for i in range(n) if i != me}
     while not self._stop.wait(self.interval_s):
       try:
-        client = _client()
+        client = coordination_client()
         client.key_value_increment(f"lopt_meta/pulse/{me}", 1)
         for i, (seen, since) in list(last.items()):
           try:

@@ -1,4 +1,5 @@
-"""Joining the processes of a run (:func:`initialize`) and who this process is in it.
+"""Joining the processes of a run (:func:`initialize`); who this process is then is
+:mod:`.identity`.
 """
 
 from __future__ import annotations
@@ -10,7 +11,8 @@ import time
 from typing import Any
 
 from lopt_meta.errors import ConfigError
-from meta_train.command.distributed.settings import Distributed, _cluster_processes, check
+from meta_train.command.distributed import heartbeat
+from meta_train.command.distributed.settings import Distributed, check, cluster_processes
 
 
 def initialize(settings: Distributed | None = None) -> bool:
@@ -31,7 +33,7 @@ def initialize(settings: Distributed | None = None) -> bool:
   check(settings)
   if jax_distributed.global_state.client is not None:
     return jax.process_count() > 1
-  if not settings.given and not settings.auto and _cluster_processes() <= 1:
+  if not settings.given and not settings.auto and cluster_processes() <= 1:
     return False
   from jax._src import xla_bridge
   if xla_bridge.backends_are_initialized():
@@ -68,7 +70,6 @@ def initialize(settings: Distributed | None = None) -> bool:
                       "the same --coordinator-address (process 0 listens there) and "
                       "--num-processes, each with its own --process-id") from None
   if jax.process_count() > 1:
-    from meta_train.command.distributed import heartbeat  # it reads who this process is here
     heartbeat.start(settings.heartbeat_timeout_s)
   return True
 
@@ -112,24 +113,3 @@ def _cpu_only() -> bool:
   return not any(importlib.util.find_spec(name) is not None
                  for name in ("jax_cuda12_plugin", "jax_cuda13_plugin", "jax_rocm60_plugin",
                               "libtpu", "jax_rocm7_plugin"))
-
-
-def process_index() -> int:
-  import jax
-  return jax.process_index()
-
-
-def process_count() -> int:
-  import jax
-  return jax.process_count()
-
-
-def is_writer() -> bool:
-  """Whether this process writes the run's logs (process 0; the only one in a plain run)."""
-  return process_index() == 0
-
-
-def say(line: str, *, file=None) -> None:
-  """Prints ``line`` on process 0 only."""
-  if is_writer():
-    print(line, file=file or sys.stdout, flush=True)

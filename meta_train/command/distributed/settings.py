@@ -72,7 +72,7 @@ def check(settings: Distributed) -> None:
     raise ConfigError("process_id", f"must be one of 0..{n - 1} (--num-processes {n}); got {i!r}")
 
 
-def _cluster_processes() -> int:
+def cluster_processes() -> int:
   """The number of processes a recognized cluster environment started (1 if none)."""
   for variables in CLUSTER_VARIABLES.values():
     value = os.environ.get(variables[0], "")

@@ -31,6 +31,7 @@ from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import Mesh
 
 from lopt_meta.errors import ConfigError, check_positive_int
 from lopt_meta.prng import as_typed_key
@@ -43,7 +44,6 @@ from tasks.base import UnrolledSystem
 PyTree = Any
 Metrics = dict[str, jax.Array]
 
-ANTITHETIC = window.ANTITHETIC
 
 
 def check_num_particles(num_particles, *, antithetic: bool = True) -> int:
@@ -98,12 +98,26 @@ class Estimator(abc.ABC):
     system: the unrolled system.
     num_particles: ``N``, the particles (``N/2`` antithetic pairs for ES estimators).
     unroll_length: ``W``, steps per window (``T`` for FullES).
+    mesh: the devices the particles are split over (``None``: one device).
   """
 
   name: ClassVar[str]
   system: UnrolledSystem
   num_particles: int
   unroll_length: int
+  mesh: Mesh | None = None
+
+  @property
+  def num_pairs(self) -> int:
+    """The batch of the system's vmapped programs: antithetic pairs for online ES, trajectories
+    for TBPTT (``num_particles`` unless a subclass says otherwise)."""
+    return self.num_particles
+
+  def worker_shardings(self, ws_like: PyTree, split: Any, replicated: Any) -> PyTree:
+    """The sharding of each array of a worker state shaped like ``ws_like`` when a run spans
+    several processes: ``split`` (the pairs axis over :attr:`mesh`) for arrays, ``replicated``
+    for scalars."""
+    return jax.tree.map(lambda x: split if x.ndim else replicated, ws_like)
 
   def __init__(self):
     init_jit, estimate_jit = jax.jit(self.init_fn), jax.jit(self.estimate_fn)
@@ -246,12 +260,13 @@ class OnlineES(SystemEstimator):
             "unroll_length": self.unroll_length, "lockstep": self.lockstep}
 
   def _init(self, key, theta):
-    return start_workers(self, key, theta, rows=self.num_pairs, signs=ANTITHETIC,
+    return start_workers(self, key, theta, rows=self.num_pairs, signs=window.ANTITHETIC,
                          sigma=self.sigma, schedule=self.schedule, with_noise=True,
                          accumulate=self.schedule.accumulates)
 
   def _estimate(self, key, theta, ws):
-    ws, out = window.run_window(self.system, theta, ws, key, self.unroll_length, signs=ANTITHETIC,
-                                 sigma=self.sigma, schedule=self.schedule, mesh=self.mesh)
+    ws, out = window.run_window(self.system, theta, ws, key, self.unroll_length,
+                                signs=window.ANTITHETIC, sigma=self.sigma,
+                                schedule=self.schedule, mesh=self.mesh)
     grad, metrics = es_estimate(out, self.sigma, self.steps_per_estimate)
     return grad, ws, metrics

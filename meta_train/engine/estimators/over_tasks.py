@@ -87,6 +87,17 @@ class OverTasks(Estimator):
     super().__init__()
 
   @property
+  def mesh(self):
+    """The members' mesh (every member's particles are split over the same devices)."""
+    return next(iter(self.members.values())).mesh
+
+  def worker_shardings(self, ws_like, split, replicated):
+    """Each member's workers as that member shards them; the per-task counters replicated."""
+    out = jax.tree.map(lambda _: replicated, ws_like)
+    return out.replace(members=tuple(e.worker_shardings(w, split, replicated)
+                                     for e, w in zip(self.members.values(), ws_like.members)))
+
+  @property
   def steps_per_estimate(self) -> int:
     return max(e.steps_per_estimate for e in self.members.values()) * self.tasks_per_step
 

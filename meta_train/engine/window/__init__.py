@@ -20,9 +20,10 @@ from meta_train.engine.window.plan import (NoiseSchedule, WindowPlan, draw_steps
                                            noise_in_use, plan_window)
 from meta_train.engine.window.rollout import Restart, rollout
 from meta_train.engine.window.segments import Segments, sample_noise
+from meta_train.engine.window.state import WorkerState
 from meta_train.engine.window.sums import WindowOut, window_sums
 from meta_train.engine.window.run import ANTITHETIC, burn_in, run_window, tbptt_window
 
 __all__ = ["ANTITHETIC", "NoiseSchedule", "Particles", "Restart", "Segments", "WindowOut",
            "WindowPlan", "burn_in", "draw_steps", "max_draws", "noise_in_use", "plan_window",
-           "rollout", "run_window", "sample_noise", "tbptt_window", "window_sums"]
+           "WorkerState", "rollout", "run_window", "sample_noise", "tbptt_window", "window_sums"]

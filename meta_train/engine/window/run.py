@@ -33,7 +33,7 @@ Conventions:
 from __future__ import annotations
 
 import functools
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -47,11 +47,9 @@ from meta_train.engine.keys import NOISE, pair_step_key
 from meta_train.engine.window import forms
 from meta_train.engine.window import segments as segments_lib
 from meta_train.engine.window.plan import NoiseSchedule
+from meta_train.engine.window.state import WorkerState
 from meta_train.engine.window.sums import WindowOut
 from tasks.base import UnrolledSystem
-
-if TYPE_CHECKING:  # the workers' module imports this one (step-unlocking burns pairs in)
-  from meta_train.engine.workers import WorkerState
 
 PyTree = Any
 

@@ -25,9 +25,9 @@ from pathlib import Path
 import numpy as np
 
 from lopt_meta.errors import ConfigError
-from tasks.hpo import search
 from meta_train.command.logs import read_metrics
 from meta_train.command.plots import save_figure
+from tasks.hpo import search
 
 
 def best_so_far(run_dir: str | Path) -> tuple[np.ndarray, np.ndarray]:
