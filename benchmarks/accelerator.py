@@ -60,7 +60,7 @@ QUICK_SIZES = (16, 64)
 
 def check_systems() -> dict[str, tuple[tasks.UnrolledSystem, dict]]:
   """The small systems of the check, with their estimator settings."""
-  digits = tasks.get_inner_task("digits_mlp", batch_size=16, hidden_sizes=(8,))
+  digits = tasks.build("digits_mlp", batch_size=16, hidden_sizes=(8,))
   return {
       "toy2d": (tasks.get("toy2d"),
                 {"num_particles": 16, "sigma": 0.1, "unroll_length": 10}),
@@ -197,7 +197,7 @@ def program_peak_bytes(compiled) -> int | None:
 
 def build_system(config: str, data_dir: str | None) -> tuple[tasks.UnrolledSystem, int]:
   task_name, W = THROUGHPUT_CONFIGS[config]
-  task = tasks.get_inner_task(task_name, data_dir=data_dir)
+  task = tasks.build(task_name, data_dir=data_dir)
   return tasks.learned_optimizer_system(task, lopt_meta.MLPLOpt(), horizon=1000), W
 
 

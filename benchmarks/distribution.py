@@ -45,7 +45,7 @@ def main() -> None:
   args = parser.parse_args()
 
   lopt = lopt_meta.MLPLOpt()
-  dist = tasks.get_distribution("digits_mix")
+  dist = tasks.build("digits_mix")
   systems = dist.systems(lopt, theta0=lopt.init_theta(jax.random.key(0)))
   settings = dict(num_particles=args.num_particles, sigma=0.01, unroll_length=args.unroll_length)
   trainers = {name: Trainer(NRES(s, **settings), optax.adam(1e-3)) for name, s in systems.items()}

@@ -37,6 +37,7 @@ import jax
 import numpy as np
 
 from benchmarks.common import emit_json, print_table
+from meta_train.command import build as build_lib
 from meta_train.command import config as config_lib
 from meta_train.command import hpo_plots
 from tasks.hpo import search
@@ -93,7 +94,7 @@ def schedule(args) -> dict:
   scale = args.horizon if telescoping else 1  # the telescoping objective is l_T / T
   sigma, N = 0.1, args.num_particles or 20
   runs = _runs(args, "lr_decay_schedule", sigma, N, options, 0, root)
-  system = config_lib.build_system(_config(
+  system = build_lib.build_system(_config(
       "lr_decay_schedule", "nres", seed=0, num_particles=N, sigma=sigma,
       unroll_length=args.unroll_length, outer_steps=1, horizon=args.horizon, eval_every=0,
       eval_episodes=1, out=root / "unused", options=options))
@@ -146,7 +147,7 @@ def many(args) -> dict:
       computes.setdefault(estimator, []).append(compute)
       seconds.setdefault(estimator, []).append(s)
   budget = max(computes["nres"])
-  system = config_lib.build_system(_config(
+  system = build_lib.build_system(_config(
       "many_hparams", "nres", seed=0, num_particles=N, sigma=sigma,
       unroll_length=args.unroll_length, outer_steps=1, horizon=args.horizon, eval_every=0,
       eval_episodes=1, out=root / "unused", options=options))

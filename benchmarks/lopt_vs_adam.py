@@ -74,7 +74,7 @@ def held_out_curves(task, theta, lopt, s: Settings):
 
 
 def run_task(task_name: str, s: Settings, seed: int) -> dict:
-  task = tasks.get_inner_task(task_name)
+  task = tasks.build(task_name)
   lopt = lopt_meta.MLPLOpt()
   theta0 = lopt.init_theta(jax.random.key(seed))
   system = tasks.learned_optimizer_system(task, lopt, horizon=s.horizon, meta_loss="train",

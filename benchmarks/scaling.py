@@ -46,7 +46,7 @@ if address != "-":
                                                    process_id=pid))
 import jax, numpy as np, lopt_meta, tasks
 from meta_train.estimators import NRES
-system = tasks.learned_optimizer_system(tasks.get_inner_task(%(task)r), lopt_meta.MLPLOpt(),
+system = tasks.learned_optimizer_system(tasks.build(%(task)r), lopt_meta.MLPLOpt(),
                                         horizon=%(horizon)d)
 est = NRES(system, num_particles=n, sigma=0.01, unroll_length=%(W)d)
 theta = system.theta0

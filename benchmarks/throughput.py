@@ -77,7 +77,7 @@ def main(argv=None):
   task_name, N, W = CONFIGS[args.config]
   N = args.num_particles or N
 
-  task = tasks.get_inner_task(task_name)
+  task = tasks.build(task_name)
   lopt = lopt_meta.MLPLOpt()
   system = tasks.learned_optimizer_system(task, lopt, horizon=1000)
   est = ESTIMATORS[args.estimator](system, num_particles=N, sigma=0.01, unroll_length=W)

@@ -45,7 +45,7 @@ from meta_train.engine import window
 from meta_train.engine.window import ANTITHETIC
 from meta_train.engine.trainer import Trainer
 from meta_train.estimators import GPES, NRES, PES, FullES
-from tasks.inner import image_mlp
+from tasks.image_tasks import image_mlp
 from tasks.lopt_system import learned_optimizer_system
 
 # The poster's table (T = 1000, W = 1; tr Cov at 8 points of a meta-training run, +- 95% CI).

@@ -27,16 +27,6 @@ class ConfigError(ValueError):
     super().__init__(f"{field}: {message}")
 
 
-class CheckpointError(RuntimeError):
-  """A run folder holds no checkpoint, or none that can be read (not a configuration error: the
-  configuration may be fine and the files damaged). The message starts with ``checkpoint:``."""
-
-  field = "checkpoint"
-
-  def __init__(self, message: str):
-    super().__init__(f"checkpoint: {message}")
-
-
 def check_positive_int(field: str, value: Any, meaning: str | None = None) -> int:
   """``int(value)`` if ``value`` is an integer >= 1 (a Python or NumPy integer, not a bool); else
   a ConfigError naming ``field``: ``must be a positive int (meaning); got value``."""

@@ -14,8 +14,8 @@ The public API: :mod:`meta_train.estimators`, :class:`meta_train.Trainer` and
 
 def load_run(run_dir, step=None):
   """The run in ``run_dir`` at its latest readable checkpoint (see
-  :func:`meta_train.command.run.load_run`): ``.theta``, ``.step``, ``.config``, ``.state``,
-  ``.metrics``."""
+  :func:`meta_train.command.run.load_run`): ``.theta``, ``.step``, ``.config``, ``.state``
+  (as the checkpoint records it), ``.meta``, ``.metrics``. Builds nothing and writes nothing."""
   from meta_train.command.run import load_run as _load_run  # imports JAX and the trainer lazily
   return _load_run(run_dir, step)
 

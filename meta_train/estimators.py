@@ -6,8 +6,9 @@ public name, as ``optax`` re-exports from ``optax._src``.
 
 from meta_train.engine.estimators import (ESTIMATORS, GPES, NRES, PES, TBPTT, Estimator, FullES,
                                           Metrics, OnlineES, OverTasks, OverTasksState,
-                                          SystemEstimator, TruncatedES, make, options)
+                                          SystemEstimator, TruncatedES, make, options,
+                                          register)
 
 __all__ = ["ESTIMATORS", "Estimator", "FullES", "GPES", "Metrics", "NRES", "OnlineES",
            "OverTasks", "OverTasksState", "PES", "SystemEstimator", "TBPTT", "TruncatedES", "make",
-           "options"]
+           "options", "register"]

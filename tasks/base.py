@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -67,6 +67,8 @@ class UnrolledSystem:
       hyperparameters their meaning beside theta (``lr_decay_schedule``: its time scale ``Q``);
       written with them by ``meta-train export``.
   """
+
+  task_kind: ClassVar[str] = "system"  # what the task registry builds (tasks.registry)
 
   init: Callable[..., State]
   step: Callable[..., tuple[State, jax.Array]]

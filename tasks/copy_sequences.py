@@ -6,7 +6,7 @@ delimiter at position ``l``, then blanks, during which a model must emit bit ``j
 0/1 (bits), :data:`DELIMITER` and :data:`BLANK`. The lengths are drawn uniformly from
 ``{max(1, L - SPREAD) .. L}`` for the curriculum's current longest string ``L``: one length for
 the whole batch (the LSTM of :mod:`tasks.rnn_copy`, which reads a stream step by step) or one
-per sequence (the inner task ``lstm_copy``, :class:`tasks.inner.CopyTask`).
+per sequence (the inner task ``lstm_copy``, :class:`tasks.lstm_copy.CopyTask`).
 """
 
 from __future__ import annotations

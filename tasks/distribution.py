@@ -19,7 +19,7 @@ The same declaration in YAML, under ``task: {distribution: ...}`` of a ``--confi
     augment: {param_scale: [0.001, 1000]}
     truncation: log_uniform
 
-:data:`DISTRIBUTIONS` names ready-made ones (``--task NAME``). Each member becomes an ordinary
+Ready-made ones are registered by name (``--task NAME``; :mod:`tasks.mixes`). Each member becomes an ordinary
 learned-optimizer system (:func:`tasks.learned_optimizer_system`, on the inner-training core);
 how members are drawn, estimated and combined is the estimator's business
 (:class:`meta_train.estimators.OverTasks`).
@@ -29,14 +29,14 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import jax
 
 from lopt_meta.base import LearnedOptimizer
 from lopt_meta.errors import ConfigError, check_positive_int
 from tasks.base import UnrolledSystem
-from tasks.inner import INNER_TASKS, get_inner_task
+from tasks import registry
 from tasks.inner_training import TRUNCATIONS, Augmentation
 from tasks.lopt_system import learned_optimizer_system
 
@@ -48,7 +48,7 @@ class Member:
   """One task of a distribution.
 
   Attributes:
-    task: a registered inner task (:data:`tasks.INNER_TASKS`).
+    task: a registered inner task (``tasks.names("inner")``).
     options: its options (e.g. ``{"dataset": "digits", "hidden_sizes": [64, 64]}``).
     horizon: ``T`` of this member's episodes (the longest, under ``log_uniform`` truncation).
     name: the member's name in logs (default: the built task's own name).
@@ -81,6 +81,9 @@ class Distribution:
     normalize: ``"loss"``: each member's estimate is weighted by the inverse of a running mean
       of its meta-loss, so that no task dominates by its loss scale; ``"none"``: as it is.
   """
+  task_kind: ClassVar[str] = "distribution"  # what the task registry builds (tasks.registry)
+  OVERRIDES: ClassVar[tuple[str, ...]] = ("tasks_per_step", "normalize", "truncation")
+
   members: tuple[Member, ...]
   augment: Augmentation = Augmentation()
   truncation: str = "constant"
@@ -124,9 +127,9 @@ class Distribution:
     if not self.members:
       raise ConfigError("members", "a distribution needs at least one task")
     for m in self.members:
-      if m.task not in INNER_TASKS:
+      if m.task not in registry.names("inner"):
         raise ConfigError("members", f"unknown task {m.task!r}; valid: "
-                          f"{', '.join(sorted(INNER_TASKS))}")
+                          f"{', '.join(registry.names('inner'))}")
       check_positive_int("horizon", m.horizon, f"the horizon of member {m.task!r}")
     if self.truncation not in TRUNCATIONS:
       raise ConfigError("truncation", f"unknown truncation {self.truncation!r}; valid: "
@@ -138,6 +141,19 @@ class Distribution:
     if self.normalize not in NORMALIZATIONS:
       raise ConfigError("normalize", f"unknown normalize {self.normalize!r}; valid: "
                         f"{', '.join(NORMALIZATIONS)}")
+
+  def with_options(self, **overrides) -> Distribution:
+    """This distribution with ``overrides`` (of :attr:`OVERRIDES`), checked.
+
+    Raises:
+      ConfigError: an override it does not take, or a bad value (naming the field).
+    """
+    for name in overrides:
+      if name not in self.OVERRIDES:
+        raise ConfigError(name, f"a distribution takes {', '.join(self.OVERRIDES)}; got {name!r}")
+    dist = dataclasses.replace(self, **overrides)
+    dist.check()
+    return dist
 
   def systems(self, lopt: LearnedOptimizer, *, theta0: Any = None, meta_loss: str = "train",
               truncation: str | None = None, data_dir: str | None = None,
@@ -151,9 +167,9 @@ class Distribution:
     out: dict[str, UnrolledSystem] = {}
     for m in self.members:
       options = dict(m.options)
-      if data_dir is not None and "data_dir" in _parameters(m.task):
+      if data_dir is not None and "data_dir" in registry.options(m.task):
         options.setdefault("data_dir", data_dir)
-      task = get_inner_task(m.task, **options)
+      task = registry.build(m.task, **options)
       name = m.name or task.name
       if name in out:
         raise ConfigError("members", f"two members are named {name!r}; give one a 'name'")
@@ -179,57 +195,3 @@ class DistributionSystem:
     self.horizon = max(s.horizon for s in self.systems.values())
     self.loss_is_negative_reward = False
     self.space = None
-
-
-def _parameters(task: str) -> set[str]:
-  import inspect
-  return set(inspect.signature(INNER_TASKS[task]).parameters)
-
-
-def _mlp(dataset, hidden, activation="relu", *, image_size=None, batch_size=128, horizon=1000):
-  options = {"dataset": dataset, "hidden_sizes": tuple(hidden), "activation": activation,
-             "batch_size": batch_size}
-  if image_size is not None:
-    options["image_size"] = image_size
-  return Member("image_mlp", options, horizon=horizon)
-
-
-def _conv(dataset, channels, *, image_size=None, batch_size=128, horizon=1000):
-  options = {"dataset": dataset, "channels": tuple(channels), "batch_size": batch_size}
-  if image_size is not None:
-    options["image_size"] = image_size
-  return Member("image_conv", options, horizon=horizon)
-
-
-# Ready-made distributions (``--task NAME``). ``digits_mix`` needs no files (scikit-learn's
-# digits); ``small_mix`` adds FashionMNIST (8x8 and 28x28) and the LSTM copy task. ``small_mix`` is
-# not the distribution of the pretrained ``small_mix_nres``: its recipe
-# (lopt_meta/pretrained/small_mix_nres.yaml) declares its own members under the same name (these
-# seven and a digits CNN, without these augmentations).
-DISTRIBUTIONS: dict[str, Distribution] = {
-    "digits_mix": Distribution(
-        members=(_mlp("digits", (32,), batch_size=128, horizon=500),
-                 _mlp("digits", (64, 32), "tanh", batch_size=64, horizon=300),
-                 _mlp("digits", (16, 16, 16), "gelu", batch_size=32, horizon=400),
-                 _conv("digits", (8, 16), batch_size=64, horizon=300)),
-        augment=Augmentation(param_scale=(1e-2, 1e2), label_noise=0.05),
-        truncation="log_uniform"),
-    "small_mix": Distribution(
-        members=(_mlp("digits", (32,), horizon=500),
-                 _mlp("digits", (16, 16, 16), "gelu", batch_size=32, horizon=400),
-                 _mlp("fashion_mnist", (32,), image_size=8, horizon=1000),
-                 _mlp("fashion_mnist", (64, 32), "tanh", image_size=8, batch_size=64,
-                      horizon=500),
-                 _mlp("fashion_mnist", (32,), batch_size=64, horizon=500),
-                 _conv("fashion_mnist", (8, 16), image_size=8, horizon=500),
-                 Member("lstm_copy", {"hidden_size": 32, "max_length": 8}, horizon=300)),
-        augment=Augmentation(param_scale=(1e-3, 1e3), label_noise=0.05),
-        truncation="log_uniform"),
-}
-
-
-def get_distribution(name: str) -> Distribution:
-  if name not in DISTRIBUTIONS:
-    raise ConfigError("task", f"unknown distribution {name!r}; valid: "
-                      f"{', '.join(sorted(DISTRIBUTIONS))}")
-  return DISTRIBUTIONS[name]

@@ -6,7 +6,7 @@ checkpoints by while it meta-trains (``--heldout-every``, :mod:`meta_train.comma
 The two share no task, so that choosing a checkpoint by meta-validation does not tune it to the
 bench.
 
-Each task differs from everything in :data:`tasks.DISTRIBUTIONS` and the pretrained recipes in
+Each task differs from everything in the registered distributions (``tasks.names("distribution")``) and the pretrained recipes in
 data (scikit-learn's breast-cancer table, a synthetic 40-feature table), architecture (a
 128x128 MLP, an autoencoder, a wider CNN at another resolution) or objective (reconstruction),
 and runs 2-6x longer than the training horizons of its kind (MLPs 400-1000 steps, CNNs 300-500). ``meta-train bench`` trains
@@ -21,7 +21,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from lopt_meta.errors import ConfigError
-from tasks.inner import InnerTask, get_inner_task
+from tasks import registry
+from tasks.inner_task import InnerTask
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,7 +37,7 @@ class HeldOutTask:
     options = dict(self.options)
     if data_dir is not None and options.get("dataset") == "fashion_mnist":
       options["data_dir"] = data_dir
-    return get_inner_task(self.task, **options)
+    return registry.build(self.task, **options)
 
 
 SUITE: tuple[HeldOutTask, ...] = (

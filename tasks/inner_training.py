@@ -45,7 +45,7 @@ import optax
 
 from lopt_meta.errors import ConfigError, check_positive_int
 from lopt_meta.prng import as_typed_key
-from tasks.inner import InnerTask
+from tasks.inner_task import InnerTask
 
 META_LOSSES = ("train", "valid", "telescoping")
 TRUNCATIONS = ("constant", "log_uniform")
@@ -139,7 +139,7 @@ def check_options(family: Sequence[InnerTask], *, horizon: int, meta_loss: str, 
     raise ConfigError("task", "a task family needs at least one task")
   for t in family:
     if not isinstance(t, InnerTask):
-      raise ConfigError("task", f"must be an InnerTask (tasks.get_inner_task(...)); got "
+      raise ConfigError("task", f"must be an InnerTask (tasks.build(...)); got "
                         f"{type(t).__name__}")
   if meta_loss not in META_LOSSES:
     raise ConfigError("meta_loss", f"unknown meta_loss {meta_loss!r}; valid: {', '.join(META_LOSSES)}")

@@ -16,7 +16,7 @@ import jax
 
 from lopt_meta.base import LearnedOptimizer
 from tasks.base import UnrolledSystem
-from tasks.inner import InnerTask
+from tasks.inner_task import InnerTask
 from tasks.inner_training import Augmentation, inner_training
 
 

@@ -5,7 +5,7 @@ for the systems in ``FOUR_PAIRS``), on the systems named on the command line, ex
     python -m tests.every_system lorenz digits_mlp/adam cifar10_resnet
     python -m tests.every_system -      # the names one a line on stdin, as they come
 
-A name is a registered task (``tasks.TASKS``) or an inner task with a learned optimizer
+A name is a registered unrolled system (``tasks.names("system")``) or an inner task with a learned optimizer
 (``INNER/LOPT``; ``INNER`` alone means ``INNER/mlp``). Inner tasks keep their default model and
 run with a horizon of 8 steps and windows of 4 (so do the policy-learning tasks, the copy task,
 with an LSTM of 8 units, and the hyperparameter tasks, these on the digits data with small MLPs), except ``cifar10_resnet``: one stage of width 8,
@@ -34,6 +34,7 @@ import numpy as np
 import lopt_meta
 import tasks
 from lopt_meta.errors import ConfigError
+from meta_train.command import build as build_lib
 from meta_train.command import config as config_lib
 from meta_train.engine import estimators
 from tasks.locomotion import policy_learning
@@ -53,8 +54,8 @@ FOUR_PAIRS = ("hopper",)
 # of digits_mlp (an MLP on the same data; the autoencoder differs in its loss alone), so they run
 # here as digits_mlp does; image_conv, a new structure, runs.
 SAME_AS_DIGITS_MLP = ("image_mlp", "image_autoencoder")
-NAMES = (sorted(tasks.TASKS)
-         + [f"{t}/mlp" for t in sorted(tasks.INNER_TASKS) if t not in SAME_AS_DIGITS_MLP]
+NAMES = (tasks.names("system")
+         + [f"{t}/mlp" for t in tasks.names("inner") if t not in SAME_AS_DIGITS_MLP]
          + [f"digits_mlp/{o}" for o in sorted(lopt_meta.OPTIMIZERS) if o != "mlp"])
 
 
@@ -81,8 +82,8 @@ def configs(name: str, estimator: str, pairs: int, scratch: Path, *,
   settings = {"task": task, "estimator": estimator, "num_particles": 2 * pairs, "sigma": 0.01,
               "unroll_length": W}
   if estimator == "gpes":
-    settings["K"] = 2 * W
-  if task in tasks.INNER_TASKS:
+    settings["estimator_option"] = {"K": 2 * W}
+  if tasks.kind(task) == "inner":
     settings.update(horizon=T, lopt=lopt or "mlp")
   if task in policy_learning.REGISTERED:
     settings["horizon"] = T
@@ -112,7 +113,7 @@ def run(name: str, scratch: Path) -> None:
   for estimator in estimators.ESTIMATORS:
     for pairs in pairs_of(name):
       try:
-        system, est = config_lib.validate(configs(name, estimator, pairs, scratch))
+        system, est, _ = build_lib.build_run(configs(name, estimator, pairs, scratch))
       except ConfigError as e:  # e.g. full_es on a system that never resets
         print(f"skip {name} {estimator} {pairs}: {e}", flush=True)
         continue

@@ -74,8 +74,8 @@ def missing_parts_of(name: str) -> list[str]:
   import tasks
   from tasks.locomotion import policy_learning
   task = name.split("/")[0]
-  members = ([(m.task, m.options) for m in tasks.DISTRIBUTIONS[task].members]
-             if task in tasks.DISTRIBUTIONS else [(task, {})])
+  members = ([(m.task, m.options) for m in tasks.build(task).members]
+             if task in tasks.names("distribution") else [(task, {})])
   needs = []
   if any(t.startswith("fashion_mnist") or o.get("dataset") == "fashion_mnist" for t, o in members):
     needs.append(fashion_mnist_missing)

@@ -21,7 +21,8 @@ import traceback
 from pathlib import Path
 
 import meta_train
-from lopt_meta.errors import CheckpointError, ConfigError
+from lopt_meta.errors import ConfigError
+from meta_train.command.errors import CheckpointError
 from meta_train.command import cli
 
 

@@ -114,7 +114,7 @@ def _estimate(case: str):
   """Two estimates (burn-in included for the online estimators) of a small learned-optimizer
   system on digits, built afresh (so traced afresh) under the current kernel setting."""
   lopt_name, cls, options = CASES[case]
-  task = tasks.get_inner_task("digits_mlp", batch_size=16, hidden_sizes=(8,))
+  task = tasks.build("digits_mlp", batch_size=16, hidden_sizes=(8,))
   system = tasks.learned_optimizer_system(task, lopt_meta.get_optimizer(lopt_name),
                                           horizon=HORIZON)
   est = cls(system, num_particles=PARTICLES, sigma=SIGMA, **options)

@@ -29,7 +29,7 @@ TINY = heldout.HeldOutTask("breast_cancer_tiny", "image_mlp",
 
 def test_suite_tasks_are_in_no_training_distribution():
   trained = set()
-  for dist in tasks.DISTRIBUTIONS.values():
+  for dist in map(tasks.build, tasks.names("distribution")):
     trained |= {(m.task, tuple(sorted(m.options.items()))) for m in dist.members}
   for held in heldout.SUITE:
     assert (held.task, tuple(sorted(held.options.items()))) not in trained
@@ -141,11 +141,12 @@ def test_every_pretrained_optimizer_ships_with_its_recipe():
   for name in lopt_meta.PRETRAINED:
     assert (folder / f"{name}.npz").is_file() and (folder / f"{name}.yaml").is_file()
     lopt, theta, metadata = lopt_meta.read_pretrained(name)
+    from meta_train.command import build as build_lib
     from meta_train.command import config as config_lib
     config = config_lib.TrainConfig.from_file(lopt_meta.pretrained.recipe(name))
     assert metadata["task"] == config.task.task  # produced by its recipe's distribution training
     assert config.task.is_distribution and config.task.lopt == lopt.name
-    assert config_lib.build_lopt(config).config() == lopt.config()  # the recipe's optimizer
+    assert build_lib.build_lopt(config).config() == lopt.config()  # the recipe's optimizer
 
 
 LOAD_OFFLINE = """

@@ -62,7 +62,11 @@ def test_same_seed_same_run(tmp_path):
      "estimator: unknown estimator 'es'; valid: full_es, gpes, nres, pes, tbptt, tes"),
     (["--unroll-length", "101"],
      "unroll_length: W=101 is longer than the horizon T=100 of 'toy2d'; allowed: 1..100"),
-    (["--estimator", "gpes"], "K: gpes needs K, the steps per noise block (e.g. --K 100)"),
+    (["--estimator", "gpes"], "K: estimator 'gpes' needs the option 'K'"),
+    (["--estimator-option", "K", "3"], "K: estimator 'nres' takes no option 'K'; valid: "
+     "num_particles, sigma, unroll_length, lockstep, devices"),
+    (["--estimator", "gpes", "--estimator-option", "K", "0"],
+     "K: must be a positive int (steps per noise block); got 0"),
     (["--task-option", "horizn", "5"],
      "horizn: task 'toy2d' takes no option 'horizn'; valid: horizon, x0, theta0"),
     (["--task", "digits_mlp", "--lopt", "sgdm"],

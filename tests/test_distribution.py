@@ -18,6 +18,7 @@ import lopt_meta
 import tasks
 from lopt_meta.errors import ConfigError
 from meta_train.command import cli
+from meta_train.command import build as build_lib
 from meta_train.command import config as config_lib
 from meta_train.command import run as run_lib
 from meta_train.estimators import NRES, PES, OverTasks
@@ -25,7 +26,7 @@ from tests.trees import assert_trees_equal, assert_trees_within_ulps_of_scale
 
 
 def _digits_system(**kw):
-  task = tasks.get_inner_task("image_mlp", dataset="digits", hidden_sizes=(8,), batch_size=32)
+  task = tasks.build("image_mlp", dataset="digits", hidden_sizes=(8,), batch_size=32)
   return tasks.learned_optimizer_system(task, lopt_meta.MLPLOpt(), horizon=kw.pop("horizon", 20),
                                         **kw)
 
@@ -37,7 +38,7 @@ def _digits_system(**kw):
 def test_reparameterization_changes_what_the_optimizer_sees_not_the_loss():
   """Under param_scale the optimizer's parameters are ``c p`` per tensor (c in the range) and
   its gradients ``g / c``; the model reads ``p``: the first training loss is the plain one."""
-  task = tasks.get_inner_task("image_mlp", dataset="digits", hidden_sizes=(8,), batch_size=32)
+  task = tasks.build("image_mlp", dataset="digits", hidden_sizes=(8,), batch_size=32)
   sgd = lopt_meta.SGDM(learning_rate=0.0, momentum=0.0)
   plain = tasks.learned_optimizer_system(task, sgd, horizon=5).bound()
   scaled = tasks.learned_optimizer_system(task, sgd, horizon=5,
@@ -54,7 +55,7 @@ def test_reparameterization_changes_what_the_optimizer_sees_not_the_loss():
 
 
 def test_label_noise_changes_the_configured_fraction_of_training_labels():
-  task = tasks.get_inner_task("image_mlp", dataset="digits", hidden_sizes=(8,), batch_size=1000)
+  task = tasks.build("image_mlp", dataset="digits", hidden_sizes=(8,), batch_size=1000)
   batch, _ = task.train_batch(task.data, task.init_state(jax.random.key(0)), None)
 
   def changed(noise):
@@ -124,11 +125,11 @@ def _three_structures(kind):
     return {"a": vector, "b": counted, "c": matrix}, theta0
   lopt = lopt_meta.MLPLOpt()
   return {
-      "a": tasks.learned_optimizer_system(tasks.get_inner_task(
+      "a": tasks.learned_optimizer_system(tasks.build(
           "image_mlp", dataset="digits", hidden_sizes=(8,), batch_size=32), lopt, horizon=20),
-      "b": tasks.learned_optimizer_system(tasks.get_inner_task(
+      "b": tasks.learned_optimizer_system(tasks.build(
           "image_conv", dataset="digits", channels=(4,), batch_size=16), lopt, horizon=15),
-      "c": tasks.learned_optimizer_system(tasks.get_inner_task(
+      "c": tasks.learned_optimizer_system(tasks.build(
           "lstm_copy", hidden_size=8, max_length=4, batch_size=8), lopt, horizon=10),
   }, lopt.init_theta(jax.random.key(0))
 
@@ -237,7 +238,7 @@ def test_multi_task_run_resumes_bit_for_bit(tmp_path):
 
 def test_named_distribution_from_the_command_line_and_its_errors(capsys):
   config = config_lib.TrainConfig(task=config_lib.TaskConfig(task="digits_mix"))
-  system, estimator = config_lib.validate(config)
+  system, estimator, _ = build_lib.build_run(config)
   assert isinstance(system, tasks.DistributionSystem) and len(system.systems) == 4
   assert isinstance(estimator, OverTasks) and estimator.tasks_per_step == 1
   assert cli.main(["train", "--task", "digits_mix", "--horizon", "100"]) == 2
@@ -249,7 +250,7 @@ def test_named_distribution_from_the_command_line_and_its_errors(capsys):
       "truncation; got 'depth'\n")
   config = config_lib.TrainConfig(task=config_lib.TaskConfig(
       task="digits_mix", task_option={"tasks_per_step": "2"}))
-  assert config_lib.validate(config)[1].tasks_per_step == 2
+  assert build_lib.build_run(config).estimator.tasks_per_step == 2
 
 
 def test_a_distribution_is_evaluated_per_task_beside_adam():
@@ -259,7 +260,7 @@ def test_a_distribution_is_evaluated_per_task_beside_adam():
       "task": {"task": "tiny_mix", "distribution": distribution},
       "estimator": {"num_particles": 4, "sigma": 0.01, "unroll_length": 5},
       "run": {"eval_episodes": 1, "baseline_lrs": [1e-3, 1e-2]}})
-  system, _ = config_lib.validate(config)
+  system = build_lib.build_run(config).system
   evaluator = evaluation.make_evaluator(config, system)
   out = {**evaluator(system.theta0), **evaluator.baseline()}
   names = list(system.systems)

@@ -18,7 +18,8 @@ from meta_train.command import hpo_plots
 from tasks.hpo import search
 from tasks.hpo import paper_tasks as hparam_tuning
 from tasks import hpo as hp
-from tasks.inner import MLP, ImageClassification
+from tasks.image_tasks import ImageClassification
+from tasks.models import MLP
 
 SPACE = {"lr": hp.LogUniform(1e-4, 1e-2), "momentum": hp.Logit(0.01, 0.9),
          "width_1": hp.Fraction(0.2, 0.8), "shift": hp.Uniform(-1.0, 2.0)}
@@ -105,7 +106,7 @@ def test_unknown_or_missing_hyperparameter_names_are_errors():
   with pytest.raises(ConfigError, match="^task: system 'lorenz' has no declared hyperparameters"):
     search.random_search(tasks.get("lorenz"), budget=3000, key=jax.random.key(0))
   with pytest.raises(ConfigError, match="^meta_loss: unknown meta_loss 'final'; valid: train, valid, telescoping$"):
-    hp.optax_system(space, lambda h: optax.sgd(h["lr"]), tasks.get_inner_task("digits_mlp"),
+    hp.optax_system(space, lambda h: optax.sgd(h["lr"]), tasks.build("digits_mlp"),
                     horizon=4, meta_loss="final")
 
 

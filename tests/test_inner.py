@@ -23,11 +23,11 @@ from tests import optional
 
 
 def test_inner_task_registry():
-  assert sorted(tasks.INNER_TASKS) == ["cifar10_resnet", "digits_mlp", "fashion_mnist_mlp",
+  assert tasks.names("inner") == ["cifar10_resnet", "digits_mlp", "fashion_mnist_mlp",
                                        "fashion_mnist_mlp28", "image_autoencoder", "image_conv",
                                        "image_mlp", "lstm_copy"]
   with pytest.raises(ValueError, match=r"^hidden: task 'digits_mlp' takes no option 'hidden'"):
-    tasks.get_inner_task("digits_mlp", hidden=3)
+    tasks.build("digits_mlp", hidden=3)
 
 
 def _shapes(task):
@@ -35,15 +35,15 @@ def _shapes(task):
 
 
 def test_mlp_shapes_follow_the_specification():
-  assert _shapes(tasks.get_inner_task("digits_mlp")) == {
+  assert _shapes(tasks.build("digits_mlp")) == {
       "Dense_0": {"bias": (32,), "kernel": (64, 32)}, "Dense_1": {"bias": (10,), "kernel": (32, 10)}}
 
 
 def test_fashion_mnist_mlp_shapes_follow_the_specification():
   """8x8 images (64 inputs) by default; fashion_mnist_mlp28 reads the full 28x28 (784)."""
   optional.require_fashion_mnist()
-  assert _shapes(tasks.get_inner_task("fashion_mnist_mlp"))["Dense_0"]["kernel"] == (64, 32)
-  assert _shapes(tasks.get_inner_task("fashion_mnist_mlp28"))["Dense_0"]["kernel"] == (784, 32)
+  assert _shapes(tasks.build("fashion_mnist_mlp"))["Dense_0"]["kernel"] == (64, 32)
+  assert _shapes(tasks.build("fashion_mnist_mlp28"))["Dense_0"]["kernel"] == (784, 32)
 
 
 def _train(task, opt, steps, key=jax.random.key(0)):
@@ -64,7 +64,7 @@ def _train(task, opt, steps, key=jax.random.key(0)):
 
 
 def test_digits_mlp_learns_with_adam():
-  losses = _train(tasks.get_inner_task("digits_mlp"), optax.adam(1e-2), 300)
+  losses = _train(tasks.build("digits_mlp"), optax.adam(1e-2), 300)
   assert losses[:10].mean() > 1.5 and losses[-50:].mean() < 0.3
 
 
@@ -73,7 +73,7 @@ def test_digits_mlp_learns_with_adam():
 def test_cifar10_resnet_runs_on_mock_data(widths):
   data.load.cache_clear()
   with tfds.testing.mock_data(num_examples=40):
-    task = tasks.get_inner_task("cifar10_resnet", batch_size=8,
+    task = tasks.build("cifar10_resnet", batch_size=8,
                                 **({} if widths is None else {"widths": widths}))
   data.load.cache_clear()
   losses = _train(task, optax.adam(1e-3), 3)
@@ -82,7 +82,7 @@ def test_cifar10_resnet_runs_on_mock_data(widths):
 
 
 def test_copy_batches_and_curriculum():
-  task = tasks.get_inner_task("lstm_copy", max_length=8, start_length=4)
+  task = tasks.build("lstm_copy", max_length=8, start_length=4)
   state = task.init_state(jax.random.key(0))
   batch, _ = task.train_batch(None, state, jax.random.key(1))
   tokens, targets, mask = (np.asarray(batch[k]) for k in ("tokens", "targets", "mask"))
@@ -98,14 +98,14 @@ def test_copy_batches_and_curriculum():
 
 
 def test_normalizer_clips_and_maps_nan_to_the_bound():
-  task = tasks.get_inner_task("digits_mlp")
+  task = tasks.build("digits_mlp")
   bound = 1.5 * math.log(10)
   got = task.normalize(jnp.asarray([-1.0, 0.5, 100.0, jnp.nan, jnp.inf]))
   np.testing.assert_allclose(got, [0.0, 0.5, bound, bound, bound], rtol=1e-6)
 
 
 def _system(**kw):
-  task = tasks.get_inner_task("digits_mlp")
+  task = tasks.build("digits_mlp")
   return tasks.learned_optimizer_system(task, kw.pop("lopt", lopt_meta.Adam(learning_rate=1e-2)),
                                         **kw)
 
@@ -121,7 +121,7 @@ def test_train_meta_loss_is_the_normalized_training_loss():
 def test_telescoping_meta_loss_sums_to_the_final_loss_on_the_fixed_batch():
   """The per-step differences sum to the final parameters' loss on the episode's fixed batch
   (``l_{-1} = 0``), measured here independently of the system."""
-  task = tasks.get_inner_task("digits_mlp")
+  task = tasks.build("digits_mlp")
   system = _system(horizon=40, meta_loss="telescoping", fixed_batch_size=500).bound()
   init_key, steps_key = jax.random.split(jax.random.key(3))
   state0 = system.init(init_key)
@@ -165,14 +165,14 @@ def test_log_uniform_truncations():
 
 def test_task_family_draws_every_task():
   optional.require_fashion_mnist()
-  family = [tasks.get_inner_task("digits_mlp"), tasks.get_inner_task("fashion_mnist_mlp")]
+  family = [tasks.build("digits_mlp"), tasks.build("fashion_mnist_mlp")]
   system = tasks.learned_optimizer_system(family, lopt_meta.Adam(learning_rate=1e-2), horizon=10)
   states = jax.vmap(system.bound().init)(jax.random.split(jax.random.key(0), 64))
   assert set(np.asarray(states.task_index).tolist()) == {0, 1}
   losses = system.episode_losses({}, jax.random.key(1))
   assert np.all(np.isfinite(np.asarray(losses)))
   with pytest.raises(ValueError, match="parameters share one structure"):
-    tasks.learned_optimizer_system([family[0], tasks.get_inner_task("lstm_copy")],
+    tasks.learned_optimizer_system([family[0], tasks.build("lstm_copy")],
                                    lopt_meta.Adam(), horizon=10)
 
 
@@ -187,7 +187,7 @@ def test_diverging_inner_training_costs_a_bounded_meta_loss():
 def test_nres_on_a_learned_optimizer_system_is_full_es_when_the_window_is_the_episode():
   """In lockstep with W = T every window is one whole episode with one noise draw: NRES is then
   FullES on the same keys (the paper's remark), here through the learned optimizer's system."""
-  system = tasks.learned_optimizer_system(tasks.get_inner_task("digits_mlp"), lopt_meta.MLPLOpt(),
+  system = tasks.learned_optimizer_system(tasks.build("digits_mlp"), lopt_meta.MLPLOpt(),
                                           horizon=12)
   nres = NRES(system, num_particles=4, sigma=0.01, unroll_length=12, lockstep=True)
   full = FullES(system, num_particles=4, sigma=0.01)

@@ -305,7 +305,7 @@ def test_init_theta_with_legacy_and_typed_keys(name):
 
 
 def test_inner_task_and_learned_optimizer_system_init_with_legacy_and_typed_keys():
-  task = tasks.get_inner_task("digits_mlp")
+  task = tasks.build("digits_mlp")
   typed, legacy = jax.random.key(2), jax.random.PRNGKey(2)
   _assert_identical(task.init_params(typed), task.init_params(legacy))
   _assert_identical(task.init_state(typed), task.init_state(legacy))

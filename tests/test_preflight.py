@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import pytest
 
 import tasks
-from meta_train.command import config as config_lib
+from meta_train.command import build as build_lib
 from meta_train.command import preflight
 from tests import optional
 from tests.every_system import NAMES, configs
@@ -20,7 +20,7 @@ def test_registered_systems_call_no_lapack(name):
   vmapped init and step lower to no LAPACK call at all (cifar10_resnet: the full ResNet-8)."""
   optional.require_parts_of(name)
   with tempfile.TemporaryDirectory() as scratch:
-    system = config_lib.build_system(configs(name, "nres", 2, Path(scratch), full_model=True))
+    system = build_lib.build_system(configs(name, "nres", 2, Path(scratch), full_model=True))
     assert preflight.lapack_calls(system, num_pairs=2) == {"init": [], "step": []}
 
 

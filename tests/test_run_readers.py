@@ -23,6 +23,8 @@ import sys
 import time
 from pathlib import Path
 
+import jax
+import numpy as np
 import pytest
 
 from meta_train.command import cli
@@ -124,6 +126,31 @@ def test_readers_write_nothing(finished_run, tmp_path, capsys, caplog):
   assert _snapshot(finished_run) == before
   assert "WARNING" not in capsys.readouterr().err
   assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+
+def test_load_run_and_export_build_nothing_of_the_writer(finished_run, tmp_path, monkeypatch):
+  """Following ``load_run`` and ``export`` through the calls: no check or build of the writer's
+  configuration, no task, no data, no estimator, no device mesh, no trainer (each raises here);
+  the exported theta is the checkpoint's, bit for bit."""
+  import lopt_meta
+  import tasks
+  from meta_train.command import build, checks
+  from meta_train.engine import estimators, sharding, trainer
+  from tasks import data
+
+  def forbidden(*args, **kwargs):
+    raise AssertionError("a reader reached the writer's path")
+  for owner, name in ((build, "build_run"), (build, "build_system"), (build, "build_estimator"),
+                      (checks, "check"), (tasks, "build"), (tasks.registry, "build"),
+                      (data, "load"), (estimators, "make"), (sharding, "pairs_mesh"),
+                      (trainer.Trainer, "__init__"), (trainer.Trainer, "init")):
+    monkeypatch.setattr(owner, name, forbidden)
+  loaded = run_lib.load_run(finished_run)
+  assert loaded.step == _steps(finished_run) and int(loaded.state.step) == loaded.step
+  assert cli.main(["export", str(finished_run), "--out", str(tmp_path / "l.npz")]) == 0
+  _, theta, metadata = lopt_meta.read_optimizer(tmp_path / "l.npz")
+  assert metadata["step"] == loaded.step
+  assert_trees_equal(jax.tree.map(np.asarray, theta), jax.tree.map(np.asarray, loaded.theta))
 
 
 def test_a_second_writer_is_refused_naming_the_holder(tmp_path, capsys):

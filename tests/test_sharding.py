@@ -21,7 +21,7 @@ SCRIPT = textwrap.dedent("""
         return np.concatenate([np.ravel(np.asarray(x)) for x in jax.tree.leaves(tree)])
 
     lorenz = tasks.get("lorenz", horizon=60, init_sigma=0.5)
-    lopt = tasks.learned_optimizer_system(tasks.get_inner_task("digits_mlp"), lopt_meta.MLPLOpt(),
+    lopt = tasks.learned_optimizer_system(tasks.build("digits_mlp"), lopt_meta.MLPLOpt(),
                                           horizon=30)
     cases = {
         "nres_lorenz": (lorenz, lambda d: NRES(lorenz, num_particles=16, sigma=0.04, unroll_length=10, devices=d)),
@@ -30,7 +30,7 @@ SCRIPT = textwrap.dedent("""
         "tbptt_lorenz": (lorenz, lambda d: TBPTT(lorenz, num_particles=8, unroll_length=10, devices=d)),
         "nres_lopt": (lopt, lambda d: NRES(lopt, num_particles=8, sigma=0.01, unroll_length=5, devices=d)),
     }
-    conv = tasks.learned_optimizer_system(tasks.get_inner_task(
+    conv = tasks.learned_optimizer_system(tasks.build(
         "image_conv", dataset="digits", channels=(4,), batch_size=16), lopt_meta.MLPLOpt(), horizon=20)
     cases["over_tasks_lopt"] = (lopt, lambda d: OverTasks(  # an MLP and a CNN, both drawn
         {"mlp": NRES(lopt, num_particles=8, sigma=0.01, unroll_length=5, devices=d),

@@ -50,7 +50,7 @@ import optax
 import lopt_meta
 from lopt_meta.errors import ConfigError
 from tasks import heldout
-from tasks.inner import InnerTask
+from tasks.inner_task import InnerTask
 from tasks.inner_training import inner_training
 
 POINTS = 50

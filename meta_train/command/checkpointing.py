@@ -10,9 +10,10 @@ newer one is complete (keep the last ``max_to_keep``). With several processes
 (:mod:`meta_train.command.distributed`) every process saves and restores together, each its own shards of
 the arrays that span processes, in a folder they all see.
 
-Restoring reads the latest checkpoint with an abstract target (shapes and dtypes of a fresh
-state, so that types survive); if it cannot be read (half written, corrupted), that is reported
-and the previous one is tried. Resuming moves unreadable checkpoints to
+Restoring reads the latest checkpoint with an abstract target: the shapes, dtypes and containers
+of a fresh state, so that types survive (a run that continues), or, for a reader that builds
+nothing, those the checkpoint itself records (dicts and lists, keys as their ``uint32`` data).
+If it cannot be read (half written, corrupted), that is reported and the previous one is tried. Resuming moves unreadable checkpoints to
 ``RUN_DIR/unreadable_checkpoints/`` (nothing is deleted) before it saves the same steps again.
 
 Only the process that owns a run (see :mod:`meta_train.command.run_lock`) writes its checkpoints.
@@ -33,7 +34,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from lopt_meta import absl_notes
-from lopt_meta.errors import CheckpointError
+from meta_train.command.errors import CheckpointError
 
 PyTree = Any
 
@@ -93,7 +94,9 @@ class Checkpoints:
                                                enable_async_checkpointing=False,
                                                cleanup_tmp_directories=True)
       self.manager = self._retry(lambda: ocp.CheckpointManager(
-          self.directory, options=options, item_names=("state", "meta")))
+          self.directory, options=options,
+          item_handlers={"state": ocp.StandardCheckpointHandler(),
+                         "meta": ocp.JsonCheckpointHandler()}))
 
   def _retry(self, fn):
     """``fn()``; a reader lists the folder again (up to 20 times) when the run's owner deletes
@@ -122,11 +125,13 @@ class Checkpoints:
         force=True)
     self.manager.wait_until_finished()
 
-  def restore(self, like: PyTree, step: int | None = None, *,
+  def restore(self, like: PyTree | None = None, step: int | None = None, *,
               shardings: PyTree | None = None) -> tuple[PyTree, dict[str, Any], int]:
     """The state of checkpoint ``step`` (default: the latest readable one), shaped as ``like``
     and placed by ``shardings`` (a tree like ``like``; needed when the arrays span processes,
-    where every process restores its own shards).
+    where every process restores its own shards). Without ``like``, the state as the checkpoint
+    records it: its own containers, shapes and dtypes (keys as their ``uint32`` data), on the
+    first device.
 
     Returns:
       ``(state, meta, step)``.
@@ -134,7 +139,6 @@ class Checkpoints:
     Raises:
       CheckpointError: no checkpoint, or none that can be read.
     """
-    abstract = _abstract(to_saveable(like), shardings)
     errors, tried = [], set()
     self.unreadable = []
     while True:
@@ -144,9 +148,12 @@ class Checkpoints:
       s = candidates[-1]
       tried.add(s)
       try:
+        abstract = (_abstract(to_saveable(like), shardings) if like is not None
+                    else _abstract(self._recorded(s)))
         restored = self.manager.restore(s, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
-        return from_saveable(restored["state"], like), dict(restored["meta"]), s
+        state = restored["state"] if like is None else from_saveable(restored["state"], like)
+        return state, dict(restored["meta"]), s
       except Exception as e:  # unreadable: report it, fall back to the previous checkpoint
         if step is None and self.read_only and not (self.directory / str(s)).exists():
           continue  # deleted by the run's owner while being read (older than max_to_keep)
@@ -158,6 +165,12 @@ class Checkpoints:
     if not errors:
       raise CheckpointError(f"no checkpoint in {self.directory}")
     raise CheckpointError(f"no readable checkpoint in {self.directory} ({'; '.join(errors)})")
+
+  def _recorded(self, step: int) -> PyTree:
+    """The state tree that checkpoint ``step`` records: its containers, with each array's shape
+    and dtype (``jax.ShapeDtypeStruct``)."""
+    metadata = self.manager.item_metadata(step)["state"]
+    return jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), metadata)
 
   def set_aside(self, steps: list[int]) -> list[Path]:
     """Moves unreadable checkpoints out of the way (never deletes them), so that training can

@@ -26,7 +26,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Literal
 
-from lopt_meta.errors import CheckpointError, ConfigError, check_positive_int
+from lopt_meta.errors import ConfigError, check_positive_int
+from meta_train.command.errors import CheckpointError
 from meta_train.command import config as config_lib
 from meta_train.command import flags  # the annotations below are evaluated by tyro only
 from meta_train.command.distributed import Distributed
@@ -249,7 +250,7 @@ def _plot(command: Plot) -> None:
   from meta_train.command import hpo_plots
   from tasks.hpo import search
   from meta_train.command.plots import plot_runs
-  runs = [d for d in command.run_dirs if not search.read_config(d)]
+  runs = [d for d in command.run_dirs if not search.read_search(d)]
   hpo = command.landscape is not None or any(hpo_plots.is_hpo(d) for d in command.run_dirs)
   out = Path(command.out)
   if runs:
@@ -275,7 +276,8 @@ def _search(command: Search) -> None:
     raise ConfigError("out", f"grid search writes a .npz file; got {out}")
   if out.exists() and not command.overwrite:
     raise ConfigError("out", f"{out} exists; choose another --out or pass --overwrite")
-  system = config_lib.build_system(config)
+  from meta_train.command import build as build_lib
+  system = build_lib.build_system(config)
   key = jax.random.key(command.seed)
   if command.method == "random":
     result = search.random_search(system, budget=command.budget, key=key,
@@ -301,7 +303,7 @@ def _eval(command: Eval) -> None:
   if command.episodes is not None:
     config = dataclasses.replace(config, run=dataclasses.replace(
         config.run, eval_episodes=command.episodes))
-  evaluator = evaluation.make_evaluator(config, loaded.system)  # the run's system, built once
+  evaluator = evaluation.make_evaluator(config)  # builds the systems it evaluates on
   result = {"run_dir": str(command.run_dir), "step": loaded.step, **evaluator(loaded.theta),
             **evaluator.baseline()}
   line = f"{command.run_dir} at outer step {loaded.step}: eval_loss {result['eval_loss']:.6g}"
@@ -315,7 +317,10 @@ def _eval(command: Eval) -> None:
 
 
 def _export(command: Export) -> None:
+  """Reads the run and writes what it trained: the learned optimizer (built from its name and
+  options alone) and theta, or tuned hyperparameters; no task, data or estimator is built."""
   import lopt_meta
+  from meta_train.command import build as build_lib
   from meta_train.command import run as run_lib
   config = run_lib.read_config(command.run_dir)
   out = Path(command.out)
@@ -325,7 +330,7 @@ def _export(command: Export) -> None:
     _export_hyperparameters(command, config, out)
     return
   loaded = run_lib.load_run(command.run_dir, command.step)
-  lopt = lopt_meta.get_optimizer(config.task.lopt or "mlp", **config.task.lopt_options())
+  lopt = build_lib.build_lopt(config)
   lopt_meta.save_optimizer(out, lopt, loaded.theta, metadata={
       "run_dir": str(command.run_dir), "step": loaded.step, "task": config.task.task,
       "estimator": config.estimator.estimator})
@@ -334,10 +339,12 @@ def _export(command: Export) -> None:
 
 
 def _export_hyperparameters(command: Export, config, out: Path) -> None:
-  """A hyperparameter run's tuned hyperparameters as JSON (constrained values and theta)."""
+  """A hyperparameter run's tuned hyperparameters as JSON (constrained values and theta). The
+  search space and constants are the task's: its system is built (no estimator, no trainer)."""
+  from meta_train.command import build as build_lib
   from meta_train.command import run as run_lib
   from tasks import hpo as hyperparameters
-  system = config_lib.build_system(config)
+  system = build_lib.build_system(config)
   if system.space is None:
     raise ConfigError("run_dir", f"{command.run_dir} trained theta of {config.task.task!r}, "
                       "neither a learned optimizer nor hyperparameters; nothing to export")

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -21,6 +21,7 @@ import optax
 
 import lopt_meta
 from lopt_meta.prng import as_typed_key
+from meta_train.command import build as build_lib
 from meta_train.command import config as config_lib
 from tasks.base import UnrolledSystem
 
@@ -74,34 +75,56 @@ def subsample(curve: np.ndarray, points: int = CURVE_POINTS) -> dict[str, list]:
   return {"step": (idx + 1).tolist(), "loss": [float(curve[i]) for i in idx]}
 
 
-def make_evaluator(config: config_lib.TrainConfig, system) -> Evaluator | DistributionEvaluator:
-  """The evaluator of a run's theta: per member for a task distribution."""
+class EvalSystems(NamedTuple):
+  """What an :class:`Evaluator` runs: the system theta is evaluated on (full-length episodes,
+  the training-loss meta-loss), and for a learned optimizer the same with the outer-validation
+  loss (``valid``) and with Adam at a learning rate given as theta (``adam``), else ``None``."""
+  system: UnrolledSystem
+  valid: UnrolledSystem | None = None
+  adam: UnrolledSystem | None = None
+
+
+def make_evaluator(config: config_lib.TrainConfig,
+                   system: UnrolledSystem | None = None) -> Evaluator | DistributionEvaluator:
+  """The evaluator of a run's theta: per member for a task distribution. ``system``: the run's
+  own where the caller has built it (an unrolled system is evaluated on it); the systems of a
+  learned optimizer are built here, once each (full-length episodes)."""
   if config.task.is_distribution:
-    return DistributionEvaluator(config, system)
-  return Evaluator(config, system)
+    views = _learned_optimizer_views(config)
+    return DistributionEvaluator({name: Evaluator(config, EvalSystems(*(v.systems[name]
+                                                                        for v in views)))
+                                  for name in views[0].systems})
+  if config.task.is_inner:
+    return Evaluator(config, EvalSystems(*_learned_optimizer_views(config)))
+  return Evaluator(config, EvalSystems(
+      system if system is not None else build_lib.build_system(config)))
+
+
+def _learned_optimizer_views(config: config_lib.TrainConfig) -> list:
+  """The configured task trained by the learned optimizer with the training loss, with the
+  outer-validation loss, and by Adam (full-length episodes); each built once."""
+  build = functools.partial(build_lib.build_system, config, for_evaluation=True)
+  return [build(), build(meta_loss="valid"), build(lopt=_AdamAtLearningRate(lopt_meta.Adam()))]
 
 
 class Evaluator:
-  """Evaluates theta; for learned optimizers, also runs the Adam baseline (once). ``member``:
-  evaluate that member of the configured task distribution."""
+  """Evaluates theta on :class:`EvalSystems`; for learned optimizers, also runs the Adam
+  baseline (once)."""
 
-  def __init__(self, config: config_lib.TrainConfig, system: UnrolledSystem,
-               member: str | None = None):
+  def __init__(self, config: config_lib.TrainConfig, systems: EvalSystems):
     self.config = config
     self.key = jax.random.fold_in(jax.random.key(config.run.seed), 2)
-    self.inner = config.task.is_inner
-    build = functools.partial(config_lib.build_system, config, for_evaluation=True, member=member)
-    self.system = build() if self.inner else system
+    self.inner = systems.adam is not None
+    self.system = systems.system
     self.num_steps = self.system.horizon or config.run.eval_steps
     episodes = config.run.eval_episodes
     self._curve = curve_fn(self.system, episodes, self.num_steps)
     self._baseline = None
     self._valid = None
     if self.inner:
-      self.valid_system = build(meta_loss="valid")
+      self.valid_system = systems.valid
       self._valid = curve_fn(self.valid_system, episodes, self.num_steps)
-      adam = build(lopt=_AdamAtLearningRate(lopt_meta.Adam()))
-      self._baseline = (adam, curve_fn(adam, episodes, self.num_steps))
+      self._baseline = (systems.adam, curve_fn(systems.adam, episodes, self.num_steps))
     self._baseline_result: dict[str, Any] | None = None
 
   def baseline(self) -> dict[str, Any]:
@@ -146,9 +169,8 @@ class DistributionEvaluator:
   as ``KEY/NAME`` (curves included); across members, ``eval_loss`` is the mean of the members'
   and ``eval_vs_adam`` the geometric mean of their ratios to Adam."""
 
-  def __init__(self, config: config_lib.TrainConfig, system):
-    self.members = {name: Evaluator(config, member_system, member=name)
-                    for name, member_system in system.systems.items()}
+  def __init__(self, members: dict[str, Evaluator]):
+    self.members = members
 
   def baseline(self) -> dict[str, Any]:
     return {f"{key}/{name}": value for name, e in self.members.items()

@@ -128,20 +128,20 @@ def plot_hpo(run_dirs: Sequence[str | Path], out: str | Path,
                            figsize=(13 if grid is not None else 7, 5.5), squeeze=False)
   draw_best_so_far(axes[0, 0], run_dirs)
   if grid is not None:
-    draw_landscape(axes[0, 1], grid, [d for d in run_dirs if not search.read_config(d)],
+    draw_landscape(axes[0, 1], grid, [d for d in run_dirs if not search.read_search(d)],
                    kinds=_kinds(run_dirs))
   return save_figure(fig, out)
 
 
 def _kinds(run_dirs) -> dict[str, str]:
   """``{name: transform class name}`` from the first run whose task declares hyperparameters."""
-  from meta_train.command import config as config_lib
+  from meta_train.command import build as build_lib
   from meta_train.command import run as run_lib
   for run_dir in run_dirs:
-    if search.read_config(run_dir) or not (Path(run_dir) / "config.json").is_file():
+    if search.read_search(run_dir) or not (Path(run_dir) / "config.json").is_file():
       continue
     try:
-      system = config_lib.build_system(run_lib.read_config(Path(run_dir)))
+      system = build_lib.build_system(run_lib.read_config(Path(run_dir)))
     except (ConfigError, json.JSONDecodeError):
       continue
     if system.space is not None:
@@ -151,7 +151,7 @@ def _kinds(run_dirs) -> dict[str, str]:
 
 def is_hpo(run_dir: str | Path) -> bool:
   """Whether a folder is a random search or a run of a registered hyperparameter task."""
-  if search.read_config(run_dir):
+  if search.read_search(run_dir):
     return True
   try:
     config = json.loads((Path(run_dir) / "config.json").read_text())

@@ -16,6 +16,7 @@ import re
 import jax
 import jax.numpy as jnp
 
+import tasks
 from tasks.base import UnrolledSystem
 
 _LAPACK_CALL = re.compile(r"custom_call @(lapack_\w+)")
@@ -45,7 +46,7 @@ def lapack_warning(system, num_pairs: int) -> str | None:
   are checked one by one) calls LAPACK under vmap where that can deadlock, else None."""
   if num_pairs < 2 or system.theta0 is None or not affected():
     return None
-  if hasattr(system, "systems"):
+  if isinstance(system, tasks.DistributionSystem):
     warnings = (lapack_warning(s, num_pairs) for s in system.systems.values())
     return next((w for w in warnings if w is not None), None)
   calls = lapack_calls(system, num_pairs)

@@ -12,7 +12,9 @@ One process writes a run folder: ``train`` and ``resume`` hold its lock
 touch the folder until they end, and a second writer is refused, naming the holder, before any
 compute. Readers (:func:`load_run` and the commands built on it) take no lock and write nothing:
 they open the checkpoints read-only, so a run can be evaluated, exported and plotted while it
-trains.
+trains. Reading builds nothing of the writer's: no task, no data, no estimator, no trainer, no
+device mesh; the run's ``config.json`` is parsed, and the checkpoint is restored as it records
+itself (:class:`SavedState`).
 
 The loop (:class:`~meta_train.command.session.RunSession`) runs the compiled
 :class:`~meta_train.engine.trainer.Trainer` in chunks that end at every log, evaluation and
@@ -37,33 +39,44 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import numpy as np
 
 from lopt_meta.errors import ConfigError
+from meta_train.command import build as build_lib
 from meta_train.command import config as config_lib
 from meta_train.command import distributed
 from meta_train.command.checkpointing import Checkpoints
 from meta_train.command.logs import read_metrics
 from meta_train.command.run_lock import LOCK_FILE, RunLock
 from meta_train.command.session import Interrupted, RunSession  # noqa: F401  (the run's error)
-from meta_train.engine.trainer import Trainer, TrainState, outer_optimizer
+from meta_train.engine.trainer import Trainer, TrainState
 
 RUN_FILES = ("config.json", "metrics.jsonl", "checkpoints", "unreadable_checkpoints", "wandb",
              "wandb_id")
 
 
-@dataclasses.dataclass
+class SavedState(NamedTuple):
+  """A checkpoint's :class:`~meta_train.engine.trainer.TrainState` as the checkpoint records it:
+  the same fields, each in the containers it was saved with (dicts and lists), PRNG keys as their
+  ``uint32`` data."""
+  step: Any
+  theta: Any
+  opt_state: Any
+  workers: Any
+  key: Any
+
+
+@dataclasses.dataclass(frozen=True)
 class LoadedRun:
   """A run read back from its folder (see :func:`load_run`)."""
   run_dir: Path
-  config: config_lib.TrainConfig
-  state: TrainState
+  config: config_lib.TrainConfig  # parsed from config.json, not checked or built
+  state: SavedState
   step: int
   meta: dict[str, Any]
-  system: Any  # the validated UnrolledSystem the run trains
 
   @property
   def theta(self):
@@ -81,6 +94,11 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
 
 
 def read_config(run_dir: Path) -> config_lib.TrainConfig:
+  """The configuration a run folder was trained with (its ``config.json``), parsed only.
+
+  Raises:
+    ConfigError(run_dir): not a run folder, or an unreadable ``config.json``.
+  """
   path = Path(run_dir) / "config.json"
   if not path.is_file():
     raise ConfigError("run_dir", f"{run_dir} is not a run folder (no config.json)")
@@ -88,13 +106,6 @@ def read_config(run_dir: Path) -> config_lib.TrainConfig:
     return config_lib.TrainConfig.from_dict(json.loads(path.read_text()))
   except (json.JSONDecodeError, TypeError) as e:
     raise ConfigError("run_dir", f"{path} is not a readable run configuration ({e})") from None
-
-
-def _build(config: config_lib.TrainConfig):
-  system, estimator = config_lib.validate(config)
-  trainer = Trainer(estimator, outer_optimizer(config.outer.outer_optimizer, config.outer.outer_lr,
-                                               config.outer.grad_clip))
-  return system, estimator, trainer
 
 
 def _abstract_state(trainer: Trainer, system) -> TrainState:
@@ -117,25 +128,26 @@ def _state_shardings(like: TrainState, estimator):
 
 
 def load_run(run_dir: str | os.PathLike, step: int | None = None) -> LoadedRun:
-  """The run in ``run_dir`` at its latest readable checkpoint (or at ``step``).
+  """The run in ``run_dir`` at its latest readable checkpoint (or at ``step``): its parsed
+  configuration and the checkpoint as it records itself. Nothing is built (no task, no data, no
+  estimator) and nothing is written.
 
   Returns:
-    a :class:`LoadedRun` with ``.theta``, ``.step``, ``.config``, ``.state`` (the whole
-    TrainState), ``.meta``, ``.system`` and ``.metrics``.
+    a :class:`LoadedRun` with ``.theta``, ``.step``, ``.config``, ``.state`` (a
+    :class:`SavedState`), ``.meta`` and ``.metrics``.
 
   Raises:
-    ConfigError: not a run folder, or no readable checkpoint.
+    ConfigError: not a run folder. CheckpointError: no readable checkpoint.
   """
   run_dir = Path(run_dir)
   config = read_config(run_dir)
-  system, _, trainer = _build(config)
   checkpoints = Checkpoints(run_dir, read_only=True)
   try:
-    state, meta, restored = checkpoints.restore(_abstract_state(trainer, system), step)
+    saved, meta, restored = checkpoints.restore(step=step)
   finally:
     checkpoints.close()
-  return LoadedRun(run_dir=run_dir, config=config, state=state, step=restored, meta=meta,
-                   system=system)
+  state = SavedState(**{field: saved.get(field) for field in SavedState._fields})
+  return LoadedRun(run_dir=run_dir, config=config, state=state, step=restored, meta=meta)
 
 
 def prepare_run_dir(config: config_lib.TrainConfig, overwrite: bool = False) -> Path:
@@ -177,7 +189,7 @@ def train(config: config_lib.TrainConfig, *, overwrite: bool = False) -> tuple[T
     ConfigError: bad configuration or an occupied run folder.
     Interrupted: stopped by a signal (a checkpoint was saved).
   """
-  system, estimator, trainer = _build(config)
+  system, estimator, trainer = build_lib.build_run(config)
   distributed.check_same(config.to_dict())
   run_dir = config.run_dir()
   if run_dir.exists() and not run_dir.is_dir():
@@ -215,7 +227,7 @@ def resume(run_dir: str | os.PathLike, *, outer_steps: int | None = None,
   if stop_grace_s is not None:
     run = dataclasses.replace(run, stop_grace_s=stop_grace_s)
   config = dataclasses.replace(config, outer=outer, run=dataclasses.replace(run, out=run_dir))
-  system, estimator, trainer = _build(config)
+  system, estimator, trainer = build_lib.build_run(config)
   distributed.check_same(config.to_dict())
   lock = RunLock(run_dir)
   distributed.on_process_0(lambda: lock.acquire(field="run_dir"), "the run folder's lock")

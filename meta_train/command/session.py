@@ -31,6 +31,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from meta_train.command import build as build_lib
 from meta_train.command import config as config_lib
 from meta_train.command import distributed, evaluation, preflight, validation
 from meta_train.command.checkpointing import Checkpoints
@@ -67,7 +68,7 @@ class RunSession:
     c_run = config.run
     self.total = config.outer.outer_steps
     self.evaluate = evaluation.make_evaluator(config, system) if c_run.eval_every else None
-    self.lopt = config_lib.build_lopt(config) if config.task.is_inner else None
+    self.lopt = build_lib.build_lopt(config) if config.task.is_inner else None
     self.validate = (validation.HeldOutValidator(self.lopt, data_dir=config.task.data_dir)
                      if c_run.heldout_every else None)
     self.heldout_best = float(meta.get("heldout_best", float("inf")))

@@ -34,7 +34,8 @@ import optax
 from lopt_meta.errors import ConfigError, check_positive_int
 from tasks import hpo as hp
 from tasks.base import UnrolledSystem
-from tasks.inner import MLP, ImageClassification, ImageState
+from tasks.image_tasks import ImageClassification, ImageState
+from tasks.models import MLP
 
 DATASETS = ("fashion_mnist", "digits")
 

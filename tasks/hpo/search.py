@@ -203,8 +203,10 @@ def read_grid(path: str | Path) -> GridResult:
     raise ConfigError("landscape", f"{path} is not a grid written by grid search ({e})") from None
 
 
-def read_config(run_dir: str | Path) -> dict[str, Any]:
-  """A search folder's ``config.json``, or ``{}`` for a folder that is not a search."""
+def read_search(run_dir: str | Path) -> dict[str, Any]:
+  """A random search's settings (the ``config.json`` of its folder, which has a ``search`` entry),
+  or ``{}`` for any other folder (a meta-training run's ``config.json`` is read by
+  :func:`meta_train.command.run.read_config`)."""
   path = Path(run_dir) / "config.json"
   if not path.is_file():
     return {}

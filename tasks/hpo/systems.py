@@ -26,7 +26,7 @@ import optax
 from lopt_meta.errors import ConfigError
 from tasks.base import UnrolledSystem
 from tasks.hpo.space import Space, centre, check_space, constrain, initial_theta
-from tasks.inner import InnerTask
+from tasks.inner_task import InnerTask
 from tasks.inner_training import inner_training
 
 
@@ -108,7 +108,7 @@ def optax_system(space: Space, make_optimizer: Callable[[dict[str, jax.Array]],
   Args:
     space: ``{name: transform}``.
     make_optimizer: ``hparams -> optax.GradientTransformation``.
-    task: an inner task (model, loss and data), e.g. ``tasks.get_inner_task("digits_mlp")``.
+    task: an inner task (model, loss and data), e.g. ``tasks.build("digits_mlp")``.
     horizon: ``T``, inner steps per run.
     meta_loss: one of ``"train"``, ``"valid"``, ``"telescoping"``.
     fixed_batch_size: examples in the fixed batch of the telescoping meta-loss.

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import inspect
 
-from lopt_meta.errors import check_options, unknown_name
+from lopt_meta.errors import ConfigError, check_options, unknown_name
 from meta_train.engine.estimators.base import Estimator, Metrics, OnlineES, SystemEstimator
 from meta_train.engine.estimators.full_es import FullES
 from meta_train.engine.estimators.nres import NRES
@@ -32,20 +32,42 @@ ESTIMATORS: dict[str, type[Estimator]] = {
 }
 
 
+def register(name: str, cls: type[Estimator], *, overwrite: bool = False) -> type[Estimator]:
+  """Adds estimator class ``cls`` under ``name``: ``cls(system, **options)`` builds it, and its
+  keyword arguments are its options (``--estimator-option NAME VALUE`` in the command, beside
+  the shared ``num_particles``, ``sigma``, ``unroll_length`` and ``lockstep`` it takes).
+
+  Raises:
+    ConfigError(estimator): ``name`` is taken (unless ``overwrite``).
+  """
+  if name in ESTIMATORS and not overwrite:
+    raise ConfigError("estimator", f"{name!r} is already registered; pass overwrite=True to "
+                      "replace it")
+  ESTIMATORS[name] = cls
+  return cls
+
+
 def options(name: str) -> list[str]:
-  """The keyword arguments estimator ``name`` takes (besides the system)."""
+  """The options estimator ``name`` takes: the keyword arguments of its class (besides the system,
+  and ``devices``, which places it rather than configures it)."""
   if name not in ESTIMATORS:
     raise unknown_name("estimator", name, ESTIMATORS)
   params = inspect.signature(ESTIMATORS[name].__init__).parameters
-  return [p for p in params if p not in ("self", "system")]
+  return [p for p in params if p not in ("self", "system", "devices")]
 
 
 def make(name: str, system, **kwargs) -> Estimator:
-  """Builds estimator ``name`` for ``system``; options it does not take are an error naming them."""
-  check_options("estimator", name, kwargs, options(name))
+  """Builds estimator ``name`` for ``system``; an option it does not take, or one it needs and is
+  not given, is an error naming the option."""
+  check_options("estimator", name, kwargs, [*options(name), "devices"])
+  params = inspect.signature(ESTIMATORS[name].__init__).parameters
+  for option, p in params.items():
+    if (option not in ("self", "system") and p.default is inspect.Parameter.empty
+        and option not in kwargs and p.kind is not inspect.Parameter.VAR_KEYWORD):
+      raise ConfigError(option, f"estimator {name!r} needs the option {option!r}")
   return ESTIMATORS[name](system, **kwargs)
 
 
 __all__ = ["ESTIMATORS", "Estimator", "FullES", "GPES", "Metrics", "NRES", "OnlineES",
            "OverTasks", "OverTasksState", "PES", "SystemEstimator", "TBPTT", "TruncatedES", "make",
-           "options"]
+           "options", "register"]
