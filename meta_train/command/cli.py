@@ -340,20 +340,27 @@ def _export(command: Export) -> None:
 
 def _export_hyperparameters(command: Export, config, out: Path) -> None:
   """A hyperparameter run's tuned hyperparameters as JSON (constrained values and theta). The
-  search space and constants are the task's: its system is built (no estimator, no trainer)."""
-  from meta_train.command import build as build_lib
+  search space and the task's constants are read from the checkpoint; a run saved before they
+  were recorded there (2026-12-07) has its task's system built for them."""
   from meta_train.command import run as run_lib
   from tasks import hpo as hyperparameters
-  system = build_lib.build_system(config)
-  if system.space is None:
+  loaded = run_lib.load_run(command.run_dir, command.step)
+  recorded = loaded.meta.get("hyperparameters")
+  if recorded is not None:
+    space = hyperparameters.space_from_dict(recorded["space"])
+    constants = recorded["constants"]
+  else:
+    from meta_train.command import build as build_lib
+    system = build_lib.build_system(config)
+    space, constants = system.space, system.constants or {}
+  if space is None:
     raise ConfigError("run_dir", f"{command.run_dir} trained theta of {config.task.task!r}, "
                       "neither a learned optimizer nor hyperparameters; nothing to export")
   if out.suffix != ".json":
     raise ConfigError("out", f"hyperparameters are written as JSON; got {out}")
-  loaded = run_lib.load_run(command.run_dir, command.step)
-  hyperparameters.to_json(system.space, loaded.theta, out, run_dir=str(command.run_dir),
+  hyperparameters.to_json(space, loaded.theta, out, run_dir=str(command.run_dir),
                           step=loaded.step, task=config.task.task,
-                          estimator=config.estimator.estimator, **(system.constants or {}))
+                          estimator=config.estimator.estimator, **constants)
   print(f"meta-train: wrote {out} (hyperparameters of outer step {loaded.step})")
 
 

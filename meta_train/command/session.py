@@ -233,6 +233,10 @@ class RunSession:
             "total_unroll_steps": self.total_unroll, "burn_in_steps": self.burn_in,
             "num_processes": jax.process_count(), "config": self.config.to_dict(),
             "heldout_best": self.heldout_best, "heldout_best_step": self.heldout_best_step}
+    if self.system.space is not None:  # what `meta-train export` reads without the task
+      from tasks import hpo
+      meta["hyperparameters"] = {"space": hpo.space_to_dict(self.system.space),
+                                 "constants": self.system.constants or {}}
     with self.watchdog.phase(f"saving checkpoint {self.done}"), self.watchdog.writing():
       self.checkpoints.save(self.done, state, meta)
     self.watchdog.last_checkpoint = self.done

@@ -13,9 +13,10 @@ folders, are the command layer's :mod:`meta_train.command.hpo_plots`).
 
 from tasks.hpo.space import (Fraction, Logit, LogUniform, Space, Transform, Uniform, centre,
                              check_space, constrain, initial_theta, nested_dropout_mask, sample,
-                             to_json, unconstrain, units_kept)
+                             space_from_dict, space_to_dict, to_json, unconstrain,
+                             units_kept)
 from tasks.hpo.systems import hparam_system, optax_system
 
 __all__ = ["Fraction", "LogUniform", "Logit", "Space", "Transform", "Uniform", "centre",
-           "check_space", "constrain", "hparam_system", "initial_theta", "nested_dropout_mask",
+           "check_space", "constrain", "space_from_dict", "space_to_dict", "hparam_system", "initial_theta", "nested_dropout_mask",
            "optax_system", "sample", "to_json", "unconstrain", "units_kept"]

@@ -212,6 +212,20 @@ def initial_theta(space: Space, theta0: Mapping[str, float] | None = None,
   return centre(space)
 
 
+TRANSFORMS = {"Uniform": Uniform, "LogUniform": LogUniform, "Logit": Logit, "Fraction": Fraction}
+
+
+def space_to_dict(space: Space) -> dict[str, dict[str, Any]]:
+  """``{name: {"kind": CLASS, "low": ..., "high": ...}}``: a space as JSON (the inverse of
+  :func:`space_from_dict`)."""
+  return {k: {"kind": type(t).__name__, "low": t.low, "high": t.high} for k, t in space.items()}
+
+
+def space_from_dict(d: Mapping[str, Mapping[str, Any]]) -> dict[str, Transform]:
+  """The space :func:`space_to_dict` wrote."""
+  return {k: TRANSFORMS[v["kind"]](low=v["low"], high=v["high"]) for k, v in d.items()}
+
+
 def to_json(space: Space, theta: Mapping[str, Any], path: str | Path | None = None,
             **metadata) -> dict[str, Any]:
   """``{"hyperparameters": {name: float}, "theta": {name: float}, **metadata}``: the tuned
@@ -219,8 +233,7 @@ def to_json(space: Space, theta: Mapping[str, Any], path: str | Path | None = No
   hparams = constrain(space, theta)
   out = {"hyperparameters": {k: float(v) for k, v in hparams.items()},
          "theta": {k: float(theta[k]) for k in space},
-         "transforms": {k: {"kind": type(t).__name__, "low": t.low, "high": t.high}
-                        for k, t in space.items()},
+         "transforms": space_to_dict(space),
          **metadata}
   if path is not None:
     Path(path).write_text(json.dumps(out, indent=2) + "\n")
