@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from lopt_meta.errors import ConfigError
+from meta_train.command.errors import CheckpointError
 from meta_train.command.logs import read_metrics
 from meta_train.command.plots import save_figure
 from tasks.hpo import search
@@ -134,15 +135,19 @@ def plot_hpo(run_dirs: Sequence[str | Path], out: str | Path,
 
 
 def _kinds(run_dirs) -> dict[str, str]:
-  """``{name: transform class name}`` from the first run whose task declares hyperparameters."""
+  """``{name: transform class name}`` from the first run whose task declares hyperparameters:
+  the space its checkpoints record (runs saved before 2026-12-07: its task's system, built)."""
   from meta_train.command import build as build_lib
   from meta_train.command import run as run_lib
   for run_dir in run_dirs:
     if search.read_search(run_dir) or not (Path(run_dir) / "config.json").is_file():
       continue
     try:
+      recorded = run_lib.load_run(Path(run_dir)).meta.get("hyperparameters")
+      if recorded is not None:
+        return {name: t["kind"] for name, t in recorded["space"].items()}
       system = build_lib.build_system(run_lib.read_config(Path(run_dir)))
-    except (ConfigError, json.JSONDecodeError):
+    except (ConfigError, CheckpointError, json.JSONDecodeError):
       continue
     if system.space is not None:
       return {name: type(t).__name__ for name, t in system.space.items()}
