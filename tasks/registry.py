@@ -45,8 +45,8 @@ TASKS: dict[str, Registered] = {}
 
 
 def _kind_of(name: str, source: Any) -> str:
-  """The kind a registered source builds: a ready-made object's own ``task_kind``, or the
-  ``task_kind`` of the class its factory's return annotation names."""
+  """The kind a registered source builds: a ready-made object's or a class's own ``task_kind``,
+  or the ``task_kind`` of the class its factory's return annotation names."""
   if not callable(source) or isinstance(source, type):  # a ready-made object, or a class
     kind = getattr(source, "task_kind", None)
   else:
@@ -59,23 +59,27 @@ def _kind_of(name: str, source: Any) -> str:
   if kind not in KINDS:
     raise ConfigError("task", f"cannot tell what {name!r} builds: annotate its factory's return "
                       "type with an UnrolledSystem, an InnerTask or a Distribution (or a "
-                      "subclass), or register a Distribution itself")
+                      f"subclass), or pass kind= (one of: {', '.join(KINDS)})")
   return kind
 
 
-def register(name: str, source: Any = None, *, overwrite: bool = False):
+def register(name: str, source: Any = None, *, kind: str | None = None,
+             overwrite: bool = False):
   """Registers ``source`` under ``name``: a factory of keyword-only options returning an
-  ``UnrolledSystem``, an ``InnerTask`` or a ``Distribution`` (its return annotation says which),
-  or a ``Distribution`` itself. Without ``source``, a decorator of the factory.
+  ``UnrolledSystem``, an ``InnerTask`` or a ``Distribution`` (its return annotation, or
+  ``kind``, says which), or a ``Distribution`` itself. Without ``source``, a decorator of the
+  factory.
 
   Raises:
     ConfigError(task): ``name`` is taken (unless ``overwrite``), or the kind cannot be told.
   """
   if source is None:
-    return lambda factory: register(name, factory, overwrite=overwrite)
+    return lambda factory: register(name, factory, kind=kind, overwrite=overwrite)
+  if kind is not None and kind not in KINDS:
+    raise unknown_name("kind", kind, KINDS)
   if name in TASKS and not overwrite:
     raise ConfigError("task", f"{name!r} is already registered; pass overwrite=True to replace it")
-  TASKS[name] = Registered(source, _kind_of(name, source))
+  TASKS[name] = Registered(source, kind or _kind_of(name, source))
   return source
 
 

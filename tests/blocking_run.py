@@ -49,5 +49,6 @@ def blocking_toy(*, block_file: str, horizon: int = 20) -> tasks.UnrolledSystem:
 
 if __name__ == "__main__":
   block_file, argv = sys.argv[1], sys.argv[2:]
-  tasks.register("blocking_toy", lambda **o: blocking_toy(block_file=block_file, **o))
+  tasks.register("blocking_toy", lambda **o: blocking_toy(block_file=block_file, **o),
+                 kind="system")
   sys.exit(cli.main(argv))

@@ -77,8 +77,14 @@ def test_the_option_reaches_the_estimator_and_clipping_is_all_it_changes(registe
 def test_registration_errors(registered):
   with pytest.raises(ConfigError, match=r"^task: 'linear_regression' is already registered"):
     tasks.register("linear_regression", lambda: None)
-  with pytest.raises(ConfigError, match=r"^task: cannot tell what 'anonymous' builds: annotate"):
+  with pytest.raises(ConfigError, match=r"^task: cannot tell what 'anonymous' builds: annotate"
+                     r".* or pass kind= \(one of: system, inner, distribution\)$"):
     tasks.register("anonymous", lambda *, width=3: None)
+  with pytest.raises(ConfigError, match=r"^kind: unknown kind 'task'; valid: distribution, "
+                     r"inner, system$"):
+    tasks.register("anonymous", lambda *, width=3: None, kind="task")
+  tasks.register("anonymous", lambda *, width=3: None, kind="inner")
+  assert tasks.kind("anonymous") == "inner" and tasks.options("anonymous") == ["width"]
   with pytest.raises(ConfigError, match=r"^estimator: 'clipped_nres' is already registered"):
     estimators.register("clipped_nres", estimators.NRES)
   with pytest.raises(ConfigError, match=r"^max_norm: estimator 'clipped_nres' needs the option "

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -27,20 +28,18 @@ from meta_train.command import flags
 from meta_train.engine import estimators
 
 
+_EXPONENT_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
 def _yaml_values(pairs: dict[str, str]) -> dict[str, Any]:
   """NAME VALUE pairs with typed values (``"500"`` -> 500, ``"0.1"`` and ``"1e-1"`` -> 0.1,
-  ``"[1, 2]"`` -> (1, 2))."""
+  ``"[1, 2]"`` -> (1, 2)): YAML scalars, and numbers with an exponent (YAML 1.1 reads ``1e-3``,
+  without a dot, as a string)."""
   out = {}
   for key, value in pairs.items():
-    out[key] = yaml.safe_load(value) if isinstance(value, str) else value
-    if isinstance(out[key], str):  # YAML 1.1 reads 1e-3 as a string (it wants 1.0e-3)
-      try:
-        out[key] = float(out[key]) if out[key].strip().lower() not in ("nan", "inf", "-inf",
-                                                                        "infinity") else out[key]
-      except ValueError:
-        pass
-    if isinstance(out[key], list):
-      out[key] = tuple(out[key])
+    if isinstance(value, str):
+      value = float(value) if _EXPONENT_NUMBER.fullmatch(value.strip()) else yaml.safe_load(value)
+    out[key] = tuple(value) if isinstance(value, list) else value
   return out
 
 
