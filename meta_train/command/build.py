@@ -66,14 +66,14 @@ def build_run(config: TrainConfig) -> RunParts:
 
 def build_system(config: TrainConfig, *, for_evaluation: bool = False,
                  lopt: lopt_meta.LearnedOptimizer | None = None,
-                 meta_loss: str = "train", member: str | None = None):
+                 meta_loss: str = "train"):
   """The configured system (raises ConfigError for an unknown task or option).
 
   For an inner task, the system trains it with the learned optimizer (``lopt`` replaces the
   configured one, e.g. Adam for the evaluation baseline); ``for_evaluation`` gives every episode
   the full horizon and the meta-loss ``meta_loss`` (the training loss: the quantity compared
   with Adam). For a task distribution: a :class:`tasks.DistributionSystem` of the members'
-  systems, or with ``member`` that member's system alone.
+  systems.
   """
   kind = config.task.kind()
   if kind is None:
@@ -85,7 +85,7 @@ def build_system(config: TrainConfig, *, for_evaluation: bool = False,
   if kind == "inner":
     return _inner_system(config, lopt, theta0, for_evaluation=for_evaluation, meta_loss=meta_loss)
   return _distribution_system(config, lopt, theta0, for_evaluation=for_evaluation,
-                              meta_loss=meta_loss, member=member)
+                              meta_loss=meta_loss)
 
 
 def _unrolled_system(config: TrainConfig):
@@ -146,7 +146,7 @@ def declared_distribution(config: TrainConfig) -> tasks.Distribution:
 
 
 def _distribution_system(config: TrainConfig, lopt, theta0, *, for_evaluation: bool,
-                         meta_loss: str, member: str | None):
+                         meta_loss: str):
   t = config.task
   for field, value in (("horizon", t.horizon), ("min_horizon", t.min_horizon)):
     if value is not None:
@@ -155,10 +155,6 @@ def _distribution_system(config: TrainConfig, lopt, theta0, *, for_evaluation: b
   systems = declared_distribution(config).systems(
       lopt, theta0=theta0, meta_loss=meta_loss, data_dir=t.data_dir,
       for_evaluation=for_evaluation)
-  if member is not None:
-    if member not in systems:
-      raise unknown_name("member", member, list(systems))
-    return systems[member]
   return tasks.DistributionSystem(systems, name=f"{t.task}/{lopt.name}")
 
 
