@@ -19,6 +19,7 @@ from meta_train.engine.estimators.base import OnlineES, es_estimate, start_worke
 from meta_train.engine.window import NoiseSchedule, noise_in_use
 
 _SIGNS = (1.0, -1.0, 0.0)  # theta + eps, theta - eps, theta (the shared state's own branch)
+_CENTRE = _SIGNS.index(0.0)  # the shared state's branch: its column of the window's loss sums
 
 
 class TruncatedES(OnlineES):
@@ -45,8 +46,9 @@ class TruncatedES(OnlineES):
     branches, out = window.run_window(self.system, theta, branches, key, self.unroll_length,
                                        signs=_SIGNS, sigma=self.sigma, schedule=self.schedule,
                                        mesh=self.mesh)
-    ws = branches.replace(states=jax.tree.map(lambda x: x[:, 2:3], branches.states))
+    ws = branches.replace(states=jax.tree.map(lambda x: x[:, _CENTRE:_CENTRE + 1],
+                                              branches.states))
     grad, metrics = es_estimate(out, self.sigma, self.steps_per_estimate)
-    metrics["meta_loss_center"] = (jnp.sum(out.loss_centre)
+    metrics["meta_loss_center"] = (jnp.sum(out.loss[:, _CENTRE])
                                    / jnp.maximum(jnp.sum(out.count), 1).astype(jnp.float32))
     return grad, ws, metrics
