@@ -8,7 +8,7 @@ Every estimate costs 2T unroll steps:
 * FullES: one antithetic pair unrolled over the whole episode.
 * NRES averaged over the windows of an episode (the NRES poster's ``W/T sum_i NRES_i``): T/W
   pairs, pair i burned in to position i*W of its episode, each contributing one window.
-* PES and GPES_K: the same T/W stratified pairs, each burned in under its own noise schedule
+* PES and GPES_K: the same T/W stratified pairs, each burned in under its own noise rule
   (PES: fresh noise every window; GPES_K: every K steps from the episode start).
 
 Each estimator is run for R independent replicates (vmapped); tr(Cov) is the sum of the
@@ -59,14 +59,14 @@ def _flat(tree) -> jax.Array:
 
 def replicator(est, system, positions, num: int):
   """A jitted ``(theta, key) -> [num, d]``: ``num`` independent estimates, each from fresh
-  workers at ``positions`` (burned in under the estimator's own noise schedule), then one
+  workers at ``positions`` (burned in under the estimator's own noise rule), then one
   window. Build it once and call it at many thetas (one compilation)."""
   def one(theta, k):
     k_init, k_burn, k_est = jax.random.split(k, 3)
     ws = est.init_fn(k_init, theta, system.data)
     if positions is not None:
       ws = window.burn_in(system.bind(system.data), theta, ws, k_burn, positions,
-                          signs=ANTITHETIC, sigma=est.sigma, schedule=est.schedule,
+                          signs=ANTITHETIC, sigma=est.sigma, noise_rule=est.noise_rule,
                           window_length=est.unroll_length)
     grad, _, _ = est.estimate_fn(k_est, theta, ws, system.data)
     return _flat(grad)

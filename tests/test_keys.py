@@ -187,7 +187,7 @@ def test_every_estimator_is_covered():
 
 # Keys are made typed where the estimators take them (their base class, the window engine and the
 # workers): the recorder (random init and steps; W !| T) runs NRES, FullES and truncated backprop
-# in the quick tier; PES, GPES and truncated ES (NRES's window engine with other schedules), and
+# in the quick tier; PES, GPES and truncated ES (NRES's window engine with other noise rules), and
 # Lorenz (random initial conditions; W | T) for every estimator, are slow.
 _KEYED_SYSTEMS = (("recorder", systems.recorder(7), 3),
                   ("lorenz", tasks.get("lorenz", horizon=12, init_sigma=0.5), 4))

@@ -2,7 +2,7 @@
 
 The quick tier (``-m "not slow"``) resets varying-length episodes under NRES and truncated
 backprop (the window engine and backprop's); the ``slow`` cases add PES and truncated ES (the
-window engine with other schedules)."""
+window engine with other noise rules)."""
 
 import jax
 import numpy as np

@@ -1,6 +1,6 @@
 """Workers: antithetic pairing, episode resets, step-unlocking, NaN masking, shapes, contract.
 
-PES, GPES and truncated ES run NRES's window engine with other noise schedules (and truncated ES a
+PES, GPES and truncated ES run NRES's window engine with other noise rules (and truncated ES a
 third, unperturbed branch). The quick tier (``-m "not slow"``) checks each property on NRES, and on
 the estimators with engines of their own (FullES, truncated backprop) where it applies; the
 ``slow`` cases repeat the window engine's checks on PES, GPES and truncated ES."""
@@ -13,6 +13,10 @@ import numpy as np
 import pytest
 
 import tasks
+from meta_train.engine.estimators.nres import NRESRule
+from meta_train.engine.estimators.pes import GPESRule, PESRule
+from meta_train.engine.estimators.truncated_es import TruncatedESRule
+from meta_train.engine.window import noise as window_noise
 from meta_train.estimators import ESTIMATORS, GPES, NRES, PES, TBPTT, FullES, TruncatedES
 from tests import systems
 
@@ -113,7 +117,7 @@ def test_step_unlocked_positions_cover_the_horizon_with_real_burn_in(W, support,
 
 
 # The window forms are NRES's engine (quick); PES, GPES (noise blocks) and truncated ES (a third
-# branch) run them with their own schedules and signs (slow).
+# branch) run them with their own noise rules and signs (slow).
 @pytest.mark.parametrize("name", ["nres", pytest.param("pes", marks=pytest.mark.slow),
                                   pytest.param("gpes", marks=pytest.mark.slow),
                                   pytest.param("tes", marks=pytest.mark.slow)])
@@ -133,12 +137,12 @@ def test_window_forms_agree_exactly(name):
     est = cls(system, num_particles=16, sigma=0.1, unroll_length=W)
     ws = est.init(KEY, theta)
     run = functools.partial(window.run_window, system, theta, num_steps=W, signs=signs,
-                            sigma=est.sigma, schedule=est.schedule)
+                            sigma=est.sigma, noise_rule=est.noise_rule)
     run_default = jax.jit(lambda ws, key: run(ws, key))  # the fast form when it applies
     run_general = jax.jit(lambda ws, key: run(ws, key, general_form=True))
     for i in range(4):
       key = jax.random.key(10 + i)
-      plan = window.plan_window(ws.t, ws.length, num_steps=W, schedule=est.schedule)
+      plan = window.plan_window(ws.t, ws.length, num_steps=W, noise_rule=est.noise_rule)
       fast = bool(plan.events_at_start())
       if aligned:
         assert fast, (i, np.asarray(ws.t))
@@ -314,23 +318,50 @@ def test_states_with_empty_arrays_step():
     assert ws.states["nothing"].shape == (2, 2, 3, 0)
 
 
-@pytest.mark.parametrize("every_window, block", [(False, None), (True, None), (False, 3),
-                                                 (False, 1), (True, 4)])
-def test_plan_window_matches_stepping_through_the_window(every_window, block):
+class _EveryWindowAndBlocks(window_noise.NoiseRule):
+  """A rule of no estimator, written as a new rule would be: PES's draw at each window's start and
+  GPES_K's blocks together (the engine combines any rule's draws with the episode starts)."""
+
+  accumulates = False
+
+  def __init__(self, K):
+    self.blocks = GPESRule(K)
+
+  def max_draws(self, num_steps):
+    return PESRule().max_draws(num_steps) + self.blocks.max_draws(num_steps)
+
+  def next_draw(self, prev, **where):
+    return jnp.minimum(PESRule().next_draw(prev, **where), self.blocks.next_draw(prev, **where))
+
+
+# Each rule and where it draws besides episode starts, as a predicate of the window step ``j`` and
+# the position ``pos`` in the episode.
+_RULES = {
+    "nres": (NRESRule(), lambda j, pos: False),
+    "pes": (PESRule(), lambda j, pos: j == 0),
+    "tes": (TruncatedESRule(), lambda j, pos: j == 0),
+    "gpes_3": (GPESRule(3), lambda j, pos: pos % 3 == 0),
+    "gpes_1": (GPESRule(1), lambda j, pos: True),
+    "window_and_blocks_4": (_EveryWindowAndBlocks(4), lambda j, pos: j == 0 or pos % 4 == 0),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_RULES))
+def test_plan_window_matches_stepping_through_the_window(name):
   """The closed-form plan equals walking the window step by step: a pair at position ``t`` of an
   episode of ``length`` steps starts a new one (position 0) when ``t`` reaches ``length`` or is
-  0, and draws noise at an episode start, at step 0 (every_window) and at positions that are
-  multiples of ``block``; a burn-in pair stops after ``end`` steps."""
+  0, and draws noise at an episode start and wherever its rule draws; a burn-in pair stops after
+  ``end`` steps."""
   from meta_train.engine import window
+  rule, draws_at = _RULES[name]
   rng = np.random.default_rng(0)
   W, P = 5, 400
-  schedule = window.NoiseSchedule(every_window=every_window, block=block)
   length = rng.integers(W, 12, size=P).astype(np.int32)  # no episode shorter than the window
   t = (rng.integers(0, 12, size=P) % length).astype(np.int32)
   end = np.where(rng.random(P) < 0.3, rng.integers(0, W + 1, size=P), W).astype(np.int32)
-  plan = window.plan_window(jnp.asarray(t), jnp.asarray(length), num_steps=W, schedule=schedule,
+  plan = window.plan_window(jnp.asarray(t), jnp.asarray(length), num_steps=W, noise_rule=rule,
                             end=jnp.asarray(end))
-  M = window.max_draws(W, schedule)
+  M = window.max_draws(W, rule)
   assert plan.draws.shape == (P, M)
   for i in range(P):
     pos, start, draws = int(t[i]), W, []
@@ -338,7 +369,7 @@ def test_plan_window_matches_stepping_through_the_window(every_window, block):
       if pos in (0, int(length[i])):
         pos = 0
         start = j
-      if pos == 0 or (every_window and j == 0) or (block is not None and pos % block == 0):
+      if pos == 0 or draws_at(j, pos):
         draws.append(j)
       pos += 1
     assert int(plan.start[i]) == start, i

@@ -18,7 +18,7 @@ from jax.sharding import Mesh
 
 from lopt_meta.prng import as_typed_key
 from meta_train.engine import tree as tree_lib
-from meta_train.engine.window import NoiseSchedule, WorkerState, burn_in
+from meta_train.engine.window import NoiseRule, WorkerState, burn_in
 from tasks.base import UnrolledSystem
 
 PyTree = Any
@@ -58,7 +58,7 @@ def unlock_positions(system: UnrolledSystem, key: jax.Array, num_pairs: int,
 
 
 def step_unlock(system: UnrolledSystem, theta: PyTree, ws: WorkerState, key: jax.Array, *,
-                signs: tuple[float, ...], sigma: float, schedule: NoiseSchedule | None,
+                signs: tuple[float, ...], sigma: float, noise_rule: NoiseRule | None,
                 window_length: int, mesh: Mesh | None = None) -> WorkerState:
   """Burns each pair in to a random position of its episode (:func:`unlock_positions`) by
   really running it there (:func:`burn_in`; up to ``T - 1`` batched steps, once). For a system
@@ -68,5 +68,5 @@ def step_unlock(system: UnrolledSystem, theta: PyTree, ws: WorkerState, key: jax
     return ws
   pos_key, run_key = jax.random.split(key)
   tau = unlock_positions(system, pos_key, ws.t.shape[0], window_length)
-  return burn_in(system, theta, ws, run_key, tau, signs=signs, sigma=sigma, schedule=schedule,
-                 window_length=window_length, mesh=mesh)
+  return burn_in(system, theta, ws, run_key, tau, signs=signs, sigma=sigma,
+                 noise_rule=noise_rule, window_length=window_length, mesh=mesh)

@@ -16,11 +16,11 @@ import inspect
 from lopt_meta.errors import ConfigError, check_options, unknown_name
 from meta_train.engine.estimators.base import Estimator, Metrics, OnlineES, SystemEstimator
 from meta_train.engine.estimators.full_es import FullES
-from meta_train.engine.estimators.nres import NRES
+from meta_train.engine.estimators.nres import NRES, NRESRule
 from meta_train.engine.estimators.over_tasks import OverTasks, OverTasksState
-from meta_train.engine.estimators.pes import GPES, PES
+from meta_train.engine.estimators.pes import GPES, PES, GPESRule, PESRule
 from meta_train.engine.estimators.tbptt import TBPTT
-from meta_train.engine.estimators.truncated_es import TruncatedES
+from meta_train.engine.estimators.truncated_es import TruncatedES, TruncatedESRule
 
 ESTIMATORS: dict[str, type[Estimator]] = {
     "nres": NRES,
@@ -68,6 +68,6 @@ def make(name: str, system, **kwargs) -> Estimator:
   return ESTIMATORS[name](system, **kwargs)
 
 
-__all__ = ["ESTIMATORS", "Estimator", "FullES", "GPES", "Metrics", "NRES", "OnlineES",
-           "OverTasks", "OverTasksState", "PES", "SystemEstimator", "TBPTT", "TruncatedES", "make",
-           "options", "register"]
+__all__ = ["ESTIMATORS", "Estimator", "FullES", "GPES", "GPESRule", "Metrics", "NRES", "NRESRule",
+           "OnlineES", "OverTasks", "OverTasksState", "PES", "PESRule", "SystemEstimator", "TBPTT",
+           "TruncatedES", "TruncatedESRule", "make", "options", "register"]

@@ -37,7 +37,7 @@ from lopt_meta.errors import ConfigError, check_positive_int
 from lopt_meta.prng import as_typed_key
 from meta_train.engine import sharding, window, workers
 from meta_train.engine import maths
-from meta_train.engine.window import NoiseSchedule
+from meta_train.engine.window import NoiseRule
 from meta_train.engine.workers import WorkerState
 from tasks.base import UnrolledSystem
 
@@ -214,7 +214,7 @@ def es_estimate(out: window.WindowOut, sigma: float, steps: int) -> tuple[PyTree
 
 
 def start_workers(est: Estimator, key: jax.Array, theta: PyTree, *, rows: int,
-                  signs: tuple[float, ...], sigma: float, schedule: NoiseSchedule | None,
+                  signs: tuple[float, ...], sigma: float, noise_rule: NoiseRule | None,
                   with_noise: bool, accumulate: bool) -> WorkerState:
   """``rows`` rows of ``len(signs)`` workers at the start of an episode, then (unless
   ``est.lockstep``) each row burned in to a uniformly random position of its episode: the
@@ -224,7 +224,7 @@ def start_workers(est: Estimator, key: jax.Array, theta: PyTree, *, rows: int,
                             accumulate=accumulate)
   if not est.lockstep:
     ws = workers.step_unlock(est.system, theta, ws, unlock_key, signs=signs, sigma=sigma,
-                             schedule=schedule, window_length=est.unroll_length, mesh=est.mesh)
+                             noise_rule=noise_rule, window_length=est.unroll_length, mesh=est.mesh)
   return ws
 
 
@@ -238,7 +238,9 @@ class OnlineES(SystemEstimator):
   all of ``jax.devices()``) the pairs are split over them (:mod:`meta_train.engine.sharding`).
   """
 
-  schedule: ClassVar[NoiseSchedule]
+  noise_rule: ClassVar[NoiseRule]
+  """When the pairs draw noise (besides at episode starts) and what their loss differences are
+  credited to: each estimator's own rule, defined beside it."""
 
   def __init__(self, system: UnrolledSystem, *, num_particles: int, sigma: float,
                unroll_length: int, lockstep: bool = False,
@@ -261,12 +263,12 @@ class OnlineES(SystemEstimator):
 
   def _init(self, key, theta):
     return start_workers(self, key, theta, rows=self.num_pairs, signs=window.ANTITHETIC,
-                         sigma=self.sigma, schedule=self.schedule, with_noise=True,
-                         accumulate=self.schedule.accumulates)
+                         sigma=self.sigma, noise_rule=self.noise_rule, with_noise=True,
+                         accumulate=self.noise_rule.accumulates)
 
   def _estimate(self, key, theta, ws):
     ws, out = window.run_window(self.system, theta, ws, key, self.unroll_length,
                                 signs=window.ANTITHETIC, sigma=self.sigma,
-                                schedule=self.schedule, mesh=self.mesh)
+                                noise_rule=self.noise_rule, mesh=self.mesh)
     grad, metrics = es_estimate(out, self.sigma, self.steps_per_estimate)
     return grad, ws, metrics

@@ -11,8 +11,31 @@ that does not grow with ``T / W``; the lowest-variance GPES_K estimator (K = T).
 
 from __future__ import annotations
 
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
 from meta_train.engine.estimators.base import OnlineES
-from meta_train.engine.window import NoiseSchedule, noise_in_use
+from meta_train.engine.window import NoiseRule
+
+
+@dataclasses.dataclass(frozen=True)
+class NRESRule(NoiseRule):
+  """The noise-reuse rule: a pair draws noise only when it starts an episode (no draw at a
+  window's start, no blocks), and each step's ``L+ - L-`` is credited to the noise in use, so
+  that per window ``gsum_i = (sum_{t in window} L+_t - L-_t) * eps_i``."""
+
+  accumulates = False  # each step is credited to the noise in use
+
+  def max_draws(self, num_steps: int) -> int:
+    del num_steps
+    return 0
+
+  def next_draw(self, prev: jax.Array, *, t: jax.Array, start: jax.Array, end: jax.Array,
+                num_steps: int) -> jax.Array:
+    del prev, start, end
+    return jnp.full_like(t, num_steps)
 
 
 class NRES(OnlineES):
@@ -38,10 +61,6 @@ class NRES(OnlineES):
   """
 
   name = "nres"
-  # The noise-reuse rule, as the window engine runs it: a pair draws noise only when it starts
-  # an episode (no draw per window, no blocks), and each step's L+ - L- is credited to the noise
-  # in use. Per window, gsum_i = (sum_{t in window} L+_t - L-_t) * eps_i, and the estimate is
-  # meta_train.engine.maths.antithetic_grad over the pairs.
-  schedule = NoiseSchedule(every_window=False,   # no draw at each window's start,
-                           block=None,           # nor every K steps: one draw per episode,
-                           credit=noise_in_use)  # and L+ - L- times the noise in use
+  # One draw per episode, credited to the noise in use; the estimate is
+  # meta_train.engine.maths.antithetic_grad of the pairs' gsum.
+  noise_rule = NRESRule()

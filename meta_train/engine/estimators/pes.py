@@ -15,14 +15,16 @@ of noise blocks per episode.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 
 from lopt_meta.errors import check_positive_int
 from meta_train.engine import tree as tree_lib
 from meta_train.engine.estimators.base import OnlineES
-from meta_train.engine.window import NoiseSchedule
+from meta_train.engine.window import NoiseRule
 
 PyTree = Any
 
@@ -39,6 +41,58 @@ def accumulated_credit(credit: PyTree, noise: PyTree, new_episode: jax.Array) ->
   return tree_lib.where_leading(new_episode, noise, jax.tree.map(jax.numpy.add, credit, noise))
 
 
+@dataclasses.dataclass(frozen=True)
+class PESRule(NoiseRule):
+  """PES's rule: a pair draws fresh noise at the first step of every window (and at an episode
+  start inside one), and each step's ``L+ - L-`` is credited to the sum of the episode's noise
+  blocks so far (:func:`accumulated_credit`)."""
+
+  accumulates = True
+
+  def max_draws(self, num_steps: int) -> int:
+    del num_steps
+    return 1
+
+  def next_draw(self, prev: jax.Array, *, t: jax.Array, start: jax.Array, end: jax.Array,
+                num_steps: int) -> jax.Array:
+    del t, start, end
+    return jnp.where(prev < 0, 0, num_steps)  # step 0, before any other draw
+
+  def credit(self, credit: PyTree, noise: PyTree, new_episode: jax.Array) -> PyTree:
+    return accumulated_credit(credit, noise, new_episode)
+
+
+@dataclasses.dataclass(frozen=True)
+class GPESRule(NoiseRule):
+  """GPES_K's rule: a pair draws fresh noise whenever its position in its episode is a multiple
+  of ``K`` (the episode's first step included), and each step's ``L+ - L-`` is credited to the
+  sum of the episode's noise blocks so far (:func:`accumulated_credit`).
+
+  Attributes:
+    K: steps per noise block, ``>= 1``.
+  """
+
+  K: int
+  accumulates = True
+
+  def max_draws(self, num_steps: int) -> int:
+    return -(-num_steps // self.K) + 1  # the blocks of the current episode and of the next one
+
+  def next_draw(self, prev: jax.Array, *, t: jax.Array, start: jax.Array, end: jax.Array,
+                num_steps: int) -> jax.Array:
+    K, W = self.K, num_steps
+    old_end = jnp.minimum(start, end)  # steps [0, old_end) are in the pair's current episode
+    j = prev + 1  # the first step after prev at a multiple of K: in the current episode (t + j)
+    in_old = j + (K - (t + j) % K) % K
+    nxt = jnp.where(in_old < old_end, in_old, W)
+    j = jnp.maximum(prev + 1, start)  # ... and in the new one (j - start)
+    in_new = j + (K - (j - start) % K) % K
+    return jnp.minimum(nxt, jnp.where(start < W, in_new, W))
+
+  def credit(self, credit: PyTree, noise: PyTree, new_episode: jax.Array) -> PyTree:
+    return accumulated_credit(credit, noise, new_episode)
+
+
 class PES(OnlineES):
   """Persistent ES: fresh noise every window, accumulated over the episode.
 
@@ -47,9 +101,7 @@ class PES(OnlineES):
   """
 
   name = "pes"
-  # Fresh noise at the first step of every window (and at an episode start inside one); each
-  # step's L+ - L- is credited to the sum of the episode's noise blocks so far.
-  schedule = NoiseSchedule(every_window=True, block=None, credit=accumulated_credit)
+  noise_rule = PESRule()
 
 
 class GPES(OnlineES):
@@ -67,7 +119,7 @@ class GPES(OnlineES):
                lockstep: bool = False, devices=None):
     check_positive_int("K", K, "steps per noise block")
     self.K = K
-    self.schedule = NoiseSchedule(every_window=False, block=K, credit=accumulated_credit)
+    self.noise_rule = GPESRule(K)
     super().__init__(system, num_particles=num_particles, sigma=sigma,
                      unroll_length=unroll_length, lockstep=lockstep, devices=devices)
 

@@ -55,7 +55,7 @@ class TBPTT(SystemEstimator):
 
   def _init(self, key, theta):
     return start_workers(self, key, theta, rows=self.num_particles, signs=(0.0,), sigma=1.0,
-                         schedule=None, with_noise=False, accumulate=False)
+                         noise_rule=None, with_noise=False, accumulate=False)
 
   def _estimate(self, key, theta, ws):
     W = self.unroll_length

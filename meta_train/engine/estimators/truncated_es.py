@@ -10,15 +10,36 @@ ES-Single paper, Appendix C.1.
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 
 from meta_train.engine import tree as tree_lib
 from meta_train.engine import window
 from meta_train.engine.estimators.base import OnlineES, es_estimate, start_workers
-from meta_train.engine.window import NoiseSchedule, noise_in_use
+from meta_train.engine.window import NoiseRule
 
 _SIGNS = (1.0, -1.0, 0.0)  # theta + eps, theta - eps, theta (the shared state's own branch)
+_CENTRE = _SIGNS.index(0.0)  # the shared state's branch: its column of the window's loss sums
+
+
+@dataclasses.dataclass(frozen=True)
+class TruncatedESRule(NoiseRule):
+  """Truncated ES's rule: a pair draws fresh noise at the first step of every window (and at an
+  episode start inside one), and each step's ``L+ - L-`` is credited to the noise in use: no
+  accumulation, as the window's estimate ignores every earlier window."""
+
+  accumulates = False  # each step is credited to the noise in use
+
+  def max_draws(self, num_steps: int) -> int:
+    del num_steps
+    return 1
+
+  def next_draw(self, prev: jax.Array, *, t: jax.Array, start: jax.Array, end: jax.Array,
+                num_steps: int) -> jax.Array:
+    del t, start, end
+    return jnp.where(prev < 0, 0, num_steps)  # step 0, before any other draw
 
 
 class TruncatedES(OnlineES):
@@ -29,7 +50,7 @@ class TruncatedES(OnlineES):
   """
 
   name = "tes"
-  schedule = NoiseSchedule(every_window=True, block=None, credit=noise_in_use)
+  noise_rule = TruncatedESRule()
 
   @property
   def steps_per_estimate(self) -> int:
@@ -37,16 +58,17 @@ class TruncatedES(OnlineES):
 
   def _init(self, key, theta):
     return start_workers(self, key, theta, rows=self.num_pairs, signs=(0.0,), sigma=self.sigma,
-                         schedule=None, with_noise=True, accumulate=False)
+                         noise_rule=None, with_noise=True, accumulate=False)
 
   def _estimate(self, key, theta, ws):
     branches = ws.replace(states=tree_lib.expand_axis(
         jax.tree.map(lambda x: x[:, 0], ws.states), 1, len(_SIGNS)))
     branches, out = window.run_window(self.system, theta, branches, key, self.unroll_length,
-                                       signs=_SIGNS, sigma=self.sigma, schedule=self.schedule,
-                                       mesh=self.mesh)
-    ws = branches.replace(states=jax.tree.map(lambda x: x[:, 2:3], branches.states))
+                                       signs=_SIGNS, sigma=self.sigma,
+                                       noise_rule=self.noise_rule, mesh=self.mesh)
+    ws = branches.replace(states=jax.tree.map(lambda x: x[:, _CENTRE:_CENTRE + 1],
+                                              branches.states))
     grad, metrics = es_estimate(out, self.sigma, self.steps_per_estimate)
-    metrics["meta_loss_center"] = (jnp.sum(out.loss_centre)
+    metrics["meta_loss_center"] = (jnp.sum(out.loss[:, _CENTRE])
                                    / jnp.maximum(jnp.sum(out.count), 1).astype(jnp.float32))
     return grad, ws, metrics

@@ -25,7 +25,8 @@ from meta_train.engine import tree as tree_lib
 from meta_train.engine import xla_cpu
 from meta_train.engine.keys import RESET, STEP, pair_step_key
 from meta_train.engine.window.particles import Particles
-from meta_train.engine.window.plan import NoiseSchedule, WindowPlan, plan_window
+from meta_train.engine.window.noise import NoiseRule
+from meta_train.engine.window.plan import WindowPlan, plan_window
 from meta_train.engine.window.rollout import Restart, rollout
 from meta_train.engine.window.segments import Segments
 from meta_train.engine.window.sums import WindowOut, window_sums
@@ -57,7 +58,7 @@ class Carry(NamedTuple):
   Attributes:
     states: the particles' states, flat (leaves ``[P * S, ...]``).
     eps: the noise in use after the window (theta-like ``[P, ...]``, or ``None``).
-    xi: the credit after the window (accumulating schedules), or ``None``.
+    xi: the credit after the window (a noise rule that accumulates), or ``None``.
   """
   states: PyTree
   eps: PyTree
@@ -65,11 +66,11 @@ class Carry(NamedTuple):
 
 
 def setup(system, ws, pair_keys, *, num_steps: int, signs: tuple[float, ...],
-          schedule: NoiseSchedule | None, end: jax.Array | None = None) -> Setup:
+          noise_rule: NoiseRule | None, end: jax.Array | None = None) -> Setup:
   """The window's plan and its fresh episode states (built once; the pairs that start an
   episode take theirs)."""
   plan = plan_window(ws.t, None if system.horizon is None else ws.length, num_steps=num_steps,
-                     schedule=schedule, end=end)
+                     noise_rule=noise_rule, end=end)
   fresh = jax.vmap(system.init)(pair_step_key(pair_keys, plan.start, RESET))
   return Setup(Particles(ws.t.shape[0], signs), plan, fresh, jax.vmap(system.length_of)(fresh),
                pair_keys)

@@ -1,8 +1,9 @@
 """The window engine's entry points: one window of ``W`` steps for every pair of the workers.
 
 * :func:`run_window`: the estimators' window, ``P`` pairs x ``S`` branches (``theta + eps``,
-  ``theta - eps``, and for truncated ES the unperturbed centre), with noise drawn and credited by
-  the estimator's :class:`~meta_train.engine.window.plan.NoiseSchedule`;
+  ``theta - eps``, then any others the estimator asks for by their signs), with noise drawn and
+  credited by the estimator's noise rule (a :class:`~meta_train.engine.window.noise.NoiseRule`,
+  defined beside the estimator);
 * :func:`tbptt_window`: a window without noise in which each trajectory runs its own copy of
   theta (truncated backprop differentiates it);
 * :func:`burn_in`: step-unlocking's start-up, pair ``i`` run to its position ``tau_i``.
@@ -25,8 +26,12 @@ Conventions:
 * Randomness. Window key -> ``split(key, P)`` pair keys -> at window step ``j``
   :func:`meta_train.engine.keys.pair_step_key` gives the reset, noise and step keys. Every
   function here takes a typed key or a raw ``uint32[2]`` one and hands the system typed keys.
-* Credit. Each step's ``L+ - L-`` is credited to the pair's credit, by the schedule's rule: the
-  noise in use (NRES, truncated ES) or the sum of the episode's noise blocks so far (PES, GPES_K).
+* Noise and credit. A pair draws fresh noise at the start of each episode and wherever its noise
+  rule draws (:meth:`~meta_train.engine.window.noise.NoiseRule.next_draw`). Each step's
+  ``L+ - L-`` is credited to the noise in use, or, under a rule that accumulates, to the credit
+  the pair keeps (``WorkerState.xi``), restarted at each episode start and updated at each draw
+  by the rule's :meth:`~meta_train.engine.window.noise.NoiseRule.credit`. The window knows no
+  particular rule.
 * Masking. A (pair, step) whose losses are not all finite contributes nothing and is counted.
 """
 
@@ -46,7 +51,7 @@ from meta_train.engine import xla_cpu
 from meta_train.engine.keys import NOISE, pair_step_key
 from meta_train.engine.window import forms
 from meta_train.engine.window import segments as segments_lib
-from meta_train.engine.window.plan import NoiseSchedule
+from meta_train.engine.window.noise import NoiseRule
 from meta_train.engine.window.state import WorkerState
 from meta_train.engine.window.sums import WindowOut
 from tasks.base import UnrolledSystem
@@ -58,7 +63,7 @@ ANTITHETIC = (1.0, -1.0)
 
 def run_window(system: UnrolledSystem, theta: PyTree, ws: WorkerState, key: jax.Array,
                num_steps: int, *, signs: tuple[float, ...], sigma: float = 1.0,
-               schedule: NoiseSchedule | None = None, mesh: Mesh | None = None,
+               noise_rule: NoiseRule | None = None, mesh: Mesh | None = None,
                general_form: bool = False) -> tuple[WorkerState, WindowOut]:
   """Advances every pair ``W = num_steps`` steps (at most the shortest episode).
 
@@ -71,7 +76,8 @@ def run_window(system: UnrolledSystem, theta: PyTree, ws: WorkerState, key: jax.
     signs: branch ``s`` of pair ``i`` runs ``theta + signs[s] * eps[i]``. With noise the first
       two are the antithetic pair ``(1., -1.)`` (truncated ES adds its centre, ``0.``).
     sigma: the noise scale.
-    schedule: when noise is drawn and how it is credited; ``None``: no noise (``ws.eps`` unused).
+    noise_rule: when noise is drawn (besides at episode starts) and what it is credited to;
+      ``None``: no noise (``ws.eps`` unused).
     mesh: a one-axis device mesh (:mod:`meta_train.engine.sharding`): the pairs are split over it;
       ``None`` runs everything on one device.
     general_form: run the general form even when every event falls on the first step (the two
@@ -84,11 +90,11 @@ def run_window(system: UnrolledSystem, theta: PyTree, ws: WorkerState, key: jax.
   (their theta, one per particle; general form only) and the window's losses, ``[W, P, S]``.
   """
   _check_window(system, num_steps)
-  if schedule is not None and tuple(signs[:2]) != ANTITHETIC:
+  if noise_rule is not None and tuple(signs[:2]) != ANTITHETIC:
     raise ValueError(f"a window with noise needs the antithetic branches (1., -1.) first; "
                      f"got signs={signs}")
   window = functools.partial(_estimator_window, system, num_steps=num_steps, signs=signs,
-                             sigma=sigma, schedule=schedule, general_form=general_form)
+                             sigma=sigma, noise_rule=noise_rule, general_form=general_form)
   return _over_pairs(window, mesh, theta, ws, key)
 
 
@@ -105,7 +111,7 @@ def tbptt_window(system: UnrolledSystem, theta_per_pair: PyTree, ws: WorkerState
 
 def burn_in(system: UnrolledSystem, theta: PyTree, ws: WorkerState, key: jax.Array,
             positions: jax.Array, *, signs: tuple[float, ...], sigma: float,
-            schedule: NoiseSchedule | None, window_length: int,
+            noise_rule: NoiseRule | None, window_length: int,
             mesh: Mesh | None = None) -> WorkerState:
   """Runs pair ``i`` for ``positions[i] < T`` steps under ``theta`` (+/- its noise), in windows
   of ``window_length`` steps drawing noise as the estimator's windows do, so that the states are
@@ -119,7 +125,7 @@ def burn_in(system: UnrolledSystem, theta: PyTree, ws: WorkerState, key: jax.Arr
 
   _check_window(system, W)
   window = functools.partial(_burn_in_window, system, num_steps=W, signs=signs, sigma=sigma,
-                             schedule=schedule)
+                             noise_rule=noise_rule)
 
   def one(ws, b):
     steps_left = jnp.clip(positions - b * W, 0, W).astype(jnp.int32)
@@ -151,24 +157,24 @@ def _over_pairs(window, mesh: Mesh | None, theta: PyTree, ws: WorkerState, key: 
   return mapped(theta, ws, pair_keys, *per_pair)
 
 
-def _estimator_window(system, theta, ws, pair_keys, *, num_steps, signs, sigma, schedule,
+def _estimator_window(system, theta, ws, pair_keys, *, num_steps, signs, sigma, noise_rule,
                       general_form):
   """:func:`run_window` on one device's pairs: the form whose events fall on step 0 when they
   all do, the general one otherwise."""
-  s = forms.setup(system, ws, pair_keys, num_steps=num_steps, signs=signs, schedule=schedule)
-  noise = dict(particles=s.particles, sigma=sigma, schedule=schedule)
+  s = forms.setup(system, ws, pair_keys, num_steps=num_steps, signs=signs, noise_rule=noise_rule)
+  noise = dict(particles=s.particles, sigma=sigma, noise_rule=noise_rule)
 
   def events_at_start(states):
-    segments = (segments_lib.unperturbed(theta, ws.eps, ws.xi) if schedule is None else
+    segments = (segments_lib.unperturbed(theta, ws.eps, ws.xi) if noise_rule is None else
                 segments_lib.at_first_step(s.plan, theta, ws.eps, ws.xi,
                                            pair_step_key(pair_keys, 0, NOISE), **noise))
-    return forms.events_at_start(system, s, segments, states, estimate=schedule is not None)
+    return forms.events_at_start(system, s, segments, states, estimate=noise_rule is not None)
 
   def events_anywhere(states):
-    segments = (segments_lib.unperturbed(theta, ws.eps, ws.xi) if schedule is None else
+    segments = (segments_lib.unperturbed(theta, ws.eps, ws.xi) if noise_rule is None else
                 segments_lib.at_every_draw(s.plan, theta, ws.eps, ws.xi, pair_step_key(
                     pair_keys[:, None], s.plan.draws, NOISE), **noise))
-    return forms.events_anywhere(system, s, segments, states, estimate=schedule is not None)
+    return forms.events_anywhere(system, s, segments, states, estimate=noise_rule is not None)
 
   if general_form:
     carry, out = events_anywhere(s.particles.flat(ws.states))
@@ -180,7 +186,7 @@ def _estimator_window(system, theta, ws, pair_keys, *, num_steps, signs, sigma, 
 
 def _tbptt_window(system, theta_per_pair, ws, pair_keys, *, num_steps):
   """:func:`tbptt_window` on one device's pairs."""
-  s = forms.setup(system, ws, pair_keys, num_steps=num_steps, signs=(0.0,), schedule=None)
+  s = forms.setup(system, ws, pair_keys, num_steps=num_steps, signs=(0.0,), noise_rule=None)
   segments = segments_lib.unperturbed(theta_per_pair, ws.eps, ws.xi, particles=s.particles)
   carry, out = jax.lax.cond(
       s.plan.events_at_start(),
@@ -191,15 +197,15 @@ def _tbptt_window(system, theta_per_pair, ws, pair_keys, *, num_steps):
 
 
 def _burn_in_window(system, theta, ws, pair_keys, steps_left, *, num_steps, signs, sigma,
-                    schedule):
+                    noise_rule):
   """One window of :func:`burn_in` on one device's pairs: pair ``i`` takes ``steps_left[i]``
   steps, drawing noise as the estimator's windows do, and estimates nothing."""
-  s = forms.setup(system, ws, pair_keys, num_steps=num_steps, signs=signs, schedule=schedule,
-                  end=steps_left)
-  segments = (segments_lib.unperturbed(theta, ws.eps, ws.xi) if schedule is None else
+  s = forms.setup(system, ws, pair_keys, num_steps=num_steps, signs=signs,
+                  noise_rule=noise_rule, end=steps_left)
+  segments = (segments_lib.unperturbed(theta, ws.eps, ws.xi) if noise_rule is None else
               segments_lib.at_every_draw(s.plan, theta, ws.eps, ws.xi, pair_step_key(
                   pair_keys[:, None], s.plan.draws, NOISE), particles=s.particles, sigma=sigma,
-                  schedule=schedule))
+                  noise_rule=noise_rule))
   carry, out = forms.events_anywhere(system, s, segments, s.particles.flat(ws.states),
                                      estimate=False, stop=True)
   return _close_window(system, ws, s, carry, out)[0]

@@ -1,9 +1,10 @@
 """A window's noise and credit: the stretches ("segments") of steps with constant noise per pair.
 
 Segment 0 carries on from the previous window; the draw in column ``e`` of the plan's ``draws``
-opens segment ``e + 1``. A draw replaces the pair's noise ``eps`` with a fresh one and updates its
-credit by the schedule's rule (the noise in use for NRES and truncated ES; the sum of the
-episode's noise blocks for PES and GPES_K, restarted at an episode start).
+opens segment ``e + 1``. A draw replaces the pair's noise ``eps`` with a fresh one. A segment's
+steps are credited to its noise, or, under a noise rule that accumulates
+(:attr:`~meta_train.engine.window.noise.NoiseRule.accumulates`), to the pair's own credit ``xi``,
+which each draw updates by the rule's :meth:`~meta_train.engine.window.noise.NoiseRule.credit`.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from meta_train.engine import keys as keys_lib
 from meta_train.engine import tree as tree_lib
 from meta_train.engine import xla_cpu
 from meta_train.engine.window.particles import Particles
-from meta_train.engine.window.plan import NoiseSchedule, WindowPlan
+from meta_train.engine.window.noise import NoiseRule
+from meta_train.engine.window.plan import WindowPlan
 
 PyTree = Any
 
@@ -49,7 +51,7 @@ class Segments(NamedTuple):
     credit: ``E`` theta-like trees, leaves ``[P, ...]``: the credit of the segment's steps;
       ``None`` without noise.
     eps: leaves ``[P, ...]``, the noise in use after the window (the worker state's).
-    xi: leaves ``[P, ...]``, the credit after the window if the schedule accumulates one.
+    xi: leaves ``[P, ...]``, the credit after the window if the noise rule accumulates one.
   """
   theta: list
   theta_axis: int | None
@@ -86,41 +88,37 @@ def unperturbed(theta: PyTree, eps: PyTree, xi: PyTree, *, particles: Particles 
 
 
 def at_first_step(plan: WindowPlan, theta: PyTree, eps: PyTree, xi: PyTree, noise_keys: jax.Array,
-                  *, particles: Particles, sigma: float, schedule: NoiseSchedule) -> Segments:
+                  *, particles: Particles, sigma: float, noise_rule: NoiseRule) -> Segments:
   """One segment, for a window whose draws all fall on its first step: one noise vector per
-  pair is drawn (``noise_keys: [P]``, the keys of step 0) and taken by the pairs that draw."""
-  if schedule.block is not None:
-    draws = jnp.any(plan.draws == 0, axis=1)
-  elif schedule.every_window:
-    draws = jnp.ones_like(plan.began)
-  else:
-    draws = plan.start == 0
+  pair is drawn (``noise_keys: [P]``, the keys of step 0) and taken by the pairs whose plan
+  draws at step 0."""
+  draws = jnp.any(plan.draws == 0, axis=1)
   new = xla_cpu.materialize(sample_noise(noise_keys, theta, sigma))
   eps = tree_lib.where_leading(draws, new, eps)
-  if schedule.accumulates:
-    xi = tree_lib.where_leading(draws, schedule.credit(xi, new, plan.start == 0), xi)
-  credit = xi if schedule.accumulates else eps
+  if noise_rule.accumulates:
+    xi = tree_lib.where_leading(draws, noise_rule.credit(xi, new, plan.start == 0), xi)
+  credit = xi if noise_rule.accumulates else eps
   return Segments([particles.perturbed(theta, eps)], 0, None, None, [credit], eps, xi)
 
 
 def at_every_draw(plan: WindowPlan, theta: PyTree, eps: PyTree, xi: PyTree, noise_keys: jax.Array,
-                  *, particles: Particles, sigma: float, schedule: NoiseSchedule) -> Segments:
+                  *, particles: Particles, sigma: float, noise_rule: NoiseRule) -> Segments:
   """``M + 1`` segments, one per draw of the plan (``noise_keys: [P, M]``, the keys of the draw
   steps), with each segment's perturbed theta materialized once (``[P * S, ...]`` per segment)."""
   fresh = xla_cpu.materialize(sample_noise(noise_keys, theta, sigma))  # [P, M, ...]
   num_draws = plan.draws.shape[1]
   noise = [eps] + [jax.tree.map(lambda x, e=e: x[:, e], fresh) for e in range(num_draws)]
-  if schedule.accumulates:
+  if noise_rule.accumulates:
     credit = [xi]
     for e in range(num_draws):
-      credit.append(schedule.credit(credit[-1], noise[e + 1], plan.draws[:, e] == plan.start))
+      credit.append(noise_rule.credit(credit[-1], noise[e + 1], plan.draws[:, e] == plan.start))
   else:
     credit = noise
   theta_rows = xla_cpu.materialize([particles.perturbed(theta, n) for n in noise])
   last = jnp.sum(plan.draws < plan.num_steps, axis=1, dtype=jnp.int32)  # the segment in use after
   stack = lambda rows: jax.tree.map(lambda *xs: jnp.stack(xs, axis=1), *rows)
   eps = xla_cpu.select_rows(last, stack(noise))
-  if schedule.accumulates:
+  if noise_rule.accumulates:
     xi = xla_cpu.select_rows(last, stack(credit))
   particle_opens = xla_cpu.materialize(particles.per_particle(plan.draws))
   return Segments(theta_rows, 0, plan.draws, particle_opens, credit, eps, xi)

@@ -26,7 +26,7 @@ class WorkerState:
     t: ``[P] int32``, steps taken in the current episode (0: the next step starts an episode; the
       pair may still hold its previous episode's final state, replaced before that step).
     eps: theta-like pytree with leaves ``[P, ...]``, the noise now in use; ``None`` for TBPTT.
-    xi: theta-like ``[P, ...]``, the credit when the schedule accumulates one (PES, GPES_K: the
+    xi: theta-like ``[P, ...]``, the credit when the noise rule accumulates one (PES, GPES_K: the
       sum of the current episode's noise blocks); ``None`` otherwise.
     episodes: ``[P] int32``, episodes begun so far by each pair.
     burn_in: ``[P] int32``, the steps each pair ran at start-up to reach its random position.

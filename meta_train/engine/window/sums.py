@@ -16,8 +16,8 @@ class WindowOut(NamedTuple):
 
   Attributes:
     count: ``[P] int32``, valid steps.
-    loss: ``[P, S]``, the sum of each branch's valid losses; read it by branch with
-      :attr:`loss_plus_minus` and :attr:`loss_centre`.
+    loss: ``[P, S]``, the sum of each branch's valid losses, column ``s`` for the branch of
+      ``signs[s]``; :attr:`loss_plus_minus` reads the antithetic pair's.
     dl: ``[E, P]``, the sum of ``L+ - L-`` over the valid steps of each noise segment (from
       :func:`window_sums`; ``None`` once credited, and in windows that estimate nothing).
     gsum: theta-like, leaves ``[P, ...]``: ``sum_t (L+_t - L-_t) * credit_t`` per pair (``None``
@@ -37,11 +37,6 @@ class WindowOut(NamedTuple):
   def loss_plus_minus(self) -> jax.Array:
     """``[P, 2]``: the loss sums of the antithetic branches ``theta + eps`` and ``theta - eps``."""
     return self.loss[:, :2]
-
-  @property
-  def loss_centre(self) -> jax.Array:
-    """``[P]``: the loss sums of the unperturbed branch (truncated ES's third branch)."""
-    return self.loss[:, 2]
 
   @property
   def loss_only(self) -> jax.Array:
