@@ -48,6 +48,7 @@ class PESRule(NoiseRule):
   blocks so far (:func:`accumulated_credit`)."""
 
   accumulates = True
+  draws_every_window = True  # at each window's first step
 
   def max_draws(self, num_steps: int) -> int:
     del num_steps

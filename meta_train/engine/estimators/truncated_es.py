@@ -31,6 +31,7 @@ class TruncatedESRule(NoiseRule):
   accumulation, as the window's estimate ignores every earlier window."""
 
   accumulates = False  # each step is credited to the noise in use
+  draws_every_window = True  # at each window's first step
 
   def max_draws(self, num_steps: int) -> int:
     del num_steps

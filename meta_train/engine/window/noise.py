@@ -9,7 +9,9 @@ knows only this interface:
 * :meth:`NoiseRule.max_draws` sizes the window's plan (static);
 * :meth:`NoiseRule.next_draw` places the draws in the plan (:func:`.plan.draw_steps`);
 * :attr:`NoiseRule.accumulates` and :meth:`NoiseRule.credit` give each noise segment its credit
-  (:mod:`.segments`): the noise in use, or a credit the pair keeps and updates at each draw.
+  (:mod:`.segments`): the noise in use, or a credit the pair keeps and updates at each draw;
+* :attr:`NoiseRule.draws_every_window` (static, default False) lets a window whose draws all fall
+  on its first step take the fresh noise without computing which pairs draw.
 """
 
 from __future__ import annotations
@@ -53,6 +55,11 @@ class NoiseRule(abc.ABC):
     """Whether the pair keeps a credit of its own (``WorkerState.xi``), updated by :meth:`credit`
     at each draw. A rule that does not credits each step to the noise the pair runs at that step
     (the noise in use), and :meth:`credit` is not called."""
+
+  draws_every_window: bool = False
+  """Whether every pair draws at the first step of every window (whatever else it draws):
+  :func:`.segments.at_first_step` then gives every pair the fresh noise, with no mask to compute
+  and select by."""
 
   def credit(self, credit: PyTree, noise: PyTree, new_episode: jax.Array) -> PyTree:
     """The credit after a pair draws ``noise`` (theta-like trees, leaves ``[P, ...]``;

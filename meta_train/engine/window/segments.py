@@ -92,7 +92,10 @@ def at_first_step(plan: WindowPlan, theta: PyTree, eps: PyTree, xi: PyTree, nois
   """One segment, for a window whose draws all fall on its first step: one noise vector per
   pair is drawn (``noise_keys: [P]``, the keys of step 0) and taken by the pairs whose plan
   draws at step 0."""
-  draws = jnp.any(plan.draws == 0, axis=1)
+  if noise_rule.draws_every_window:
+    draws = jnp.ones_like(plan.began)  # static: the selects below fold away
+  else:
+    draws = jnp.any(plan.draws == 0, axis=1)
   new = xla_cpu.materialize(sample_noise(noise_keys, theta, sigma))
   eps = tree_lib.where_leading(draws, new, eps)
   if noise_rule.accumulates:
