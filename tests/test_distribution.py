@@ -228,7 +228,7 @@ def test_multi_task_run_resumes_bit_for_bit(tmp_path):
   whole, split = run_lib.load_run(tmp_path / "whole"), run_lib.load_run(tmp_path / "split")
   assert whole.step == split.step == 12
   assert_trees_equal(whole.state, split.state)
-  assert len(whole.state.workers.members) == 2
+  assert len(whole.state.workers["members"]) == 2  # as saved: the OverTasksState a dict
   records = [json.loads(line) for line in (tmp_path / "whole" / "metrics.jsonl").open()]
   logged = {k.split("/", 1)[1] for r in records for k in r if k.startswith("meta_loss/")}
   assert logged == {"digits_mlp_8_relu_b32", "digits_conv_4_relu_b16"}  # per-task metrics
