@@ -46,6 +46,22 @@ Metrics = dict[str, jax.Array]
 
 
 
+class EveryWindowRule(NoiseRule):
+  """The draws of PES and truncated ES: a pair draws fresh noise at the first step of every
+  window (and at an episode start inside one). Subclasses say what a step is credited to."""
+
+  draws_every_window = True  # at each window's first step
+
+  def max_draws(self, num_steps: int) -> int:
+    del num_steps
+    return 1
+
+  def next_draw(self, prev: jax.Array, *, t: jax.Array, start: jax.Array, end: jax.Array,
+                num_steps: int) -> jax.Array:
+    del t, start, end
+    return jnp.where(prev < 0, 0, num_steps)  # step 0, before any other draw
+
+
 def check_num_particles(num_particles, *, antithetic: bool = True) -> int:
   check_positive_int("num_particles", num_particles)
   if antithetic and num_particles % 2:

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 
 from lopt_meta.errors import check_positive_int
 from meta_train.engine import tree as tree_lib
-from meta_train.engine.estimators.base import OnlineES
+from meta_train.engine.estimators.base import EveryWindowRule, OnlineES
 from meta_train.engine.window import NoiseRule
 
 PyTree = Any
@@ -42,22 +42,12 @@ def accumulated_credit(credit: PyTree, noise: PyTree, new_episode: jax.Array) ->
 
 
 @dataclasses.dataclass(frozen=True)
-class PESRule(NoiseRule):
+class PESRule(EveryWindowRule):
   """PES's rule: a pair draws fresh noise at the first step of every window (and at an episode
   start inside one), and each step's ``L+ - L-`` is credited to the sum of the episode's noise
   blocks so far (:func:`accumulated_credit`)."""
 
   accumulates = True
-  draws_every_window = True  # at each window's first step
-
-  def max_draws(self, num_steps: int) -> int:
-    del num_steps
-    return 1
-
-  def next_draw(self, prev: jax.Array, *, t: jax.Array, start: jax.Array, end: jax.Array,
-                num_steps: int) -> jax.Array:
-    del t, start, end
-    return jnp.where(prev < 0, 0, num_steps)  # step 0, before any other draw
 
   def credit(self, credit: PyTree, noise: PyTree, new_episode: jax.Array) -> PyTree:
     return accumulated_credit(credit, noise, new_episode)

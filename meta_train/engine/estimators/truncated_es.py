@@ -17,30 +17,20 @@ import jax.numpy as jnp
 
 from meta_train.engine import tree as tree_lib
 from meta_train.engine import window
-from meta_train.engine.estimators.base import OnlineES, es_estimate, start_workers
-from meta_train.engine.window import NoiseRule
+from meta_train.engine.estimators.base import (EveryWindowRule, OnlineES, es_estimate,
+                                               start_workers)
 
 _SIGNS = (1.0, -1.0, 0.0)  # theta + eps, theta - eps, theta (the shared state's own branch)
 _CENTRE = _SIGNS.index(0.0)  # the shared state's branch: its column of the window's loss sums
 
 
 @dataclasses.dataclass(frozen=True)
-class TruncatedESRule(NoiseRule):
+class TruncatedESRule(EveryWindowRule):
   """Truncated ES's rule: a pair draws fresh noise at the first step of every window (and at an
   episode start inside one), and each step's ``L+ - L-`` is credited to the noise in use: no
   accumulation, as the window's estimate ignores every earlier window."""
 
   accumulates = False  # each step is credited to the noise in use
-  draws_every_window = True  # at each window's first step
-
-  def max_draws(self, num_steps: int) -> int:
-    del num_steps
-    return 1
-
-  def next_draw(self, prev: jax.Array, *, t: jax.Array, start: jax.Array, end: jax.Array,
-                num_steps: int) -> jax.Array:
-    del t, start, end
-    return jnp.where(prev < 0, 0, num_steps)  # step 0, before any other draw
 
 
 class TruncatedES(OnlineES):
